@@ -1,0 +1,41 @@
+# The two commands: `make run` serves the embedded default config,
+# `make test` runs the whole suite. Each sets up what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: run test bench check redis-server clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalled whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PIP) -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(VENV)/bin/gateway serve
+
+check: $(VENV)/.installed
+	$(VENV)/bin/gateway check config/gateway.yaml
+
+test: $(VENV)/.installed-dev redis-server
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed-dev
+	$(PY) loadtests/bench.py
+
+# Redis-backed tests need the real server binary; install Debian's if we can.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1 \
+	    || echo "warning: redis-server is not installed and could not be installed"; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

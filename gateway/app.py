@@ -1,0 +1,157 @@
+"""Composition root: config -> runtime objects (backends, routes, service) -> servers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from gateway.api.http_app import create_http_app
+from gateway.backends.base import Backend
+from gateway.backends.factory import build_backend
+from gateway.config.loader import ConfigError, LoadedConfig, load_config
+from gateway.config.schema import ModelConfig, SignatureConfig
+from gateway.core.service import InferenceService, ModelEntry
+from gateway.core.signature import Signature, TensorSpec, compatibility_problems
+from gateway.routing.router import Attempt, Route
+
+log = logging.getLogger("gateway")
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_config_path() -> Path:
+    """$GATEWAY_CONFIG, else config/gateway.yaml here or beside the package."""
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env)
+    local = Path("config/gateway.yaml")
+    return local if local.exists() else _PACKAGE_ROOT / "config" / "gateway.yaml"
+
+
+@dataclass
+class Runtime:
+    """Everything built from one config; closed together."""
+
+    loaded: LoadedConfig
+    backends: dict[str, Backend]
+    service: InferenceService
+
+    async def close(self) -> None:
+        await asyncio.gather(*(b.close() for b in self.backends.values()))
+
+
+def to_signature(config: SignatureConfig) -> Signature:
+    def spec(s: object) -> TensorSpec:
+        return TensorSpec(s.name, s.datatype, tuple(s.shape))  # type: ignore[attr-defined]
+
+    return Signature(
+        inputs=tuple(spec(s) for s in config.inputs),
+        outputs=tuple(spec(s) for s in config.outputs),
+        batched=config.is_batched(),
+    )
+
+
+def build_runtime(loaded: LoadedConfig) -> Runtime:
+    """Load every backend and check it against the signatures it serves.
+
+    Raises ConfigError listing every problem (with YAML paths) after closing
+    whatever was loaded.
+    """
+    config = loaded.config
+    problems: list[str] = []
+    backends: dict[str, Backend] = {}
+    for name, backend_config in config.backends.items():
+        try:
+            backends[name] = build_backend(name, backend_config, loaded.resolve_path)
+        except Exception as exc:
+            problems.append(f"{loaded.where(('backends', name))}: {exc}")
+
+    models: dict[str, ModelEntry] = {}
+    for name, model in config.models.items():
+        entry = _model_entry(name, model, backends, loaded, problems)
+        if entry is not None:
+            models[name] = entry
+    if problems:
+        for backend in backends.values():
+            _close_quietly(backend)
+        raise ConfigError(str(loaded.source or "<config>"), problems)
+    unused = set(backends) - {b.name for m in models.values() for b in m.route.backends}
+    for name in sorted(unused):
+        log.warning("backend %s is not used by any model route", name)
+    return Runtime(loaded=loaded, backends=backends, service=InferenceService(models))
+
+
+def _model_entry(
+    name: str, model: ModelConfig, backends: dict[str, Backend],
+    loaded: LoadedConfig, problems: list[str],
+) -> ModelEntry | None:
+    signature = to_signature(model.signature) if model.signature else None
+    attempts: list[Attempt] = []
+    weights: list[float] = []
+    ok = True
+    for i, ref in enumerate(model.route.backends):
+        backend_name = ref if isinstance(ref, str) else ref.name
+        backend = backends.get(backend_name)
+        if backend is None:
+            ok = False  # its load failure is reported under backends.<name>
+            continue
+        if signature is not None:
+            specs = backend.io_specs()
+            if specs is not None:
+                for problem in compatibility_problems(signature, *specs):
+                    problems.append(
+                        f"{loaded.where(('models', name, 'route', 'backends', i))}: "
+                        f"backend '{backend_name}' does not fit the signature: {problem}"
+                    )
+                    ok = False
+        timeout_s = loaded.config.backends[backend_name].timeout_ms / 1000.0
+        attempts.append(Attempt(backend, timeout_s))
+        weights.append(1.0 if isinstance(ref, str) else ref.weight)
+    if not ok:
+        return None
+    route = Route(attempts, weights if model.route.strategy == "weighted" else None)
+    return ModelEntry(
+        name=name, version=model.version, kind=model.kind, signature=signature,
+        route=route, description=model.description,
+    )
+
+
+def _close_quietly(backend: Backend) -> None:
+    try:
+        asyncio.run(backend.close())
+    except Exception:  # closing after a failed load must not hide the load errors
+        log.debug("closing backend %s failed", backend.name, exc_info=True)
+
+
+def check_config(path: str | os.PathLike[str]) -> tuple[LoadedConfig | None, list[str]]:
+    """What `gateway check` reports: every problem, or none."""
+    try:
+        loaded = load_config(path)
+        runtime = build_runtime(loaded)
+    except ConfigError as exc:
+        return None, exc.problems
+    asyncio.run(runtime.close())
+    return loaded, []
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    return create_http_app(
+        runtime.service,
+        runtime.loaded.config.server.max_request_bytes,
+        on_shutdown=runtime.close,
+    )
+
+
+def app_from_env() -> FastAPI:
+    """ASGI factory for multi-worker serving: each worker builds its own runtime."""
+    from gateway.observe.logs import setup_logging
+
+    loaded = load_config(default_config_path())
+    setup_logging(loaded.config.server.log_level)
+    return create_app(build_runtime(loaded))

@@ -1,0 +1,17 @@
+"""Builds a backend object from its config entry: the one place that knows every type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from gateway.backends.base import Backend
+from gateway.backends.onnx import OnnxBackend
+from gateway.config.schema import BackendConfig, OnnxBackendConfig
+
+
+def build_backend(name: str, config: BackendConfig, resolve_path: Callable[[str], Path]) -> Backend:
+    """Raises BackendLoadError (or another exception with a clear message) on failure."""
+    if isinstance(config, OnnxBackendConfig):
+        return OnnxBackend(name, config, resolve_path(config.path))
+    raise TypeError(f"backend '{name}': no implementation for type {config.type!r}")

@@ -1,0 +1,197 @@
+"""The gateway's YAML config as typed, frozen pydantic models (design.md §1.8).
+
+Unknown keys are errors: a misspelt `max_queue` must not silently become the
+default. Cross-references (routes naming backends, tenants naming models) are
+checked by `config.loader`, which reports every problem with its YAML path.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The KServe v2 datatypes the gateway can decode (BF16 has no numpy type).
+Datatype = Literal[
+    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Section):
+    host: str = "0.0.0.0"
+    http_port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535)  # 0 disables gRPC
+    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    admin_key_env: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RedisConfig(Section):
+    url: str
+
+
+class RateLimitConfig(Section):
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+
+
+class TenantConfig(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    key_env: str
+    models: list[str] | None = None  # None: every model
+    rate_limit: RateLimitConfig | None = None
+
+
+class BatchingConfig(Section):
+    max_batch_size: int = Field(32, ge=1)
+    max_queue_delay_us: int = Field(1000, ge=0)
+    preferred_batch_sizes: list[int] = []
+
+
+class CostConfig(Section):
+    usd_per_request: float = Field(0.0, ge=0)
+    usd_per_1k_input_tokens: float = Field(0.0, ge=0)
+    usd_per_1k_output_tokens: float = Field(0.0, ge=0)
+
+
+class RetryConfig(Section):
+    max: int = Field(0, ge=0, le=10)
+    backoff_ms: int = Field(100, ge=0)
+
+
+class BackendCommon(Section):
+    max_concurrency: int = Field(4, ge=1)
+    max_queue: int = Field(256, ge=0)
+    timeout_ms: int = Field(30_000, ge=1)
+    retries: RetryConfig = RetryConfig()
+    cost: CostConfig = CostConfig()
+
+
+ProviderName = Literal["tensorrt", "cuda", "cpu"]
+
+
+class OnnxBackendConfig(BackendCommon):
+    type: Literal["onnx"]
+    path: str
+    # Tried in order, keeping those this onnxruntime build offers.
+    providers: list[ProviderName] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    # Refuse to load rather than fall back to CPU when no GPU provider is usable.
+    require_gpu: bool = False
+    # None: cores / max_concurrency, so concurrent runs do not oversubscribe the CPU.
+    intra_op_threads: int | None = Field(None, ge=1)
+    inter_op_threads: int | None = Field(None, ge=1)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    batching: BatchingConfig | None = None
+
+
+# A union as soon as a second backend type exists; the `type` key selects it.
+BackendConfig = Union[OnnxBackendConfig]
+
+
+class TensorSpecConfig(Section):
+    name: str = Field(min_length=1)
+    datatype: Datatype
+    shape: list[int]
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list[int]) -> list[int]:
+        for dim in shape:
+            if dim < -1:
+                raise ValueError(f"dimension {dim} is invalid: use -1 for any size, or a size >= 0")
+        return shape
+
+
+class SignatureConfig(Section):
+    inputs: list[TensorSpecConfig] = Field(min_length=1)
+    outputs: list[TensorSpecConfig] = Field(min_length=1)
+    # None: batched when every input and output has -1 as its first dimension.
+    batched: bool | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "SignatureConfig":
+        for side, specs in (("inputs", self.inputs), ("outputs", self.outputs)):
+            names = [s.name for s in specs]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{side}: duplicate names {dupes}")
+        if self.batched:
+            for spec in [*self.inputs, *self.outputs]:
+                if not spec.shape or spec.shape[0] != -1:
+                    raise ValueError(
+                        f"batched: '{spec.name}' must have -1 as its first dimension, "
+                        f"got {spec.shape}"
+                    )
+        return self
+
+    def is_batched(self) -> bool:
+        if self.batched is not None:
+            return self.batched
+        return all(s.shape and s.shape[0] == -1 for s in [*self.inputs, *self.outputs])
+
+
+class WeightedBackend(Section):
+    name: str
+    weight: float = Field(gt=0)
+
+
+class ShadowConfig(Section):
+    backend: str
+    fraction: float = Field(ge=0, le=1)
+
+
+class RouteConfig(Section):
+    strategy: Literal["fallback", "weighted"] = "fallback"
+    backends: list[Union[str, WeightedBackend]] = Field(min_length=1)
+    shadow: ShadowConfig | None = None
+
+    def backend_names(self) -> list[str]:
+        return [b if isinstance(b, str) else b.name for b in self.backends]
+
+
+class CacheConfig(Section):
+    ttl_s: int = Field(ge=1)
+
+
+class SloConfig(Section):
+    latency_ms: float = Field(gt=0)
+    latency_target: float = Field(0.99, gt=0, lt=1)
+    availability: float = Field(0.999, gt=0, lt=1)
+    window: str = "30d"
+
+
+class ModelConfig(Section):
+    version: str = "1"
+    kind: Literal["tensor", "chat", "embeddings"] = "tensor"
+    description: str = ""
+    signature: SignatureConfig | None = None
+    route: RouteConfig
+    cache: CacheConfig | None = None
+    slo: SloConfig | None = None
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: object) -> object:
+        # YAML reads `version: 1` as an int; versions are names on the wire.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _tensor_needs_signature(self) -> "ModelConfig":
+        if self.kind == "tensor" and self.signature is None:
+            raise ValueError("signature: required for a model of kind 'tensor'")
+        return self
+
+
+class GatewayConfig(Section):
+    server: ServerConfig = ServerConfig()
+    redis: RedisConfig | None = None
+    tenants: list[TenantConfig] = []
+    backends: dict[str, BackendConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = Field(min_length=1)

@@ -1,0 +1,69 @@
+"""Protocol-free request and response types: the contract between transports and the core.
+
+Tensors are numpy arrays (object arrays of `bytes` for BYTES); transports decode
+the wire straight into them and encode them back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """An output the caller asked for; `binary` selects the binary tensor extension."""
+
+    name: str
+    binary: bool = False
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model: str
+    version: str | None
+    inputs: dict[str, np.ndarray]
+    # None means "every output of the signature".
+    outputs: tuple[RequestedOutput, ...] | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model: str
+    version: str
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the pipeline knows and learns about one request, whatever the protocol.
+
+    `deadline` is on the `time.monotonic()` clock. The pipeline fills `backend`,
+    `attempts` and `backend_wait_s` so transports can report them in headers.
+    """
+
+    request_id: str
+    protocol: str
+    deadline: float | None = None
+    no_cache: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    backend: str | None = None
+    attempts: int = 0
+    backend_wait_s: float = 0.0
+    cache: str = "bypass"
+
+    def remaining_s(self) -> float | None:
+        """Seconds left before the deadline, None when there is none."""
+        if self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
+
+    def overhead_s(self) -> float:
+        """The gateway's own time so far: elapsed time minus backend waits."""
+        return max(0.0, time.perf_counter() - self.started - self.backend_wait_s)
