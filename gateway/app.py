@@ -8,9 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI
-
-from gateway.api.http_app import create_http_app
+from gateway.api.http_app import InferFastPath, create_http_app
 from gateway.backends.base import Backend
 from gateway.backends.factory import build_backend
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
@@ -140,7 +138,7 @@ def check_config(path: str | os.PathLike[str]) -> tuple[LoadedConfig | None, lis
     return loaded, []
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+def create_app(runtime: Runtime) -> InferFastPath:
     return create_http_app(
         runtime.service,
         runtime.loaded.config.server.max_request_bytes,
@@ -148,7 +146,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> InferFastPath:
     """ASGI factory for multi-worker serving: each worker builds its own runtime."""
     from gateway.observe.logs import setup_logging
 

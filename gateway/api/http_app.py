@@ -5,6 +5,8 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable
 
+from starlette.types import Receive, Scope, Send
+
 import orjson
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
@@ -16,11 +18,47 @@ from gateway.api.v2_http import V2HttpApi
 from gateway.core.service import InferenceService
 
 
+InferAsgi = Callable[[Scope, Receive, Send, dict[str, str]], Awaitable[None]]
+
+
+class InferFastPath:
+    """ASGI front door: `/v2/models/{m}[/versions/{v}]/infer` goes straight to the
+    v2 infer endpoint; everything else (and lifespan) goes to FastAPI.
+
+    The infer endpoint maps every error itself, so FastAPI's middleware stack
+    and its route scan add nothing there but cost per request.
+    """
+
+    def __init__(self, app: FastAPI, infer: InferAsgi) -> None:
+        self.app = app
+        self.infer = infer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            params = infer_path_params(scope["path"])
+            if params is not None:
+                await self.infer(scope, receive, send, params)
+                return
+        await self.app(scope, receive, send)
+
+
+def infer_path_params(path: str) -> dict[str, str] | None:
+    """{'model': m} or {'model': m, 'version': v} for an infer path, else None."""
+    if not (path.startswith("/v2/models/") and path.endswith("/infer")):
+        return None
+    parts = path[len("/v2/models/"):-len("/infer")].split("/")
+    if len(parts) == 1 and parts[0]:
+        return {"model": parts[0]}
+    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+        return {"model": parts[0], "version": parts[2]}
+    return None
+
+
 def create_http_app(
     service: InferenceService,
     max_request_bytes: int,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
-) -> FastAPI:
+) -> InferFastPath:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -31,7 +69,8 @@ def create_http_app(
         title="inference-gateway", version=__version__, lifespan=lifespan,
         docs_url=None, redoc_url=None, openapi_url=None,
     )
-    for route in V2HttpApi(service, max_request_bytes).routes():
+    v2 = V2HttpApi(service, max_request_bytes)
+    for route in v2.routes():
         app.router.routes.append(route)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -44,4 +83,4 @@ def create_http_app(
                         media_type="application/json", headers=exc.headers)
 
     app.add_exception_handler(HTTPException, http_error)
-    return app
+    return InferFastPath(app, v2.infer)

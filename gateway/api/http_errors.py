@@ -6,7 +6,6 @@ import logging
 import math
 
 import orjson
-from starlette.responses import Response
 
 from gateway.core.errors import ErrorKind, GatewayError
 
@@ -25,33 +24,24 @@ HTTP_STATUS: dict[ErrorKind, int] = {
 }
 
 # Retry-After is always sent with these, even when the error did not say when.
-_RETRYABLE = {ErrorKind.RATE_LIMITED: 1.0, ErrorKind.OVERLOADED: 1.0}
+_RETRY_AFTER_DEFAULT_S = {ErrorKind.RATE_LIMITED: 1.0, ErrorKind.OVERLOADED: 1.0}
 
 
-def error_headers(error: GatewayError) -> dict[str, str]:
-    default = _RETRYABLE.get(error.kind)
+def error_headers(error: GatewayError) -> list[tuple[bytes, bytes]]:
+    default = _RETRY_AFTER_DEFAULT_S.get(error.kind)
     if default is None:
-        return {}
+        return []
     seconds = error.retry_after_s if error.retry_after_s is not None else default
-    return {"retry-after": str(max(1, math.ceil(seconds)))}
+    return [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
 
 
-def v2_error_response(error: GatewayError, headers: dict[str, str]) -> Response:
-    """KServe v2 error body: {"error": "..."}."""
-    return Response(
-        orjson.dumps({"error": error.message}),
-        status_code=HTTP_STATUS[error.kind],
-        headers={**headers, **error_headers(error)},
-        media_type="application/json",
-    )
+def v2_error_body(error: GatewayError) -> tuple[int, bytes]:
+    """KServe v2 error: status and {"error": "..."}."""
+    return HTTP_STATUS[error.kind], orjson.dumps({"error": error.message})
 
 
-def internal_error_response(exc: BaseException, request_id: str, headers: dict[str, str]) -> Response:
+def internal_error_body(exc: BaseException, request_id: str) -> tuple[int, bytes]:
     """A bug: logged with its traceback, answered without internals."""
     log.error("internal error on request %s", request_id, exc_info=exc)
-    return Response(
-        orjson.dumps({"error": f"internal error (request id {request_id}); this is a gateway bug"}),
-        status_code=500,
-        headers=headers,
-        media_type="application/json",
-    )
+    message = f"internal error (request id {request_id}); this is a gateway bug"
+    return 500, orjson.dumps({"error": message})

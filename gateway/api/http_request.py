@@ -1,79 +1,119 @@
-"""What every HTTP surface does with a request before and after the core:
-request id, deadline and cache headers in, body read under a size limit,
-gateway headers out."""
+"""What every HTTP surface does around the core: request id, deadline and cache
+headers in, the body read under a size limit, gateway headers out.
+
+Works on raw ASGI (`scope["headers"]` as a bytes dict, `receive`, `send`) so
+the hot path builds no framework objects per request.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from typing import Mapping
 
-from starlette.requests import Request
+from starlette.types import Receive, Send
 
 from gateway.core.errors import InvalidInput, PayloadTooLarge
 from gateway.core.types import RequestContext
 
+Headers = Mapping[bytes, bytes]
+
 _MAX_REQUEST_ID = 128
+# Generated ids: a random per-process prefix and a counter. Unique across
+# replicas without a syscall per request (os.urandom is one).
+_ID_PREFIX = os.urandom(6).hex()
+_ID_COUNTER = itertools.count(1)
 
 
-def request_context(request: Request, protocol: str) -> RequestContext:
-    headers = request.headers
-    request_id = headers.get("x-request-id")
-    if not request_id or len(request_id) > _MAX_REQUEST_ID:
-        request_id = os.urandom(12).hex()
+def header_map(scope: Mapping[str, object]) -> dict[bytes, bytes]:
+    """ASGI headers as a dict; names are already lower-case per the ASGI spec."""
+    return dict(scope["headers"])  # type: ignore[arg-type]
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
+def request_context(headers: Headers, protocol: str) -> RequestContext:
+    raw_id = headers.get(b"x-request-id")
+    request_id = (
+        raw_id.decode("latin-1") if raw_id and len(raw_id) <= _MAX_REQUEST_ID else new_request_id()
+    )
     ctx = RequestContext(request_id=request_id, protocol=protocol)
-    timeout = headers.get("x-request-timeout-ms")
+    timeout = headers.get(b"x-request-timeout-ms")
     if timeout is not None:
         ctx.deadline = time.monotonic() + _timeout_ms(timeout) / 1000.0
-    cache_control = headers.get("cache-control")
-    if cache_control and "no-cache" in cache_control.lower():
+    cache_control = headers.get(b"cache-control")
+    if cache_control and b"no-cache" in cache_control.lower():
         ctx.no_cache = True
     return ctx
 
 
-def _timeout_ms(value: str) -> float:
+def _timeout_ms(value: bytes) -> float:
     try:
         ms = float(value)
     except ValueError:
         ms = -1.0
-    if not ms > 0 or ms == float("inf"):
+    if not 0 < ms < float("inf"):
         raise InvalidInput(
-            f"header x-request-timeout-ms: expected a positive number of milliseconds, got {value!r}"
+            "header x-request-timeout-ms: expected a positive number of milliseconds, "
+            f"got {value.decode('latin-1')!r}"
         )
     return ms
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed `limit`."""
-    declared = request.headers.get("content-length")
+async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it is known to exceed `limit`:
+    from content-length before reading anything, else while reading chunks."""
+    declared = headers.get(b"content-length")
     if declared is not None:
         try:
             size = int(declared)
         except ValueError:
-            raise InvalidInput(f"header content-length: expected an integer, got {declared!r}") from None
+            raise InvalidInput(
+                f"header content-length: expected an integer, got {declared.decode('latin-1')!r}"
+            ) from None
         if size > limit:
             raise PayloadTooLarge(
                 f"request body is {size} bytes, the limit is {limit} bytes (server.max_request_bytes)"
             )
-        return await request.body()
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(
-                f"request body exceeds the limit of {limit} bytes (server.max_request_bytes)"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away; what was read is all there is
+        chunk = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {limit} bytes (server.max_request_bytes)"
+                )
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def response_headers(ctx: RequestContext) -> dict[str, str]:
-    headers = {
-        "x-request-id": ctx.request_id,
-        "x-gateway-cache": ctx.cache,
-        "x-gateway-attempts": str(ctx.attempts),
-        "x-gateway-overhead-ms": f"{ctx.overhead_s() * 1000.0:.3f}",
-    }
+def gateway_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"x-request-id", ctx.request_id.encode("latin-1")),
+        (b"x-gateway-cache", ctx.cache.encode()),
+        (b"x-gateway-attempts", str(ctx.attempts).encode()),
+        (b"x-gateway-overhead-ms", f"{ctx.overhead_s() * 1000.0:.3f}".encode()),
+    ]
     if ctx.backend is not None:
-        headers["x-gateway-backend"] = ctx.backend
+        headers.append((b"x-gateway-backend", ctx.backend.encode()))
     return headers
+
+
+async def send_response(
+    send: Send, status: int, body: bytes, content_type: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    headers.append((b"content-type", content_type))
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -209,6 +209,10 @@ def _decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
         )
     dtype = NUMPY_DTYPES[datatype]
     family = dtype.kind
+    if family in "iu" and array.dtype.kind in "fO":
+        # numpy infers float64 (losing precision) for integers beyond int64,
+        # e.g. UINT64 values over 2**63: keep them exact on this slow path.
+        array = _exact_integers(name, datatype, data, array)
     if array.size and array.dtype.kind not in _ACCEPTED_KINDS[family]:
         raise InvalidInput(
             f"input '{name}': {datatype} data must be {_KIND_WORDS[family]}, got "
@@ -223,6 +227,20 @@ def _decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
                 f"for {datatype} [{info.min}, {info.max}]"
             )
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _exact_integers(name: str, datatype: str, data: list[Any], inferred: np.ndarray) -> np.ndarray:
+    flat = _flatten(data)
+    if not all(type(v) is int for v in flat):
+        return inferred
+    low, high = min(flat), max(flat)
+    if low >= 0 and high <= np.iinfo(np.uint64).max:
+        return np.array(flat, dtype=np.uint64)
+    info = np.iinfo(NUMPY_DTYPES[datatype])
+    raise InvalidInput(
+        f"input '{name}': value {low if low < info.min else high} is out of range "
+        f"for {datatype} [{info.min}, {info.max}]"
+    )
 
 
 def _decode_json_bytes(name: str, shape: tuple[int, ...], count: int, data: list[Any]) -> np.ndarray:

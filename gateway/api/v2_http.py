@@ -1,7 +1,8 @@
 """KServe v2 / Open Inference Protocol over HTTP (with the binary tensor extension).
 
-Routes are plain Starlette endpoints on purpose: the infer path reads raw
-bytes and does no per-request pydantic work.
+Infer is served on raw ASGI (see `InferFastPath` in http_app.py): it reads the
+body bytes, decodes them straight into numpy arrays and builds no framework or
+pydantic objects per request. Metadata and health are ordinary Starlette routes.
 """
 
 from __future__ import annotations
@@ -12,10 +13,17 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.api.http_errors import internal_error_response, v2_error_response
-from gateway.api.http_request import read_body, request_context, response_headers
+from gateway.api.http_errors import error_headers, internal_error_body, v2_error_body
+from gateway.api.http_request import (
+    gateway_headers,
+    header_map,
+    read_body,
+    request_context,
+    send_response,
+)
 from gateway.api.v2_codec import decode_infer_request, encode_infer_response
 from gateway.core.errors import GatewayError
 from gateway.core.service import InferenceService, ModelEntry
@@ -23,38 +31,75 @@ from gateway.core.types import RequestContext
 
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORM = "inference-gateway"
+JSON = b"application/json"
+OCTETS = b"application/octet-stream"
 
-Handler = Callable[[Request, RequestContext], Awaitable[Response]]
-
-
-def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(doc), status_code=status, headers=headers,
-                    media_type="application/json")
+MetadataHandler = Callable[[dict[str, str]], tuple[int, Any]]
 
 
 def model_metadata(entry: ModelEntry) -> dict[str, Any]:
-    doc: dict[str, Any] = {
+    signature = entry.signature
+    return {
         "name": entry.name,
         "versions": [entry.version],
         "platform": PLATFORM,
+        "inputs": [s.to_dict() for s in signature.inputs] if signature else [],
+        "outputs": [s.to_dict() for s in signature.outputs] if signature else [],
     }
-    if entry.signature is not None:
-        doc["inputs"] = [s.to_dict() for s in entry.signature.inputs]
-        doc["outputs"] = [s.to_dict() for s in entry.signature.outputs]
-    else:
-        doc["inputs"], doc["outputs"] = [], []
-    return doc
 
 
 class V2HttpApi:
-    """Builds the v2 routes over one InferenceService."""
+    """The v2 endpoints over one InferenceService."""
 
     def __init__(self, service: InferenceService, max_request_bytes: int) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
 
+    # -- infer: the hot path -------------------------------------------------
+
+    async def infer(
+        self, scope: Scope, receive: Receive, send: Send, params: dict[str, str]
+    ) -> None:
+        """Serve one infer call; every error is answered here, never raised."""
+        headers = header_map(scope)
+        ctx: RequestContext | None = None
+        try:
+            ctx = request_context(headers, "v2_http")
+            if scope["method"] != "POST":
+                raise _MethodNotAllowed(scope["method"])
+            model, version = params["model"], params.get("version")
+            # Resolve the model first: an unknown model is a 404 whatever the body.
+            self.service.model(model, version)
+            body = await read_body(receive, headers, self.max_request_bytes)
+            request, options = decode_infer_request(
+                body, _text(headers.get(b"inference-header-content-length")), model, version
+            )
+            response = await self.service.infer(request, ctx)
+            payload, header_length = encode_infer_response(response, request.outputs, options)
+            out = gateway_headers(ctx)
+            if header_length is None:
+                await send_response(send, 200, payload, JSON, out)
+            else:
+                out.append((b"inference-header-content-length", str(header_length).encode()))
+                await send_response(send, 200, payload, OCTETS, out)
+        except GatewayError as error:
+            ctx = ctx or RequestContext(request_id=_text(headers.get(b"x-request-id")) or "-",
+                                        protocol="v2_http")
+            status, body = v2_error_body(error)
+            await send_response(send, status, body, JSON, gateway_headers(ctx) + error_headers(error))
+        except _MethodNotAllowed as exc:
+            assert ctx is not None
+            body = orjson.dumps({"error": f"method {exc} not allowed on {scope['path']}: use POST"})
+            await send_response(send, 405, body, JSON, gateway_headers(ctx) + [(b"allow", b"POST")])
+        except Exception as exc:  # a bug; never let it take the process down
+            request_id = ctx.request_id if ctx else "-"
+            status, body = internal_error_body(exc, request_id)
+            await send_response(send, status, body, JSON, [(b"x-request-id", request_id.encode())])
+
+    # -- metadata and health -------------------------------------------------
+
     def routes(self) -> list[Route]:
-        wrap = self._endpoint
+        wrap = self._json_endpoint
         model = "/v2/models/{model}"
         versioned = "/v2/models/{model}/versions/{version}"
         return [
@@ -65,67 +110,46 @@ class V2HttpApi:
             Route(versioned, wrap(self.model_metadata), methods=["GET"]),
             Route(model + "/ready", wrap(self.model_ready), methods=["GET"]),
             Route(versioned + "/ready", wrap(self.model_ready), methods=["GET"]),
-            Route(model + "/infer", wrap(self.infer), methods=["POST"]),
-            Route(versioned + "/infer", wrap(self.infer), methods=["POST"]),
         ]
 
     @staticmethod
-    def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        """Maps errors once: GatewayError to its status, anything else to a logged 500."""
-
+    def _json_endpoint(handler: MetadataHandler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            ctx = None
+            ctx = request_context(header_map(request.scope), "v2_http")
+            headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx)}
             try:
-                ctx = request_context(request, "v2_http")
-                return await handler(request, ctx)
+                status, doc = handler(request.path_params)
+                body = orjson.dumps(doc)
             except GatewayError as error:
-                if ctx is None:
-                    ctx = RequestContext(request_id=request.headers.get("x-request-id") or "-",
-                                         protocol="v2_http")
-                return v2_error_response(error, response_headers(ctx))
-            except Exception as exc:  # a bug; never let it take the process down
-                request_id = ctx.request_id if ctx else "-"
-                return internal_error_response(exc, request_id, {"x-request-id": request_id})
+                status, body = v2_error_body(error)
+                headers.update({k.decode(): v.decode() for k, v in error_headers(error)})
+            return Response(body, status_code=status, headers=headers, media_type="application/json")
 
         endpoint.__name__ = handler.__name__
         return endpoint
 
-    async def server_metadata(self, request: Request, ctx: RequestContext) -> Response:
-        return _json({"name": PLATFORM, "version": __version__, "extensions": EXTENSIONS})
+    def server_metadata(self, params: dict[str, str]) -> tuple[int, Any]:
+        return 200, {"name": PLATFORM, "version": __version__, "extensions": EXTENSIONS}
 
-    async def live(self, request: Request, ctx: RequestContext) -> Response:
-        return _json({"live": True})
+    def live(self, params: dict[str, str]) -> tuple[int, Any]:
+        return 200, {"live": True}
 
-    async def ready(self, request: Request, ctx: RequestContext) -> Response:
+    def ready(self, params: dict[str, str]) -> tuple[int, Any]:
         ready = self.service.ready()
-        return _json({"ready": ready}, 200 if ready else 503)
+        return (200 if ready else 503), {"ready": ready}
 
-    async def model_metadata(self, request: Request, ctx: RequestContext) -> Response:
-        params = request.path_params
-        entry = self.service.model(params["model"], params.get("version"))
-        return _json(model_metadata(entry))
+    def model_metadata(self, params: dict[str, str]) -> tuple[int, Any]:
+        return 200, model_metadata(self.service.model(params["model"], params.get("version")))
 
-    async def model_ready(self, request: Request, ctx: RequestContext) -> Response:
-        params = request.path_params
+    def model_ready(self, params: dict[str, str]) -> tuple[int, Any]:
         entry = self.service.model(params["model"], params.get("version"))
         ready = entry.ready()
-        return _json({"name": entry.name, "ready": ready}, 200 if ready else 503)
+        return (200 if ready else 503), {"name": entry.name, "ready": ready}
 
-    async def infer(self, request: Request, ctx: RequestContext) -> Response:
-        params = request.path_params
-        # Resolve the model first: an unknown model is a 404 whatever the body holds.
-        self.service.model(params["model"], params.get("version"))
-        body = await read_body(request, self.max_request_bytes)
-        infer_request, options = decode_infer_request(
-            body,
-            request.headers.get("inference-header-content-length"),
-            params["model"],
-            params.get("version"),
-        )
-        response = await self.service.infer(infer_request, ctx)
-        payload, header_length = encode_infer_response(response, infer_request.outputs, options)
-        headers = response_headers(ctx)
-        if header_length is None:
-            return Response(payload, headers=headers, media_type="application/json")
-        headers["inference-header-content-length"] = str(header_length)
-        return Response(payload, headers=headers, media_type="application/octet-stream")
+
+class _MethodNotAllowed(Exception):
+    pass
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")

@@ -4,7 +4,6 @@ naming the input, the expected and the actual, and never a 500."""
 from __future__ import annotations
 
 import json
-import struct
 
 import numpy as np
 import pytest
@@ -131,3 +130,14 @@ def test_the_gateway_still_serves_after_bad_input(digits_gateway) -> None:
     reply = post(digits_gateway.port, INFER, tensor_json("pixels", "FP32", [1, 64], ROW))
     assert reply.status == 200
     assert digits_gateway.process.poll() is None
+
+
+def test_infer_with_the_wrong_method_gets_405(digits_gateway) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", digits_gateway.port, timeout=10)
+    conn.request("GET", INFER)
+    response = conn.getresponse()
+    assert response.status == 405
+    assert response.getheader("allow") == "POST"
+    assert "use POST" in json.loads(response.read())["error"]

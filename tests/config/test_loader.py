@@ -64,8 +64,9 @@ def test_routes_must_name_defined_backends() -> None:
 def test_a_tensor_model_needs_a_signature_and_dimensions_are_checked() -> None:
     text = VALID.replace("shape: [-1, 10]", "shape: [-2, 10]")
     assert any("dimension -2 is invalid" in p for p in problems_of(text))
-    no_signature = "\n".join(l for l in VALID.splitlines() if "inputs:" not in l and "outputs:" not in l
-                             and "signature:" not in l)
+    dropped = ("inputs:", "outputs:", "signature:")
+    no_signature = "\n".join(
+        line for line in VALID.splitlines() if not any(key in line for key in dropped))
     assert any("signature: required" in p for p in problems_of(no_signature))
 
 
