@@ -12,9 +12,11 @@ from gateway.api.http_app import InferFastPath, create_http_app
 from gateway.backends.base import Backend
 from gateway.backends.factory import build_backend
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
-from gateway.config.schema import ModelConfig, SignatureConfig
+from gateway.config.schema import BackendConfig, ModelConfig, OnnxBackendConfig, SignatureConfig
 from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.signature import Signature, TensorSpec, compatibility_problems
+from gateway.routing.batching import BatchPolicy
+from gateway.routing.limits import QueuedBackend
 from gateway.routing.router import Attempt, Route
 
 log = logging.getLogger("gateway")
@@ -55,6 +57,17 @@ def to_signature(config: SignatureConfig) -> Signature:
     )
 
 
+def batch_policy(config: BackendConfig) -> BatchPolicy | None:
+    if not isinstance(config, OnnxBackendConfig) or config.batching is None:
+        return None
+    batching = config.batching
+    return BatchPolicy(
+        max_batch_size=batching.max_batch_size,
+        max_queue_delay_s=batching.max_queue_delay_us / 1e6,
+        preferred_batch_sizes=tuple(sorted(batching.preferred_batch_sizes)),
+    )
+
+
 def build_runtime(loaded: LoadedConfig) -> Runtime:
     """Load every backend and check it against the signatures it serves.
 
@@ -66,9 +79,16 @@ def build_runtime(loaded: LoadedConfig) -> Runtime:
     backends: dict[str, Backend] = {}
     for name, backend_config in config.backends.items():
         try:
-            backends[name] = build_backend(name, backend_config, loaded.resolve_path)
+            backend = build_backend(name, backend_config, loaded.resolve_path)
         except Exception as exc:
             problems.append(f"{loaded.where(('backends', name))}: {exc}")
+            continue
+        backends[name] = QueuedBackend(
+            backend,
+            max_concurrency=backend_config.max_concurrency,
+            max_queue=backend_config.max_queue,
+            batching=batch_policy(backend_config),
+        )
 
     models: dict[str, ModelEntry] = {}
     for name, model in config.models.items():

@@ -30,13 +30,14 @@ RESULTS = ROOT / "loadtests" / "results"
 DIGITS = ROOT / "models" / "digits" / "1" / "model.onnx"
 
 
-def digits_gateway_config() -> dict:
+def digits_gateway_config(batching: bool = False) -> dict:
+    backend = {"type": "onnx", "path": str(DIGITS), "providers": ["cpu"],
+               "max_concurrency": 1, "intra_op_threads": 1, "timeout_ms": 10000,
+               "max_queue": 1024}
+    if batching:
+        backend["batching"] = {"max_batch_size": 64, "max_queue_delay_us": 500}
     return {
-        "backends": {
-            "digits-cpu": {"type": "onnx", "path": str(DIGITS), "providers": ["cpu"],
-                           "max_concurrency": 1, "intra_op_threads": 1, "timeout_ms": 10000,
-                           "max_queue": 1024},
-        },
+        "backends": {"digits-cpu": backend},
         "models": {
             "digits": {
                 "signature": {
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
         "scenarios": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        gateway = start_gateway(digits_gateway_config(), Path(tmp), cpus=server_cpus)
+        gateway = start_gateway(digits_gateway_config(args.batching), Path(tmp), cpus=server_cpus)
         try:
             request = digits_binary_request(gateway.port)
             rows = []
@@ -112,6 +113,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--batching", action="store_true")
     args = parser.parse_args()
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

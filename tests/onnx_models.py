@@ -52,3 +52,23 @@ def passthrough_model(path: Path) -> Path:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "m"])
     node = helper.make_node("Identity", ["x"], ["y"])
     return _save(helper.make_graph([node], "passthrough", [x], [y]), path)
+
+
+def slow_model(path: Path, width: int = 256, repeats: int = 64) -> Path:
+    """FP32 x [n, width] -> y [n, width] through `repeats` MatMuls with one shared
+    weight: its run time grows with n, so a test can hold an execution slot busy."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])
+    nodes, previous = [], "x"
+    for i in range(repeats):
+        out = "y" if i == repeats - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [previous, "w"], [out]))
+        previous = out
+    graph = helper.make_graph(nodes, "slow", [x], [y],
+                              initializer=[numpy_helper.from_array(weight, "w")])
+    return _save(graph, path)

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import __version__
+from gateway.api.admin import admin_routes
 from gateway.api.v2_http import V2HttpApi
 from gateway.core.service import InferenceService
 
@@ -70,7 +71,7 @@ def create_http_app(
         docs_url=None, redoc_url=None, openapi_url=None,
     )
     v2 = V2HttpApi(service, max_request_bytes)
-    for route in v2.routes():
+    for route in [*v2.routes(), *admin_routes()]:
         app.router.routes.append(route)
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,8 @@ pydantic objects per request. Metadata and health are ordinary Starlette routes.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -27,7 +29,9 @@ from gateway.api.http_request import (
 from gateway.api.v2_codec import decode_infer_request, encode_infer_response
 from gateway.core.errors import GatewayError
 from gateway.core.service import InferenceService, ModelEntry
-from gateway.core.types import RequestContext
+from gateway.core.types import InferRequest, InferResponse, RequestContext
+
+log = logging.getLogger("gateway.api.v2")
 
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORM = "inference-gateway"
@@ -74,7 +78,9 @@ class V2HttpApi:
             request, options = decode_infer_request(
                 body, _text(headers.get(b"inference-header-content-length")), model, version
             )
-            response = await self.service.infer(request, ctx)
+            response = await self._infer_while_connected(request, ctx, receive)
+            if response is None:
+                return  # the caller went away: nobody to answer
             payload, header_length = encode_infer_response(response, request.outputs, options)
             out = gateway_headers(ctx)
             if header_length is None:
@@ -95,6 +101,33 @@ class V2HttpApi:
             request_id = ctx.request_id if ctx else "-"
             status, body = internal_error_body(exc, request_id)
             await send_response(send, status, body, JSON, [(b"x-request-id", request_id.encode())])
+
+    async def _infer_while_connected(
+        self, request: InferRequest, ctx: RequestContext, receive: Receive
+    ) -> InferResponse | None:
+        """Run the pipeline, cancelling it if the client disconnects first, so that
+        queued work of a caller who gave up is dropped rather than executed."""
+        task = asyncio.current_task()
+        assert task is not None
+        disconnected = False
+
+        async def watch() -> None:
+            nonlocal disconnected
+            if (await receive())["type"] == "http.disconnect":
+                disconnected = True
+                task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            return await self.service.infer(request, ctx)
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            task.uncancel()
+            log.info("request %s: client disconnected, work dropped", ctx.request_id)
+            return None
+        finally:
+            watcher.cancel()
 
     # -- metadata and health -------------------------------------------------
 

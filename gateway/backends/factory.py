@@ -7,11 +7,15 @@ from typing import Callable
 
 from gateway.backends.base import Backend
 from gateway.backends.onnx import OnnxBackend
+from gateway.backends.preprocess import TextTokenizer
 from gateway.config.schema import BackendConfig, OnnxBackendConfig
 
 
 def build_backend(name: str, config: BackendConfig, resolve_path: Callable[[str], Path]) -> Backend:
     """Raises BackendLoadError (or another exception with a clear message) on failure."""
     if isinstance(config, OnnxBackendConfig):
-        return OnnxBackend(name, config, resolve_path(config.path))
+        tokenizer = None
+        if config.tokenizer is not None:
+            tokenizer = TextTokenizer(config.tokenizer, resolve_path(config.tokenizer.path))
+        return OnnxBackend(name, config, resolve_path(config.path), tokenizer)
     raise TypeError(f"backend '{name}': no implementation for type {config.type!r}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from gateway.backends.preprocess import TextTokenizer
 from gateway.backends.providers import ProviderUnavailable, select_providers, uses_gpu
 from gateway.config.schema import OnnxBackendConfig
 from gateway.core.datatypes import ONNX_TYPES
@@ -46,7 +47,8 @@ def _spec_of(arg: ort.NodeArg) -> TensorSpec:
 class OnnxBackend:
     """An ONNX Runtime session behind the Backend protocol."""
 
-    def __init__(self, name: str, config: OnnxBackendConfig, model_path: Path) -> None:
+    def __init__(self, name: str, config: OnnxBackendConfig, model_path: Path,
+                 tokenizer: TextTokenizer | None = None) -> None:
         self.name = name
         self.config = config
         self.path = model_path
@@ -82,7 +84,19 @@ class OnnxBackend:
             "backend %s: %s on providers %s (requested %s, intra_op_threads=%d)",
             name, model_path, self.providers, providers, options.intra_op_num_threads,
         )
-        self._inputs = [_spec_of(a) for a in self.session.get_inputs()]
+        graph_inputs = [_spec_of(a) for a in self.session.get_inputs()]
+        self._tokenizer = tokenizer
+        if tokenizer is not None:
+            missing = tokenizer.consumes - {s.name for s in graph_inputs}
+            if missing:
+                raise BackendLoadError(
+                    f"the tokenizer feeds {sorted(missing)}, which the graph does not take "
+                    f"(graph inputs: {[s.name for s in graph_inputs]})"
+                )
+            graph_inputs = [TensorSpec(tokenizer.input, "BYTES", (-1,))] + [
+                s for s in graph_inputs if s.name not in tokenizer.consumes
+            ]
+        self._inputs = graph_inputs
         self._outputs = [_spec_of(a) for a in self.session.get_outputs()]
         self._string_inputs = {s.name for s in self._inputs if s.datatype == "BYTES"}
         self._pool = ThreadPoolExecutor(
@@ -96,6 +110,8 @@ class OnnxBackend:
         return True
 
     def _run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        if self._tokenizer is not None:
+            feeds.update(self._tokenizer(feeds.pop(self._tokenizer.input)))
         for name in self._string_inputs & feeds.keys():
             # ORT string tensors hold str, the gateway's BYTES hold bytes.
             feeds[name] = np.vectorize(_to_str, otypes=[object])(feeds[name])
@@ -113,8 +129,9 @@ class OnnxBackend:
     async def infer(
         self, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float | None
     ) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, self._run, dict(inputs), outputs)
+        future = asyncio.get_running_loop().run_in_executor(
+            self._pool, self._run, dict(inputs), outputs
+        )
         if timeout_s is None:
             return await future
         try:

@@ -54,6 +54,16 @@ class BatchingConfig(Section):
     max_queue_delay_us: int = Field(1000, ge=0)
     preferred_batch_sizes: list[int] = []
 
+    @model_validator(mode="after")
+    def _preferred_fit(self) -> "BatchingConfig":
+        for size in self.preferred_batch_sizes:
+            if not 1 <= size <= self.max_batch_size:
+                raise ValueError(
+                    f"preferred_batch_sizes: {size} is outside 1..max_batch_size "
+                    f"({self.max_batch_size})"
+                )
+        return self
+
 
 class CostConfig(Section):
     usd_per_request: float = Field(0.0, ge=0)
@@ -77,6 +87,17 @@ class BackendCommon(Section):
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
 
 
+class TokenizerConfig(Section):
+    """Pre-processing: callers send UTF-8 text in `input` (BYTES [-1]); the gateway
+    tokenizes it into the graph's `ids_input` and `mask_input`."""
+
+    path: str
+    input: str = "text"
+    max_length: int = Field(256, ge=1)
+    ids_input: str = "input_ids"
+    mask_input: str = "attention_mask"
+
+
 class OnnxBackendConfig(BackendCommon):
     type: Literal["onnx"]
     path: str
@@ -89,6 +110,7 @@ class OnnxBackendConfig(BackendCommon):
     inter_op_threads: int | None = Field(None, ge=1)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     batching: BatchingConfig | None = None
+    tokenizer: TokenizerConfig | None = None
 
 
 # A union as soon as a second backend type exists; the `type` key selects it.

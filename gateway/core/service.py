@@ -120,8 +120,9 @@ class InferenceService:
             try:
                 outputs = await backend.infer(inputs, wanted, timeout)
             except _FALLBACK_ON as exc:
+                # Not logged per request: under overload that would flood the log;
+                # the metrics count sheds and failures.
                 last_error = exc
-                log.warning("backend %s failed for model %s: %s", backend.name, entry.name, exc)
                 continue
             finally:
                 ctx.backend_wait_s += time.perf_counter() - started

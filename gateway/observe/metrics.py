@@ -1,0 +1,45 @@
+"""Prometheus metrics (names and labels are a contract: design.md §1.7).
+
+Defined once at import; label values are bounded (model and backend names from
+config, fixed reason words), never request data.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Sub-millisecond to tens of seconds.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+INFLIGHT = Gauge(
+    "gateway_inflight_requests", "Requests executing on a backend now",
+    ["backend"], registry=REGISTRY,
+)
+QUEUED = Gauge(
+    "gateway_queued_requests", "Requests waiting in a backend's queue now",
+    ["backend"], registry=REGISTRY,
+)
+QUEUE_DURATION = Histogram(
+    "gateway_queue_duration_seconds", "Time requests waited in a backend's queue",
+    ["backend"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "gateway_batch_size", "Rows per execution of a local backend",
+    ["backend"], buckets=BATCH_BUCKETS, registry=REGISTRY,
+)
+SHED = Counter(
+    "gateway_shed_total", "Requests refused or dropped before execution",
+    ["backend", "reason"], registry=REGISTRY,
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics in Prometheus text format, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,273 @@
+"""Admission control for one backend: bounded queue, execution slots, deadlines,
+and (optionally) dynamic batching.
+
+`QueuedBackend` wraps a backend and keeps the Backend protocol, so routes and
+the pipeline do not know it is there. Guarantees:
+
+* at most `max_concurrency` executions in flight, at most `max_queue` waiting;
+  beyond that a request is refused at once (Overloaded -> 503 + Retry-After);
+* a request whose deadline passes while it waits is answered at its deadline
+  and removed from the queue: it is never executed;
+* a request whose caller went away (its task is cancelled) is removed too;
+* one request's bad luck never fails its batch-mates: inputs are validated
+  before they are queued, and a batch that fails fails as a backend error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from typing import Hashable
+
+import numpy as np
+
+from gateway.backends.base import Backend
+from gateway.core.errors import BackendFailed, DeadlineExceeded, GatewayError, Overloaded
+from gateway.core.signature import TensorSpec
+from gateway.observe.metrics import BATCH_SIZE, INFLIGHT, QUEUE_DURATION, QUEUED, SHED
+from gateway.routing.batching import (
+    BatchPolicy,
+    batch_key,
+    concat_inputs,
+    rows_of,
+    split_outputs,
+)
+
+log = logging.getLogger("gateway.routing.limits")
+
+# How far past the head of the queue the batcher looks for batch-mates.
+_SCAN_FACTOR = 4
+
+
+class _State(enum.Enum):
+    QUEUED = 1
+    RUNNING = 2
+    DROPPED = 3
+
+
+class _Work:
+    __slots__ = ("inputs", "outputs", "key", "rows", "future", "enqueued", "state", "abandoned")
+
+    def __init__(self, inputs: dict[str, np.ndarray], outputs: list[str], key: Hashable | None,
+                 rows: int, future: asyncio.Future[dict[str, np.ndarray]]) -> None:
+        self.inputs = inputs
+        self.outputs = outputs
+        self.key = key
+        self.rows = rows
+        self.future = future
+        self.enqueued = time.monotonic()
+        self.state = _State.QUEUED
+        self.abandoned = False  # the caller stopped waiting while it ran
+
+
+class QueuedBackend:
+    """A backend behind a bounded queue and `max_concurrency` execution slots."""
+
+    def __init__(self, backend: Backend, max_concurrency: int, max_queue: int,
+                 batching: BatchPolicy | None = None) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.batching = batching
+        self._queue: deque[_Work] = deque()
+        self._waiting = 0
+        self._arrived: asyncio.Event | None = None
+        self._collecting: asyncio.Lock | None = None
+        self._slots: list[asyncio.Task[None]] = []
+        self._shed_full = SHED.labels(self.name, "queue_full")
+        self._shed_deadline = SHED.labels(self.name, "deadline")
+        self._shed_cancelled = SHED.labels(self.name, "cancelled")
+        self._queue_duration = QUEUE_DURATION.labels(self.name)
+        self._batch_size = BATCH_SIZE.labels(self.name)
+        self._inflight = INFLIGHT.labels(self.name)
+        self._queued = QUEUED.labels(self.name)
+
+    # -- Backend protocol ------------------------------------------------------
+
+    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
+        return self.backend.io_specs()
+
+    def ready(self) -> bool:
+        return self.backend.ready()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str],
+                    timeout_s: float | None) -> dict[str, np.ndarray]:
+        if self._waiting >= self.max_queue:
+            self._shed_full.inc()
+            raise Overloaded(
+                f"backend '{self.name}' is overloaded: {self._waiting} requests waiting "
+                f"(max_queue {self.max_queue})",
+                retry_after_s=1.0,
+            )
+        self._start()
+        key = batch_key(inputs, outputs) if self.batching else None
+        work = _Work(inputs, outputs, key, rows_of(inputs),
+                     asyncio.get_running_loop().create_future())
+        self._queue.append(work)
+        self._waiting += 1
+        self._queued.inc()
+        self._arrived.set()  # type: ignore[union-attr]
+        try:
+            return await asyncio.wait_for(asyncio.shield(work.future), timeout_s)
+        except TimeoutError:
+            if work.state is _State.QUEUED:
+                waited_ms = (time.monotonic() - work.enqueued) * 1000.0
+                self._drop(work, self._shed_deadline)
+                raise DeadlineExceeded(
+                    f"deadline exceeded after {waited_ms:.0f} ms waiting for backend "
+                    f"'{self.name}'; the request was not executed"
+                ) from None
+            work.abandoned = True
+            raise DeadlineExceeded(
+                f"backend '{self.name}' did not answer within the deadline"
+            ) from None
+        except asyncio.CancelledError:
+            if work.state is _State.QUEUED:
+                self._drop(work, self._shed_cancelled)
+            else:
+                work.abandoned = True
+            raise
+
+    async def close(self) -> None:
+        for slot in self._slots:
+            slot.cancel()
+        await asyncio.gather(*self._slots, return_exceptions=True)
+        self._slots.clear()
+        closing = Overloaded(f"backend '{self.name}' is shutting down", retry_after_s=1.0)
+        while self._queue:
+            work = self._queue.popleft()
+            if work.state is _State.QUEUED and not work.future.done():
+                work.future.set_exception(closing)
+                work.future.exception()  # retrieved: no "never retrieved" noise
+        self._waiting = 0
+        self._queued.set(0)
+        await self.backend.close()
+
+    # -- queue and slots -------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._slots:
+            return
+        self._arrived = asyncio.Event()
+        self._collecting = asyncio.Lock()
+        self._slots = [
+            asyncio.get_running_loop().create_task(self._slot(), name=f"{self.name}-slot-{i}")
+            for i in range(self.max_concurrency)
+        ]
+
+    def _drop(self, work: _Work, counter: object) -> None:
+        work.state = _State.DROPPED
+        self._waiting -= 1
+        self._queued.dec()
+        counter.inc()  # type: ignore[attr-defined]
+
+    def _head(self) -> _Work | None:
+        """The oldest waiting request, discarding taken or dropped ones."""
+        queue = self._queue
+        while queue and queue[0].state is not _State.QUEUED:
+            queue.popleft()
+        return queue[0] if queue else None
+
+    async def _slot(self) -> None:
+        assert self._collecting is not None
+        while True:
+            # One slot gathers at a time; the others execute meanwhile.
+            async with self._collecting:
+                batch = await self._collect()
+            await self._execute(batch)
+
+    async def _collect(self) -> list[_Work]:
+        arrived = self._arrived
+        assert arrived is not None
+        while True:
+            head = self._head()
+            if head is None:
+                arrived.clear()
+                await arrived.wait()
+                continue
+            if self.batching is None or head.key is None:
+                return self._take([head])
+            policy = self.batching
+            release_at = head.enqueued + policy.max_queue_delay_s
+            while True:
+                mates = self._mates(head, policy.max_batch_size)
+                remaining = release_at - time.monotonic()
+                if sum(w.rows for w in mates) >= policy.target_rows or remaining <= 0:
+                    break
+                arrived.clear()
+                try:
+                    await asyncio.wait_for(arrived.wait(), remaining)
+                except TimeoutError:
+                    pass
+                if head.state is not _State.QUEUED:
+                    break  # dropped while we waited: start over with the new head
+            if head.state is not _State.QUEUED:
+                continue
+            mates = self._mates(head, policy.max_batch_size)
+            count = policy.trim([w.rows for w in mates])
+            return self._take(mates[:count])
+
+    def _mates(self, head: _Work, max_rows: int) -> list[_Work]:
+        """The head and the queued requests that may share its batch, in order."""
+        mates = [head]
+        rows = head.rows
+        scanned = 0
+        limit = max_rows * _SCAN_FACTOR
+        for work in self._queue:
+            if work is head or work.state is not _State.QUEUED:
+                continue
+            scanned += 1
+            if scanned > limit or rows >= max_rows:
+                break
+            if work.key == head.key and rows + work.rows <= max_rows:
+                mates.append(work)
+                rows += work.rows
+        return mates
+
+    def _take(self, batch: list[_Work]) -> list[_Work]:
+        now = time.monotonic()
+        for work in batch:
+            work.state = _State.RUNNING
+            self._queue_duration.observe(now - work.enqueued)
+        self._waiting -= len(batch)
+        self._queued.dec(len(batch))
+        return batch
+
+    async def _execute(self, batch: list[_Work]) -> None:
+        rows = [w.rows for w in batch]
+        self._batch_size.observe(sum(rows))
+        self._inflight.inc(len(batch))
+        try:
+            if len(batch) == 1:
+                results = [await self.backend.infer(batch[0].inputs, batch[0].outputs, None)]
+            else:
+                merged = concat_inputs([w.inputs for w in batch])
+                answer = await self.backend.infer(merged, batch[0].outputs, None)
+                results = split_outputs(answer, rows, self.name)
+        except GatewayError as exc:
+            self._fail(batch, exc)
+        except Exception as exc:  # a backend bug must not kill the slot
+            log.exception("backend %s failed", self.name)
+            self._fail(batch, BackendFailed(f"backend '{self.name}' failed: {exc}"))
+        else:
+            for work, result in zip(batch, results):
+                if not work.future.done():
+                    work.future.set_result(result)
+        finally:
+            self._inflight.dec(len(batch))
+
+    @staticmethod
+    def _fail(batch: list[_Work], error: GatewayError) -> None:
+        for work in batch:
+            if not work.future.done():
+                work.future.set_exception(error)
+                if work.abandoned:
+                    work.future.exception()  # nobody waits: mark it retrieved
