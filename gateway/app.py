@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 from gateway.api.http_app import InferFastPath, create_http_app
@@ -158,11 +159,15 @@ def check_config(path: str | os.PathLike[str]) -> tuple[LoadedConfig | None, lis
     return loaded, []
 
 
-def create_app(runtime: Runtime) -> InferFastPath:
+READY_LINE = "gateway ready"
+
+
+def create_app(runtime: Runtime, on_startup: Callable[[], None] | None = None) -> InferFastPath:
     return create_http_app(
         runtime.service,
         runtime.loaded.config.server.max_request_bytes,
         on_shutdown=runtime.close,
+        on_startup=on_startup,
     )
 
 
@@ -172,4 +177,9 @@ def app_from_env() -> InferFastPath:
 
     loaded = load_config(default_config_path())
     setup_logging(loaded.config.server.log_level)
-    return create_app(build_runtime(loaded))
+    # The parent process already listens on the shared socket, so a worker is
+    # ready as soon as its application has started.
+    return create_app(
+        build_runtime(loaded),
+        on_startup=lambda: log.info("%s (worker %d)", READY_LINE, os.getpid()),
+    )

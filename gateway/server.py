@@ -9,7 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.app import CONFIG_ENV, Runtime, build_runtime, create_app
+from gateway.app import CONFIG_ENV, READY_LINE, Runtime, build_runtime, create_app
 from gateway.config.loader import LoadedConfig
 
 log = logging.getLogger("gateway")
@@ -50,9 +50,6 @@ class _Server(uvicorn.Server):
         if self.started:
             config = self.config
             log.info("%s on http://%s:%d", READY_LINE, config.host, config.port)
-
-
-READY_LINE = "gateway ready"
 
 
 async def _serve_one(runtime: Runtime, loaded: LoadedConfig, host: str, port: int) -> None:

@@ -59,9 +59,12 @@ def create_http_app(
     service: InferenceService,
     max_request_bytes: int,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    on_startup: Callable[[], None] | None = None,
 ) -> InferFastPath:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if on_startup is not None:
+            on_startup()
         yield
         if on_shutdown is not None:
             await on_shutdown()

@@ -1,0 +1,27 @@
+"""`gateway serve --workers N`: N processes answering on one port."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from tests.api.http_helpers import post, tensor_json
+from tests.conftest import digits_config, start_gateway
+
+
+def test_two_workers_serve_the_same_port(tmp_path) -> None:
+    gateway = start_gateway(digits_config(), tmp_path, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 60
+        while gateway.logs().count("gateway ready (worker") < 2:  # both workers started
+            assert time.monotonic() < deadline, gateway.logs()
+            time.sleep(0.01)
+        body = tensor_json("pixels", "FP32", [1, 64], np.ones(64).tolist())
+        replies = [post(gateway.port, "/v2/models/digits/infer", body) for _ in range(20)]
+        assert all(r.status == 200 for r in replies)
+        assert len({json.dumps(json.loads(r.body)["outputs"]) for r in replies}) == 1
+        assert gateway.process.poll() is None
+    finally:
+        gateway.stop()
