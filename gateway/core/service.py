@@ -106,6 +106,7 @@ class InferenceService:
         ctx: RequestContext,
     ) -> dict[str, np.ndarray]:
         last_error: GatewayError | None = None
+        all_overloaded = True
         for attempt in entry.route.plan():
             backend = attempt.backend
             remaining = ctx.remaining_s()
@@ -123,6 +124,7 @@ class InferenceService:
                 # Not logged per request: under overload that would flood the log;
                 # the metrics count sheds and failures.
                 last_error = exc
+                all_overloaded = all_overloaded and isinstance(exc, Overloaded)
                 continue
             finally:
                 ctx.backend_wait_s += time.perf_counter() - started
@@ -130,12 +132,17 @@ class InferenceService:
                 signature.validate_outputs(outputs, batch, backend.name)
             except BackendFailed as exc:
                 last_error = exc
+                all_overloaded = False
                 log.error("model %s: %s", entry.name, exc)
                 continue
             return {name: outputs[name] for name in wanted}
         assert last_error is not None
-        if ctx.attempts > 1:
-            raise BackendFailed(
-                f"every backend of model '{entry.name}' failed; last: {last_error.message}"
+        if ctx.attempts == 1:
+            raise last_error
+        if all_overloaded:
+            raise Overloaded(
+                f"every backend of model '{entry.name}' is overloaded", retry_after_s=1.0
             )
-        raise last_error
+        raise BackendFailed(
+            f"every backend of model '{entry.name}' failed; last: {last_error.message}"
+        )
