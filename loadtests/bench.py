@@ -1,126 +1,147 @@
-"""`make bench`: closed-loop load against a real gateway process, results as JSON.
+"""`make bench`: the benchmark of issue 3, in one run.
 
-Scenario `digits-binary`: KServe v2 binary tensor infer of one digits sample
-per request, one gateway worker. The server is pinned to core 0 and the load
-generator to the remaining cores when the machine has at least two.
+    digits    the gateway's overhead on a tiny model: without and with batching,
+              against the FastAPI floor (a trivial FastAPI app on the same core)
+    overload  digits with batching and max_queue 64, offered 3x its capacity open
+              loop: admitted latency, time to shed, errors, gateway RSS
+    embedder  all-MiniLM-L6-v2: the in-process limit (tokenize + run, no HTTP) at
+              several batch sizes, against the gateway with and without batching
 
-    python loadtests/bench.py [--concurrency 1,8,32,64] [--duration 10] [--warmup 2]
+Servers (and the in-process limit) are pinned to the first allowed core, the
+load generator to the others. Scenarios run in the order above: the embedder
+comes last because it may have to wait for its model files. Results go to
+loadtests/results/bench-<time>.json with a latency/throughput plot beside it.
+
+    python loadtests/bench.py [--scenarios digits,embedder,overload] [--duration 10]
+                              [--warmup 2] [--concurrency 32]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests.gateway_process import ROOT, start_gateway  # noqa: E402
-from loadtests.loadgen import closed_loop, http_request  # noqa: E402
+from loadtests import report  # noqa: E402
+from loadtests.gateway_process import ROOT  # noqa: E402
+from loadtests.scenarios.common import Settings, cpu_split  # noqa: E402
+from loadtests.scenarios.digits import run_digits  # noqa: E402
+from loadtests.scenarios.embedder import run_embedder  # noqa: E402
+from loadtests.scenarios.overload import run_overload  # noqa: E402
 
 RESULTS = ROOT / "loadtests" / "results"
-DIGITS = ROOT / "models" / "digits" / "1" / "model.onnx"
+ORDER = ("digits", "overload", "embedder")
 
 
-def digits_gateway_config(batching: bool = False) -> dict:
-    backend = {"type": "onnx", "path": str(DIGITS), "providers": ["cpu"],
-               "max_concurrency": 1, "intra_op_threads": 1, "timeout_ms": 10000,
-               "max_queue": 1024}
-    if batching:
-        backend["batching"] = {"max_batch_size": 64, "max_queue_delay_us": 500}
+def int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default=",".join(ORDER),
+                        help="comma-separated subset of: %(default)s")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="measured seconds per level (default %(default)s)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="unrecorded seconds before each level (default %(default)s)")
+    parser.add_argument("--concurrency", type=int_list, default=[32],
+                        help="digits: closed-loop concurrency levels, e.g. 1,8,32,64 (default 32)")
+    parser.add_argument("--embedder-concurrency", type=int_list, default=[1, 8, 32, 64])
+    parser.add_argument("--batch-sizes", type=int_list, default=[1, 8, 16, 32, 64],
+                        help="embedder: in-process batch sizes")
+    parser.add_argument("--embedder-wait", type=float, default=2400.0,
+                        help="seconds to wait for the embedder's model files (default 40 min)")
+    parser.add_argument("--overload-factor", type=float, default=3.0,
+                        help="open-loop rate as a multiple of the measured capacity")
+    parser.add_argument("--overload-duration", type=float, default=20.0)
+    parser.add_argument("--connections", type=int, default=256,
+                        help="overload: the open loop's connection pool")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    chosen = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    unknown = chosen - set(ORDER)
+    if unknown:
+        parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(ORDER)}")
+    args.scenarios = [s for s in ORDER if s in chosen]
+    return args
+
+
+def scenario_runners(args: argparse.Namespace, settings: Settings) -> dict[str, Callable[[], dict]]:
     return {
-        "backends": {"digits-cpu": backend},
-        "models": {
-            "digits": {
-                "signature": {
-                    "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
-                    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
-                },
-                "route": {"backends": ["digits-cpu"]},
-            }
-        },
+        "digits": lambda: run_digits(settings, args.concurrency),
+        "overload": lambda: run_overload(settings, args.overload_factor, args.overload_duration,
+                                         args.connections),
+        "embedder": lambda: run_embedder(settings, args.embedder_concurrency, args.batch_sizes,
+                                         args.embedder_wait),
     }
 
 
-def digits_binary_request(port: int) -> bytes:
-    from sklearn.datasets import load_digits
-
-    pixels = load_digits().data[:1].astype(np.float32)
-    raw = pixels.tobytes()
-    header = json.dumps({
-        "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
-                    "parameters": {"binary_data_size": len(raw)}}],
-        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-    }).encode()
-    return http_request("127.0.0.1", port, "/v2/models/digits/infer", header + raw,
-                        {"Inference-Header-Content-Length": str(len(header))})
-
-
-def cpu_split() -> tuple[set[int] | None, set[int] | None, str]:
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None, f"not pinned: only {len(cpus)} core(s) available"
-    server, client = {cpus[0]}, set(cpus[1:])
-    return server, client, f"server pinned to core {cpus[0]}, load generator to {sorted(client)}"
-
-
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     server_cpus, client_cpus, pinning = cpu_split()
     if client_cpus:
-        os.sched_setaffinity(0, client_cpus)
+        os.sched_setaffinity(0, client_cpus)  # the generator runs in this process
     print(f"# {pinning}", flush=True)
-    levels = [int(c) for c in args.concurrency.split(",")]
-    report: dict = {
+    settings = Settings(server_cpus, client_cpus, pinning, args.duration, args.warmup, workdir)
+    report_: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "pinning": pinning, "duration_s": args.duration, "warmup_s": args.warmup,
+        "pinning": {"server_cpus": sorted(server_cpus or []),
+                    "client_cpus": sorted(client_cpus or []), "description": pinning},
+        "duration_s": args.duration, "warmup_s": args.warmup,
         "scenarios": {},
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        gateway = start_gateway(digits_gateway_config(args.batching), Path(tmp), cpus=server_cpus)
+    runners = scenario_runners(args, settings)
+    for name in args.scenarios:
+        started = time.monotonic()
         try:
-            request = digits_binary_request(gateway.port)
-            rows = []
-            for concurrency in levels:
-                result = asyncio.run(closed_loop("127.0.0.1", gateway.port, request, concurrency,
-                                                 args.duration, args.warmup))
-                row = result.summary()
-                rows.append(row)
-                print(f"digits-binary  c={concurrency:<3d} {row['throughput_rps']:>9.1f} req/s  "
-                      f"p50 {row['p50_ms']:7.3f} ms  p99 {row['p99_ms']:7.3f} ms  "
-                      f"errors {row['errors']}  statuses {row['statuses']}", flush=True)
-            report["scenarios"]["digits-binary"] = {
-                "description": "v2 HTTP binary infer, 1 digits sample per request, 1 worker",
-                "levels": rows,
-            }
-        finally:
-            gateway.stop()
-    return report
+            result = runners[name]()
+        except Exception as exc:  # noqa: BLE001 - one broken scenario must not lose the others' results
+            traceback.print_exc()
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        result["elapsed_s"] = round(time.monotonic() - started, 1)
+        report_["scenarios"][name] = result
+    return report_
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", default="1,8,32,64")
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--batching", action="store_true")
-    args = parser.parse_args()
-    report = run(args)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        result = run(args, Path(tmp))
+    result["elapsed_s"] = round(time.monotonic() - began, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2))
-    print(f"# results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
-    return 0
+    stem = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    png = stem.with_suffix(".png")
+    pins = result["pinning"]
+    title = (f"inference gateway bench, {result['started']}: servers on cores {pins['server_cpus']}, "
+             f"load generator on {pins['client_cpus']}; p50 solid, p99 dashed")
+    if report.plot(result["scenarios"], png, title):
+        result["plot"] = png.name
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(result, indent=2))
+    print()
+    print(report.summary(result["scenarios"]))
+    print()
+    print(f"# {result['pinning']['description']}; total {result['elapsed_s']:.0f} s")
+    for path in (json_path, png if "plot" in result else None):
+        if path is not None:
+            print(f"# results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    failed = [n for n, r in result["scenarios"].items() if "error" in r]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Start a `gateway serve` subprocess on a free loopback port and wait until it listens.
+"""Start a server subprocess on a free loopback port and wait until it listens.
 
-Shared by the test suite and the benchmark so both run the gateway exactly as
-users do.
+`start_gateway` runs `gateway serve` exactly as users do; `start_server` runs
+any command that logs a ready line once its sockets listen (the benchmark's
+FastAPI floor). Shared by the test suite and the benchmark.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def free_port() -> int:
 
 @dataclass
 class GatewayProcess:
-    """A running gateway; `url` is its HTTP address (host:port)."""
+    """A running server; `url` is its HTTP address (host:port)."""
 
     process: subprocess.Popen[bytes]
     port: int
@@ -37,6 +38,10 @@ class GatewayProcess:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def logs(self) -> str:
         return b"".join(self.output).decode(errors="replace")
@@ -51,38 +56,48 @@ class GatewayProcess:
                 self.process.wait()
 
 
-def start_gateway(config: dict, workdir: Path, *extra_args: str, cpus: set[int] | None = None,
-                  timeout_s: float = 60.0) -> GatewayProcess:
-    """Write `config` into `workdir`, serve it, and return once it listens.
+def start_server(name: str, argv: list[str], port: int, ready_line: bytes,
+                 cpus: set[int] | None = None, timeout_s: float = 60.0) -> GatewayProcess:
+    """Run `argv` (from the project root) and return once it prints `ready_line`.
 
     `cpus` pins the server to those cores (Linux), so a load generator on the
     other cores does not compete with it.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / "gateway.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
-         "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0", *extra_args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=pin,
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    gateway = GatewayProcess(process, port)
+    if cpus:
+        # Popen returns once the child has exec'd, long before the interpreter
+        # starts any thread, so every thread it makes inherits this (and no
+        # preexec_fn has to run in a parent that has threads of its own).
+        os.sched_setaffinity(process.pid, cpus)
+    server = GatewayProcess(process, port)
     ready = threading.Event()
 
     def drain() -> None:
         # Reads for the process's whole life so its pipe never fills up.
         assert process.stdout is not None
         for line in process.stdout:
-            gateway.output.append(line)
-            if READY_LINE in line:
+            server.output.append(line)
+            if ready_line in line:
                 ready.set()
         ready.set()  # it exited: wake the waiter, which sees the exit code
 
     threading.Thread(target=drain, daemon=True).start()
     if not ready.wait(timeout_s) or process.poll() is not None:
-        gateway.stop()
-        raise RuntimeError(f"gateway did not start (exit {process.returncode}):\n{gateway.logs()}")
-    return gateway
+        server.stop()
+        raise RuntimeError(f"{name} did not start (exit {process.returncode}):\n{server.logs()}")
+    return server
+
+
+def start_gateway(config: dict, workdir: Path, *extra_args: str, cpus: set[int] | None = None,
+                  timeout_s: float = 60.0) -> GatewayProcess:
+    """Write `config` into `workdir`, serve it, and return once it listens."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
+            "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0", *extra_args]
+    return start_server("gateway", argv, port, READY_LINE, cpus=cpus, timeout_s=timeout_s)
