@@ -30,9 +30,11 @@ def line_of(path: str, text: str, after: str | None = None) -> int:
 
 
 def test_check_accepts_the_embedded_default() -> None:
+    default = yaml.safe_load((ROOT / "config/gateway.yaml").read_text())
     result = gateway("check", "config/gateway.yaml")
     assert result.returncode == 0, result.stderr
-    assert "ok (1 model(s), 1 backend(s)" in result.stdout
+    counts = f"ok ({len(default['models'])} model(s), {len(default['backends'])} backend(s)"
+    assert counts in result.stdout
 
 
 def test_check_rejects_a_backend_that_does_not_fit_the_signature(tmp_path: Path) -> None:
