@@ -89,6 +89,8 @@ def build_runtime(loaded: LoadedConfig) -> Runtime:
             max_concurrency=backend_config.max_concurrency,
             max_queue=backend_config.max_queue,
             batching=batch_policy(backend_config),
+            max_queue_wait_s=(None if backend_config.max_queue_wait_ms is None
+                              else backend_config.max_queue_wait_ms / 1000.0),
         )
 
     models: dict[str, ModelEntry] = {}

@@ -63,8 +63,10 @@ class OnnxBackend:
             raise BackendLoadError(str(exc)) from None
         options = ort.SessionOptions()
         options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization]
+        # The cores this process may use (taskset, cgroup cpusets), not the machine's:
+        # more compute threads than cores only makes them preempt each other.
         options.intra_op_num_threads = config.intra_op_threads or max(
-            1, (os.cpu_count() or 1) // config.max_concurrency
+            1, len(os.sched_getaffinity(0)) // config.max_concurrency
         )
         if config.inter_op_threads:
             options.inter_op_num_threads = config.inter_op_threads

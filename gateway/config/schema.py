@@ -79,6 +79,8 @@ class RetryConfig(Section):
 class BackendCommon(Section):
     max_concurrency: int = Field(4, ge=1)
     max_queue: int = Field(256, ge=0)
+    # Optional latency bound on the queue: refuse at once what would wait longer.
+    max_queue_wait_ms: float | None = Field(None, ge=0)
     timeout_ms: int = Field(30_000, ge=1)
     retries: RetryConfig = RetryConfig()
     cost: CostConfig = CostConfig()

@@ -6,6 +6,10 @@ the pipeline do not know it is there. Guarantees:
 
 * at most `max_concurrency` executions in flight, at most `max_queue` waiting;
   beyond that a request is refused at once (Overloaded -> 503 + Retry-After);
+* with `max_queue_wait_s`, a request that would wait longer than that (by the
+  running executions' progress and the recent execution time) is refused at
+  once too: a count bound cannot hold latency when execution time varies, and
+  admitting work that can only wait past its budget just moves the 503 later;
 * a request whose deadline passes while it waits is answered at its deadline
   and removed from the queue: it is never executed;
 * a request whose caller went away (its task is cancelled) is removed too;
@@ -40,6 +44,8 @@ log = logging.getLogger("gateway.routing.limits")
 
 # How far past the head of the queue the batcher looks for batch-mates.
 _SCAN_FACTOR = 4
+# Weight of the newest execution in the running mean of execution time.
+_EWMA_WEIGHT = 0.2
 
 
 class _State(enum.Enum):
@@ -67,18 +73,24 @@ class QueuedBackend:
     """A backend behind a bounded queue and `max_concurrency` execution slots."""
 
     def __init__(self, backend: Backend, max_concurrency: int, max_queue: int,
-                 batching: BatchPolicy | None = None) -> None:
+                 batching: BatchPolicy | None = None,
+                 max_queue_wait_s: float | None = None) -> None:
         self.backend = backend
         self.name = backend.name
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self.batching = batching
+        self.max_queue_wait_s = max_queue_wait_s
+        # When each slot's current execution started (None: the slot is not executing).
+        self._running_since: list[float | None] = [None] * max_concurrency
+        self._execution_s = 0.0  # running mean of one execution's duration; 0 = none seen yet
         self._queue: deque[_Work] = deque()
         self._waiting = 0
         self._arrived: asyncio.Event | None = None
         self._collecting: asyncio.Lock | None = None
         self._slots: list[asyncio.Task[None]] = []
         self._shed_full = SHED.labels(self.name, "queue_full")
+        self._shed_wait = SHED.labels(self.name, "queue_wait")
         self._shed_deadline = SHED.labels(self.name, "deadline")
         self._shed_cancelled = SHED.labels(self.name, "cancelled")
         self._queue_duration = QUEUE_DURATION.labels(self.name)
@@ -107,6 +119,16 @@ class QueuedBackend:
                 f"(max_queue {self.max_queue})",
                 retry_after_s=1.0,
             )
+        if self.max_queue_wait_s is not None:
+            expected = self.expected_wait_s()
+            if expected > self.max_queue_wait_s:
+                self._shed_wait.inc()
+                raise Overloaded(
+                    f"backend '{self.name}' is overloaded: a new request would wait about "
+                    f"{expected * 1000:.1f} ms (max_queue_wait_ms "
+                    f"{self.max_queue_wait_s * 1000:g})",
+                    retry_after_s=1.0,
+                )
         self._start()
         key = batch_key(inputs, outputs) if self.batching else None
         work = _Work(inputs, outputs, key, rows_of(inputs),
@@ -151,6 +173,22 @@ class QueuedBackend:
         self._queued.set(0)
         await self.backend.close()
 
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait before it starts executing.
+
+        The earliest a slot frees (by the running mean of execution time and how
+        long each running execution has been at it), plus one execution per
+        `max_concurrency` (with batching: per full batch) of the requests ahead.
+        """
+        mean = self._execution_s
+        if mean == 0.0:
+            return 0.0
+        now = time.monotonic()
+        first_free = min(0.0 if since is None else max(0.0, mean - (now - since))
+                         for since in self._running_since)
+        per_round = self.max_concurrency * (self.batching.max_batch_size if self.batching else 1)
+        return first_free + (self._waiting // per_round) * mean
+
     # -- queue and slots -------------------------------------------------------
 
     def _start(self) -> None:
@@ -159,7 +197,7 @@ class QueuedBackend:
         self._arrived = asyncio.Event()
         self._collecting = asyncio.Lock()
         self._slots = [
-            asyncio.get_running_loop().create_task(self._slot(), name=f"{self.name}-slot-{i}")
+            asyncio.get_running_loop().create_task(self._slot(i), name=f"{self.name}-slot-{i}")
             for i in range(self.max_concurrency)
         ]
 
@@ -176,13 +214,20 @@ class QueuedBackend:
             queue.popleft()
         return queue[0] if queue else None
 
-    async def _slot(self) -> None:
+    async def _slot(self, index: int) -> None:
         assert self._collecting is not None
         while True:
             # One slot gathers at a time; the others execute meanwhile.
             async with self._collecting:
                 batch = await self._collect()
-            await self._execute(batch)
+            started = self._running_since[index] = time.monotonic()
+            try:
+                await self._execute(batch)
+            finally:
+                self._running_since[index] = None
+                took = time.monotonic() - started
+                mean = self._execution_s
+                self._execution_s = took if mean == 0.0 else mean + _EWMA_WEIGHT * (took - mean)
 
     async def _collect(self) -> list[_Work]:
         arrived = self._arrived

@@ -51,6 +51,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayP
         "backends": {
             "slow": {"type": "onnx", "path": str(path), "max_concurrency": 1, "max_queue": 1,
                      "intra_op_threads": 1, "timeout_ms": 60000},
+            "budget": {"type": "onnx", "path": str(path), "max_concurrency": 1, "max_queue": 8,
+                       "max_queue_wait_ms": 100, "intra_op_threads": 1, "timeout_ms": 60000},
             "batch4": digits_backend(batching={"max_batch_size": 4, "max_queue_delay_us": 5_000_000}),
             "lone": digits_backend(batching={"max_batch_size": 64, "max_queue_delay_us": 300_000}),
         },
@@ -58,6 +60,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayP
             "slow": {"signature": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, WIDTH]}],
                                    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, WIDTH]}]},
                      "route": {"backends": ["slow"]}},
+            "budget": {"signature": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, WIDTH]}],
+                                     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, WIDTH]}]},
+                       "route": {"backends": ["budget"]}},
             "batch4": {"signature": SIGNATURE_DIGITS, "route": {"backends": ["batch4"]}},
             "lone": {"signature": SIGNATURE_DIGITS, "route": {"backends": ["lone"]}},
         },
@@ -97,18 +102,19 @@ def executions(port: int, backend: str) -> tuple[float, float]:
 class LongRun:
     """Occupies the slow backend's only slot for about LONG_RUN_S."""
 
-    def __init__(self, port: int, rows: int) -> None:
+    def __init__(self, port: int, rows: int, model: str = "slow") -> None:
         self.port = port
+        self.model = model
         self.reply: Reply | None = None
         self.thread = threading.Thread(
             target=self._run, args=(np.ones((rows, WIDTH), np.float32),), daemon=True)
 
     def _run(self, x: np.ndarray) -> None:
-        self.reply = binary_infer(self.port, "slow", "x", x)
+        self.reply = binary_infer(self.port, self.model, "x", x)
 
     def __enter__(self) -> "LongRun":
         self.thread.start()
-        wait_for(lambda: value(self.port, "gateway_inflight_requests", backend="slow") == 1)
+        wait_for(lambda: value(self.port, "gateway_inflight_requests", backend=self.model) == 1)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -201,3 +207,23 @@ def test_a_disconnected_callers_queued_work_is_dropped(gateway) -> None:
                                reason="cancelled") == cancelled_before + 1)
     batches_after, rows_after = executions(process.port, "slow")
     assert (batches_after - batches_before, rows_after - rows_before) == (0, 0)
+
+
+def test_a_request_that_would_wait_past_max_queue_wait_ms_is_shed_at_once(gateway) -> None:
+    process, rows = gateway
+    # The first long run teaches the backend how long one execution takes.
+    with LongRun(process.port, rows, "budget"):
+        pass
+    with LongRun(process.port, rows, "budget") as run:
+        started = time.monotonic()
+        refused = binary_infer(process.port, "budget", "x", np.ones((1, WIDTH)))
+        elapsed = time.monotonic() - started
+        assert run.reply is None  # refused while the long execution still runs...
+        assert elapsed < LONG_RUN_S / 2  # ...at once, not after waiting
+        assert refused.status == 503
+        assert refused.headers["retry-after"] == "1"
+        assert "max_queue_wait_ms 100" in refused.error and "'budget'" in refused.error
+    # Nothing queued behind the long run: the next request starts at once and is served.
+    assert binary_infer(process.port, "budget", "x", np.ones((1, WIDTH))).status == 200
+    assert value(process.port, "gateway_shed_total", backend="budget", reason="queue_wait") == 1
+    assert value(process.port, "gateway_queued_requests", backend="budget") == 0
