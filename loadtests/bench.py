@@ -2,8 +2,9 @@
 
     digits    the gateway's overhead on a tiny model: without and with batching,
               against the FastAPI floor (a trivial FastAPI app on the same core)
-    overload  digits with batching and max_queue 64, offered 3x its capacity open
-              loop: admitted latency, time to shed, errors, gateway RSS
+    overload  the embedder (no batching, a queue one request deep) offered 3x its
+              capacity open loop: admitted latency, time to shed, errors, gateway
+              RSS (--overload-model digits: digits with batching instead)
     embedder  all-MiniLM-L6-v2: the in-process limit (tokenize + run, no HTTP) at
               several batch sizes, against the gateway with and without batching
 
@@ -66,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overload-factor", type=float, default=3.0,
                         help="open-loop rate as a multiple of the measured capacity")
     parser.add_argument("--overload-duration", type=float, default=20.0)
+    parser.add_argument("--overload-model", choices=("embedder", "digits"), default="embedder",
+                        help="overload the compute-bound embedder (default) or the "
+                             "HTTP-bound digits model")
     parser.add_argument("--connections", type=int, default=256,
                         help="overload: the open loop's connection pool")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -82,7 +86,7 @@ def scenario_runners(args: argparse.Namespace, settings: Settings) -> dict[str, 
     return {
         "digits": lambda: run_digits(settings, args.concurrency),
         "overload": lambda: run_overload(settings, args.overload_factor, args.overload_duration,
-                                         args.connections),
+                                         args.connections, args.overload_model),
         "embedder": lambda: run_embedder(settings, args.embedder_concurrency, args.batch_sizes,
                                          args.embedder_wait),
     }

@@ -100,7 +100,7 @@ def overload_summary(result: dict[str, Any]) -> str:
               f"{min(during, default=0)}..{max(during, default=0)} MiB ({len(during)} samples, "
               f"1/s), after {rss['after_mib']} MiB; growth {rss['growth_mib']} MiB "
               f"({rss['goal']}: {_goal(rss['met'])})")
-    title = f"OVERLOAD (digits, batching, max_queue {result['config']['max_queue']})"
+    title = f"OVERLOAD ({result['description'].split(':')[0]})"
     return "\n".join([title, baseline, offered, answers, memory])
 
 

@@ -86,10 +86,10 @@ def digits_config(batching: bool, max_queue: int = 1024) -> dict[str, Any]:
     }
 
 
-def embedder_config(batching: bool) -> dict[str, Any]:
+def embedder_config(batching: bool, max_queue: int = 1024) -> dict[str, Any]:
     backend: dict[str, Any] = {
         "type": "onnx", "path": str(EMBEDDER_MODEL), "providers": ["cpu"],
-        "max_concurrency": 1, "intra_op_threads": 1, "max_queue": 1024, "timeout_ms": 30000,
+        "max_concurrency": 1, "intra_op_threads": 1, "max_queue": max_queue, "timeout_ms": 30000,
         "tokenizer": {"path": str(EMBEDDER_TOKENIZER), "input": "text",
                       "max_length": EMBEDDER_MAX_LENGTH},
     }
