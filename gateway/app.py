@@ -13,7 +13,16 @@ from gateway.api.http_app import InferFastPath, create_http_app
 from gateway.backends.base import Backend
 from gateway.backends.factory import build_backend
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
-from gateway.config.schema import BackendConfig, ModelConfig, OnnxBackendConfig, SignatureConfig
+from gateway.backends.tensor_embedder import TensorEmbedder
+from gateway.config.schema import (
+    VENDOR_TYPES,
+    BackendConfig,
+    ModelConfig,
+    OnnxBackendConfig,
+    SignatureConfig,
+)
+from gateway.core.auth import Tenant, Tenants
+from gateway.core.llm import ChatBackend, EmbeddingBackend, Price
 from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.signature import Signature, TensorSpec, compatibility_problems
 from gateway.routing.batching import BatchPolicy
@@ -84,14 +93,19 @@ def build_runtime(loaded: LoadedConfig) -> Runtime:
         except Exception as exc:
             problems.append(f"{loaded.where(('backends', name))}: {exc}")
             continue
-        backends[name] = QueuedBackend(
-            backend,
-            max_concurrency=backend_config.max_concurrency,
-            max_queue=backend_config.max_queue,
-            batching=batch_policy(backend_config),
-            max_queue_wait_s=(None if backend_config.max_queue_wait_ms is None
-                              else backend_config.max_queue_wait_ms / 1000.0),
-        )
+        if isinstance(backend_config, OnnxBackendConfig):
+            backend = QueuedBackend(
+                backend,
+                max_concurrency=backend_config.max_concurrency,
+                max_queue=backend_config.max_queue,
+                batching=batch_policy(backend_config),
+                max_queue_wait_s=(None if backend_config.max_queue_wait_ms is None
+                                  else backend_config.max_queue_wait_ms / 1000.0),
+            )
+        # Vendor backends hold their own limiter: a slot lasts a whole call or stream.
+        backends[name] = backend
+
+    tenants = _tenants(loaded, problems)
 
     models: dict[str, ModelEntry] = {}
     for name, model in config.models.items():
@@ -105,7 +119,24 @@ def build_runtime(loaded: LoadedConfig) -> Runtime:
     unused = set(backends) - {b.name for m in models.values() for b in m.route.backends}
     for name in sorted(unused):
         log.warning("backend %s is not used by any model route", name)
-    return Runtime(loaded=loaded, backends=backends, service=InferenceService(models))
+    return Runtime(loaded=loaded, backends=backends, service=InferenceService(models, tenants))
+
+
+def _tenants(loaded: LoadedConfig, problems: list[str]) -> Tenants:
+    by_key: dict[str, Tenant] = {}
+    for i, tenant in enumerate(loaded.config.tenants):
+        key = os.environ.get(tenant.key_env)
+        if not key:
+            problems.append(f"{loaded.where(('tenants', i, 'key_env'))}: environment variable "
+                            f"{tenant.key_env} is not set")
+            continue
+        if key in by_key:
+            problems.append(f"{loaded.where(('tenants', i, 'key_env'))}: tenants "
+                            f"'{by_key[key].name}' and '{tenant.name}' have the same key")
+            continue
+        by_key[key] = Tenant(tenant.name,
+                             None if tenant.models is None else frozenset(tenant.models))
+    return Tenants(by_key)
 
 
 def _model_entry(
@@ -115,12 +146,27 @@ def _model_entry(
     signature = to_signature(model.signature) if model.signature else None
     attempts: list[Attempt] = []
     weights: list[float] = []
+    prices: dict[str, Price] = {}
     ok = True
     for i, ref in enumerate(model.route.backends):
         backend_name = ref if isinstance(ref, str) else ref.name
         backend = backends.get(backend_name)
         if backend is None:
             ok = False  # its load failure is reported under backends.<name>
+            continue
+        where = loaded.where(("models", name, "route", "backends", i))
+        backend_config = loaded.config.backends[backend_name]
+        cost = backend_config.cost
+        prices[backend_name] = Price(cost.usd_per_request, cost.usd_per_1k_input_tokens,
+                                     cost.usd_per_1k_output_tokens)
+        adapted = _for_kind(model, signature, backend, backend_config)
+        if isinstance(adapted, str):
+            problems.append(f"{where}: backend '{backend_name}' {adapted}")
+            ok = False
+            continue
+        if model.kind != "tensor":
+            attempts.append(Attempt(adapted, backend_config.timeout_ms / 1000.0))  # type: ignore[arg-type]
+            weights.append(1.0 if isinstance(ref, str) else ref.weight)
             continue
         if signature is not None:
             specs = backend.io_specs()
@@ -139,8 +185,37 @@ def _model_entry(
     route = Route(attempts, weights if model.route.strategy == "weighted" else None)
     return ModelEntry(
         name=name, version=model.version, kind=model.kind, signature=signature,
-        route=route, description=model.description,
+        route=route, description=model.description, prices=prices,
     )
+
+
+def _for_kind(model: ModelConfig, signature: Signature | None, backend: Backend | object,
+              config: BackendConfig) -> object | str:
+    """The backend as this model's kind uses it, or why it cannot serve that kind."""
+    is_vendor = config.type in VENDOR_TYPES
+    if model.kind == "tensor":
+        return "is a vendor API and serves chat or embeddings models, not tensors" \
+            if is_vendor else backend
+    if model.kind == "chat":
+        return backend if isinstance(backend, ChatBackend) else \
+            f"(type {config.type}) cannot serve chat completions"
+    # embeddings: a vendor's embeddings API, or a local text -> vectors model
+    if isinstance(backend, EmbeddingBackend) and is_vendor:
+        return backend
+    if is_vendor:
+        return f"(type {config.type}) has no embeddings API"
+    if signature is None or len(signature.inputs) != 1 or len(signature.outputs) != 1 \
+            or signature.inputs[0].datatype != "BYTES" or signature.outputs[0].datatype != "FP32" \
+            or len(signature.outputs[0].shape) != 2:
+        return ("is a local model: the embeddings model needs a signature of one BYTES [-1] "
+                "input and one FP32 [-1, dim] output to call it")
+    specs = backend.io_specs()  # type: ignore[union-attr]
+    if specs is not None:
+        problems = compatibility_problems(signature, *specs)
+        if problems:
+            return "does not fit the signature: " + "; ".join(problems)
+    return TensorEmbedder(backend, signature.inputs[0].name,  # type: ignore[arg-type]
+                          signature.outputs[0].name)
 
 
 def _close_quietly(backend: Backend) -> None:

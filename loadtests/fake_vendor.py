@@ -11,14 +11,15 @@ be exercised.
 Routes
     POST /v1/chat/completions   OpenAI chat (JSON, or SSE with `stream: true`)
     POST /v1/embeddings         OpenAI embeddings (`encoding_format` float or base64)
-    GET  /v1/models             model list (Anthropic's shape when `anthropic-version` is sent)
+    GET  /v1/models             model list (Anthropic's shape when its headers are sent)
     POST /v1/messages           Anthropic Messages (JSON, or SSE with `stream: true`)
     GET|POST /_control          read / change the knobs (JSON body: FakeVendorConfig fields)
     POST /_control/reset        start-up knobs back, stats zeroed
     GET  /_stats                requests received per route and per outcome
 
 Auth: OpenAI routes want `Authorization: Bearer <api_key>`; `/v1/messages`
-wants `x-api-key: <api_key>` and an `anthropic-version` header.
+wants `x-api-key: <api_key>` (or the bearer header, which anthropic SDK 2.x
+sends instead) and an `anthropic-version` header.
 
 The reply and its token counts (a "token" is a whitespace-separated word):
   * the reply is the words of `"echo: " + <text of the last user message>`,
@@ -51,8 +52,9 @@ connection closes midway: a stream after about half its events, without
 answer of a vendor route; `chunk_interval_ms` passes between streamed events.
 
 /_stats counts vendor routes only: {"total", "routes": {path: {"received",
-<outcome>: n}}, "outcomes": {<outcome>: n}}, outcomes being "ok", "400",
-"401" and the fault kinds.
+<outcome>: n}}, "outcomes": {<outcome>: n}, "held_open"}, outcomes being
+"ok", "400", "401" and the fault kinds; "held_open" is how many "timeout"
+requests still wait for their client to go away.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ import random
 import signal
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -332,7 +335,7 @@ class EmbeddingRequest:
     texts: list[str]
     dim: int | None
     base64: bool
-    stream: bool = False
+    stream: bool = False  # never: lets the shared request path treat both request kinds alike
 
 
 def parse_openai_embeddings(body: bytes) -> EmbeddingRequest:
@@ -359,21 +362,23 @@ def _dumps(obj: object) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+Refusal = tuple[int, str, str]  # (HTTP status, error kind, message); kinds: see _OPENAI_TYPES
+
+
 @dataclass(frozen=True)
 class Dialect:
-    """How one vendor spells authentication and errors."""
+    """How one vendor spells its required headers and its errors."""
 
-    name: str
-    check_auth: Callable[[Mapping[str, str], str], str | None]  # -> why it is refused, or None
-    error_body: Callable[[str, str], bytes]  # (kind, message); kind: see _OPENAI_TYPES
+    check_headers: Callable[[Mapping[str, str], str], Refusal | None]  # (headers, api_key)
+    error_body: Callable[[str, str], bytes]  # (kind, message)
 
 
-def _openai_auth(headers: Mapping[str, str], api_key: str) -> str | None:
+def _openai_headers(headers: Mapping[str, str], api_key: str) -> Refusal | None:
     given = headers.get("Authorization")
     if given is None:
-        return "You didn't provide an API key: send 'Authorization: Bearer <key>'."
+        return 401, "authentication", "You didn't provide an API key: send 'Authorization: Bearer <key>'."
     if given != f"Bearer {api_key}":
-        return "Incorrect API key provided."
+        return 401, "authentication", "Incorrect API key provided."
     return None
 
 
@@ -390,12 +395,18 @@ def _openai_error(kind: str, message: str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
 
 
-def _anthropic_auth(headers: Mapping[str, str], api_key: str) -> str | None:
+def _anthropic_headers(headers: Mapping[str, str], api_key: str) -> Refusal | None:
     given = headers.get("x-api-key")
     if given is None:
-        return "x-api-key header is required"
+        # The anthropic SDK sends `x-api-key` up to 0.x; 2.x sends its api_key as a bearer token.
+        bearer = headers.get("Authorization")
+        if bearer is None:
+            return 401, "authentication", "x-api-key header is required"
+        given = bearer.removeprefix("Bearer ")
     if given != api_key:
-        return "invalid x-api-key"
+        return 401, "authentication", "invalid x-api-key"
+    if "anthropic-version" not in headers:
+        return 400, "invalid_request", "anthropic-version: header is required"
     return None
 
 
@@ -411,8 +422,8 @@ def _anthropic_error(kind: str, message: str) -> bytes:
     return orjson.dumps({"type": "error", "error": {"type": _ANTHROPIC_TYPES[kind], "message": message}})
 
 
-OPENAI = Dialect("openai", _openai_auth, _openai_error)
-ANTHROPIC = Dialect("anthropic", _anthropic_auth, _anthropic_error)
+OPENAI = Dialect(_openai_headers, _openai_error)
+ANTHROPIC = Dialect(_anthropic_headers, _anthropic_error)
 
 
 def _sse(obj: object) -> bytes:
@@ -501,7 +512,10 @@ def openai_embeddings_body(request: EmbeddingRequest, default_dim: int) -> bytes
     data = []
     for i, text in enumerate(request.texts):
         vector = embedding_vector(text, dim)
-        encoded: object = base64.b64encode(vector.astype("<f4").tobytes()).decode() if request.base64 else vector
+        # The vector itself goes to orjson, which writes a numpy array without a Python list.
+        encoded: object = vector
+        if request.base64:
+            encoded = base64.b64encode(vector.astype("<f4").tobytes()).decode()
         data.append({"object": "embedding", "index": i, "embedding": encoded})
     words = sum(_word_count(text) for text in request.texts)
     return _dumps({"object": "list", "data": data, "model": request.model,
@@ -527,7 +541,6 @@ class FakeVendorStats:
             totals[outcome] += n
         return {"total": sum(self.received.values()), "routes": routes, "outcomes": dict(totals),
                 "held_open": self.held_open}
-
 
 
 class FakeVendor:
@@ -573,9 +586,8 @@ class FakeVendor:
             delay_ms = config.latency_ms + self._jitter_rng.uniform(0.0, config.jitter_ms)
             await asyncio.sleep(delay_ms / 1000.0)
 
-    def _refuse(self, route: str, dialect: Dialect, status: int, kind: str, message: str,
-                outcome: str | None = None) -> web.Response:
-        self.stats.outcomes[route, outcome or str(status)] += 1
+    def _refuse(self, route: str, dialect: Dialect, status: int, kind: str, message: str) -> web.Response:
+        self.stats.outcomes[route, str(status)] += 1
         return web.Response(status=status, body=dialect.error_body(kind, message), content_type=_JSON)
 
     # -- vendor routes
@@ -584,10 +596,6 @@ class FakeVendor:
         return await self._serve(request, CHAT, OPENAI, parse_openai_chat, self._answer_openai_chat)
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        if "anthropic-version" not in request.headers:
-            self.stats.received[MESSAGES] += 1
-            return self._refuse(MESSAGES, ANTHROPIC, 400, "invalid_request",
-                                "anthropic-version: header is required")
         return await self._serve(request, MESSAGES, ANTHROPIC, parse_anthropic_messages,
                                  self._answer_anthropic)
 
@@ -619,9 +627,9 @@ class FakeVendor:
         self.stats.received[route] += 1
         await self._wait_latency()
         config = self.config
-        refused = dialect.check_auth(request.headers, config.api_key)
+        refused = dialect.check_headers(request.headers, config.api_key)
         if refused is not None:
-            return self._refuse(route, dialect, 401, "authentication", refused)
+            return self._refuse(route, dialect, *refused)
         try:
             parsed = parse(await request.read())
         except InvalidRequest as exc:
@@ -690,13 +698,14 @@ class FakeVendor:
         return response
 
     async def _models(self, request: web.Request) -> web.Response:
-        anthropic = "anthropic-version" in request.headers
+        headers = request.headers
+        anthropic = "anthropic-version" in headers or "x-api-key" in headers
         dialect = ANTHROPIC if anthropic else OPENAI
         self.stats.received[MODELS_PATH] += 1
         await self._wait_latency()
-        refused = dialect.check_auth(request.headers, self.config.api_key)
+        refused = dialect.check_headers(headers, self.config.api_key)
         if refused is not None:
-            return self._refuse(MODELS_PATH, dialect, 401, "authentication", refused)
+            return self._refuse(MODELS_PATH, dialect, *refused)
         self.stats.outcomes[MODELS_PATH, "ok"] += 1
         if anthropic:
             data = [{"type": "model", "id": m, "display_name": m, "created_at": "2024-01-01T00:00:00Z"}
@@ -827,12 +836,20 @@ def _call(url: str, path: str, body: dict[str, object] | None = None) -> dict[st
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(base.rstrip("/") + path, data=data,
                                      headers={"Content-Type": _JSON})
-    with _LOOPBACK_OPENER.open(request, timeout=10) as response:
-        return json.loads(response.read())
+    try:
+        with _LOOPBACK_OPENER.open(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 400:  # a knob the server refused: say which and why
+            raise ValueError(json.loads(exc.read())["error"]) from None
+        raise
 
 
 def control_fake_vendor(url: str, **knobs: object) -> dict[str, Any]:
-    """Change knobs of the fake vendor at `url` (host:port); returns the knobs now in force."""
+    """Change knobs of the fake vendor at `url` (host:port); returns the knobs now in force.
+
+    Raises ValueError for a knob the server refuses (unknown name, wrong type or range).
+    """
     return _call(url, "/_control", knobs)
 
 
@@ -842,7 +859,7 @@ def reset_fake_vendor(url: str) -> dict[str, Any]:
 
 
 def fake_vendor_stats(url: str) -> dict[str, Any]:
-    """{"total", "routes": {path: {"received", outcome: n}}, "outcomes": {outcome: n}}."""
+    """{"total", "routes": {path: {"received", outcome: n}}, "outcomes": {outcome: n}, "held_open"}."""
     return _call(url, "/_stats")
 
 

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from gateway import __version__
 from gateway.api.admin import admin_routes
+from gateway.api.openai import OpenAIApi
 from gateway.api.v2_http import V2HttpApi
 from gateway.core.service import InferenceService
 
@@ -30,13 +31,19 @@ class InferFastPath:
     and its route scan add nothing there but cost per request.
     """
 
-    def __init__(self, app: FastAPI, infer: InferAsgi) -> None:
+    def __init__(self, app: FastAPI, infer: InferAsgi, openai: OpenAIApi | None = None) -> None:
         self.app = app
         self.infer = infer
+        self.openai = openai
+        self.openai_paths = frozenset(openai.post_routes) if openai else frozenset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            params = infer_path_params(scope["path"])
+            path = scope["path"]
+            if path in self.openai_paths:
+                await self.openai.handle(scope, receive, send)  # type: ignore[union-attr]
+                return
+            params = infer_path_params(path)
             if params is not None:
                 await self.infer(scope, receive, send, params)
                 return
@@ -74,7 +81,8 @@ def create_http_app(
         docs_url=None, redoc_url=None, openapi_url=None,
     )
     v2 = V2HttpApi(service, max_request_bytes)
-    for route in [*v2.routes(), *admin_routes()]:
+    openai = OpenAIApi(service, max_request_bytes)
+    for route in [*v2.routes(), *openai.routes(), *admin_routes()]:
         app.router.routes.append(route)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -87,4 +95,4 @@ def create_http_app(
                         media_type="application/json", headers=exc.headers)
 
     app.add_exception_handler(HTTPException, http_error)
-    return InferFastPath(app, v2.infer)
+    return InferFastPath(app, v2.infer, openai)

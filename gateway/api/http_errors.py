@@ -40,6 +40,30 @@ def v2_error_body(error: GatewayError) -> tuple[int, bytes]:
     return HTTP_STATUS[error.kind], orjson.dumps({"error": error.message})
 
 
+# OpenAI's error `type` and `code` per kind, as its SDKs and callers expect them.
+_OPENAI_TYPE: dict[ErrorKind, tuple[str, str | None]] = {
+    ErrorKind.INVALID_INPUT: ("invalid_request_error", None),
+    ErrorKind.UNAUTHENTICATED: ("authentication_error", "invalid_api_key"),
+    ErrorKind.FORBIDDEN: ("permission_error", "model_not_allowed"),
+    ErrorKind.NOT_FOUND: ("invalid_request_error", "model_not_found"),
+    ErrorKind.PAYLOAD_TOO_LARGE: ("invalid_request_error", "request_too_large"),
+    ErrorKind.RATE_LIMITED: ("rate_limit_error", "rate_limit_exceeded"),
+    ErrorKind.OVERLOADED: ("server_error", "overloaded"),
+    ErrorKind.DEADLINE_EXCEEDED: ("server_error", "timeout"),
+    ErrorKind.BACKEND_FAILED: ("server_error", "backend_failed"),
+}
+
+
+def openai_error_doc(error: GatewayError) -> dict[str, object]:
+    kind, code = _OPENAI_TYPE[error.kind]
+    return {"error": {"message": error.message, "type": kind, "param": None, "code": code}}
+
+
+def openai_error_body(error: GatewayError) -> tuple[int, bytes]:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    return HTTP_STATUS[error.kind], orjson.dumps(openai_error_doc(error))
+
+
 def internal_error_body(exc: BaseException, request_id: str) -> tuple[int, bytes]:
     """A bug: logged with its traceback, answered without internals."""
     log.error("internal error on request %s", request_id, exc_info=exc)

@@ -44,6 +44,13 @@ def request_context(headers: Headers, protocol: str) -> RequestContext:
     timeout = headers.get(b"x-request-timeout-ms")
     if timeout is not None:
         ctx.deadline = time.monotonic() + _timeout_ms(timeout) / 1000.0
+    authorization = headers.get(b"authorization")
+    if authorization is not None and authorization[:7].lower() == b"bearer ":
+        ctx.api_key = authorization[7:].strip().decode("latin-1")
+    else:
+        key = headers.get(b"x-api-key")
+        if key is not None:
+            ctx.api_key = key.decode("latin-1")
     cache_control = headers.get(b"cache-control")
     if cache_control and b"no-cache" in cache_control.lower():
         ctx.no_cache = True
@@ -106,6 +113,8 @@ def gateway_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
     ]
     if ctx.backend is not None:
         headers.append((b"x-gateway-backend", ctx.backend.encode()))
+    if ctx.cost_usd is not None:
+        headers.append((b"x-gateway-cost-usd", f"{ctx.cost_usd:.8f}".encode()))
     return headers
 
 

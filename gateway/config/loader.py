@@ -197,7 +197,7 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> Path_:
 
 
 def _looks_like_tag(part: str) -> bool:
-    return part in {"onnx", "str", "WeightedBackend"} or "[" in part
+    return part in {"onnx", "openai", "anthropic", "str", "WeightedBackend"} or "[" in part
 
 
 def _message(error: dict[str, Any]) -> str:

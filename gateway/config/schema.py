@@ -7,7 +7,7 @@ checked by `config.loader`, which reports every problem with its YAML path.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -115,8 +115,50 @@ class OnnxBackendConfig(BackendCommon):
     tokenizer: TokenizerConfig | None = None
 
 
-# A union as soon as a second backend type exists; the `type` key selects it.
-BackendConfig = Union[OnnxBackendConfig]
+class VendorBackendCommon(BackendCommon):
+    """A managed API reached over HTTP. The key is read from the environment
+    variable named here: never written in the file, never logged."""
+
+    base_url: str
+    api_key_env: str | None = None
+    model: str  # the vendor's model name; callers never see or send it
+    max_concurrency: int = Field(64, ge=1)
+    connect_timeout_ms: int = Field(2000, ge=1)
+    # Headers sent to the vendor as they are (e.g. an organisation id); not secrets.
+    headers: dict[str, str] = {}
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return url.rstrip("/")
+
+
+class OpenAIBackendConfig(VendorBackendCommon):
+    """Any OpenAI-compatible API: OpenAI, Azure OpenAI, vLLM, Together, Ollama..."""
+
+    type: Literal["openai"]
+    # Azure OpenAI authenticates with `api-key: <key>`; the others with a bearer token.
+    auth_header: Literal["bearer", "api-key"] = "bearer"
+    # Azure OpenAI wants ?api-version=... on every call.
+    query: dict[str, str] = {}
+
+
+class AnthropicBackendConfig(VendorBackendCommon):
+    type: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    anthropic_version: str = "2023-06-01"
+    # Anthropic requires max_tokens; used when the caller does not say.
+    default_max_tokens: int = Field(1024, ge=1)
+
+
+# The `type` key selects the variant, so errors speak of that variant only.
+BackendConfig = Annotated[
+    Union[OnnxBackendConfig, OpenAIBackendConfig, AnthropicBackendConfig],
+    Field(discriminator="type"),
+]
+VENDOR_TYPES = ("openai", "anthropic")
 
 
 class TensorSpecConfig(Section):

@@ -57,6 +57,9 @@ class RequestContext:
     attempts: int = 0
     backend_wait_s: float = 0.0
     cache: str = "bypass"
+    api_key: str | None = None  # as sent; never logged
+    tenant: str | None = None
+    cost_usd: float | None = None
 
     def remaining_s(self) -> float | None:
         """Seconds left before the deadline, None when there is none."""

@@ -39,6 +39,15 @@ SHED = Counter(
     ["backend", "reason"], registry=REGISTRY,
 )
 
+TOKENS = Counter(
+    "gateway_tokens_total", "Tokens used, as the vendor reported them (or counted from a stream)",
+    ["model", "backend", "direction"], registry=REGISTRY,
+)
+COST = Counter(
+    "gateway_cost_usd_total", "Cost in US dollars by the backend's configured prices",
+    ["model", "backend", "tenant"], registry=REGISTRY,
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The metrics in Prometheus text format, and its content type."""

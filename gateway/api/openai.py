@@ -1,0 +1,279 @@
+"""The OpenAI-compatible surface: `POST /v1/chat/completions` (whole or as
+server-sent events), `POST /v1/embeddings`, `GET /v1/models`.
+
+`model` names a gateway model (kind `chat` or `embeddings`), never a vendor
+model: moving a model between vendors, or to a local backend, is a config
+change the caller never sees. The POST endpoints run on raw ASGI like v2
+infer; errors use OpenAI's shape with the statuses of the one taxonomy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from gateway.api.http_errors import error_headers, log as api_log, openai_error_body, \
+    openai_error_doc
+from gateway.api.http_request import gateway_headers, header_map, read_body, request_context, \
+    send_response
+from gateway.core.errors import GatewayError, InvalidInput
+from gateway.core.llm import ChatRequest, ChatStream
+from gateway.core.service import InferenceService
+from gateway.core.types import RequestContext
+
+log = logging.getLogger("gateway.api.openai")
+
+JSON = b"application/json"
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+_DONE = b"data: [DONE]\n\n"
+_EVENT_STREAM_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
+                         (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+Handler = Callable[[Scope, Receive, Send, dict[bytes, bytes], RequestContext], Awaitable[None]]
+
+
+class OpenAIApi:
+    def __init__(self, service: InferenceService, max_request_bytes: int) -> None:
+        self.service = service
+        self.max_request_bytes = max_request_bytes
+        self.post_routes: dict[str, Handler] = {
+            "/v1/chat/completions": self._chat,
+            "/v1/embeddings": self._embeddings,
+        }
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one POST route; every error is answered here, never raised."""
+        headers = header_map(scope)
+        ctx: RequestContext | None = None
+        try:
+            ctx = request_context(headers, "openai")
+            if scope["method"] != "POST":
+                body = orjson.dumps({"error": {
+                    "message": f"method {scope['method']} not allowed on {scope['path']}: use POST",
+                    "type": "invalid_request_error", "param": None, "code": None}})
+                await send_response(send, 405, body, JSON, gateway_headers(ctx) + [(b"allow", b"POST")])
+                return
+            await self.post_routes[scope["path"]](scope, receive, send, headers, ctx)
+        except GatewayError as error:
+            ctx = ctx or RequestContext(request_id="-", protocol="openai")
+            status, body = openai_error_body(error)
+            await send_response(send, status, body, JSON, gateway_headers(ctx) + error_headers(error))
+        except Exception as exc:  # a bug; never let it take the process down
+            request_id = ctx.request_id if ctx else "-"
+            api_log.error("internal error on request %s", request_id, exc_info=exc)
+            body = orjson.dumps({"error": {
+                "message": f"internal error (request id {request_id}); this is a gateway bug",
+                "type": "server_error", "param": None, "code": None}})
+            await send_response(send, 500, body, JSON, [(b"x-request-id", request_id.encode())])
+
+    # -- chat ------------------------------------------------------------------
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send,
+                    headers: dict[bytes, bytes], ctx: RequestContext) -> None:
+        body = _json_body(await read_body(receive, headers, self.max_request_bytes))
+        model = _model_field(body)
+        request = chat_request(body)
+        if not request.stream:
+            result = await _while_connected(receive, self.service.chat(model, request, ctx))
+            if result is None:
+                return
+            answer = result.body
+            answer["model"] = model
+            if "usage" not in answer and result.usage is not None:
+                answer["usage"] = result.usage.to_openai()
+            await send_response(send, 200, orjson.dumps(answer), JSON, gateway_headers(ctx))
+            return
+        stream = await _while_connected(receive, self.service.chat_stream(model, request, ctx))
+        if stream is None:
+            return
+        # From here on the status is sent: failures become an error event.
+        await _while_connected(receive, self._relay(send, model, request, stream, ctx),
+                               on_cancel=stream.aclose)
+
+    async def _relay(self, send: Send, model: str, request: ChatRequest, stream: ChatStream,
+                     ctx: RequestContext) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": gateway_headers(ctx) + _EVENT_STREAM_HEADERS})
+        dumps = orjson.dumps
+        chunks = stream.__aiter__()
+        try:
+            async for chunk in chunks:
+                if not request.include_usage:
+                    if not chunk.get("choices"):
+                        continue  # the usage chunk we asked the vendor for, not the caller
+                    chunk.pop("usage", None)
+                chunk["model"] = model
+                await send({"type": "http.response.body", "body": b"data: " + dumps(chunk) + b"\n\n",
+                            "more_body": True})
+            tail = _DONE
+        except GatewayError as error:
+            log.warning("request %s: stream from %s failed: %s", ctx.request_id, ctx.backend,
+                        error.message)
+            tail = b"data: " + dumps(openai_error_doc(error)) + b"\n\n"
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
+            self.service.finish_stream(model, stream, ctx)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    # -- embeddings --------------------------------------------------------------
+
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send,
+                          headers: dict[bytes, bytes], ctx: RequestContext) -> None:
+        body = _json_body(await read_body(receive, headers, self.max_request_bytes))
+        model = _model_field(body)
+        texts = _embedding_inputs(body.get("input"))
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise InvalidInput(f"encoding_format: expected 'float' or 'base64', got {encoding!r}")
+        result = await _while_connected(receive, self.service.embed(model, texts, ctx))
+        if result is None:
+            return
+        vectors = result.vectors
+        dimensions = body.get("dimensions")
+        if dimensions is not None and dimensions != vectors.shape[1]:
+            raise InvalidInput(f"dimensions: model '{model}' returns {vectors.shape[1]} "
+                               f"dimensions, got a request for {dimensions!r}")
+        if encoding == "base64":
+            data = [{"object": "embedding", "index": i,
+                     "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode()}
+                    for i, row in enumerate(vectors)]
+        else:
+            data = [{"object": "embedding", "index": i, "embedding": row}
+                    for i, row in enumerate(vectors)]
+        prompt = result.usage.prompt_tokens if result.usage else 0
+        answer = {"object": "list", "data": data, "model": model,
+                  "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+        payload = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+        await send_response(send, 200, payload, JSON, gateway_headers(ctx))
+
+    # -- models ------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        return [Route("/v1/models", self.list_models, methods=["GET"])]
+
+    async def list_models(self, request: Request) -> Response:
+        ctx = request_context(header_map(request.scope), "openai")
+        headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx)}
+        try:
+            models = self.service.models_for(ctx)
+        except GatewayError as error:
+            status, body = openai_error_body(error)
+            return Response(body, status_code=status, headers=headers, media_type="application/json")
+        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "inference-gateway"}
+                for m in models if m.kind in ("chat", "embeddings")]
+        return Response(orjson.dumps({"object": "list", "data": data}), headers=headers,
+                        media_type="application/json")
+
+
+async def _while_connected(receive: Receive, work: Awaitable[Any],
+                           on_cancel: Callable[[], Awaitable[None]] | None = None) -> Any:
+    """Run `work`, cancelling it if the client disconnects first (None then), so a
+    caller who went away stops costing a queue slot or vendor tokens."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(receive())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            if watcher.result()["type"] == "http.disconnect":
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                if on_cancel is not None:
+                    await on_cancel()
+                log.info("client disconnected: its request was dropped")
+                return None
+            watcher = asyncio.ensure_future(receive())  # more body after the end: ignore
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+
+
+# -- request checks: each names the field, what was expected and what came ------
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise InvalidInput("request body is empty: expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(f"request body: expected a JSON object, got {_type(body)}")
+    return body
+
+
+def _model_field(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput(f"model: expected the name of a gateway model (a string), "
+                           f"got {_type(model) if model is not None else 'nothing'}")
+    return model
+
+
+def chat_request(body: dict[str, Any]) -> ChatRequest:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        got = "nothing" if messages is None else (
+            "an empty list" if messages == [] else _type(messages))
+        raise InvalidInput(f"messages: expected a non-empty list of messages, got {got}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidInput(f"messages[{i}]: expected an object, got {_type(message)}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidInput(f"messages[{i}].role: expected one of {', '.join(ROLES)}, "
+                               f"got {role!r}")
+        content = message.get("content")
+        if not (isinstance(content, (str, list)) or (content is None and role == "assistant")):
+            raise InvalidInput(f"messages[{i}].content: expected a string or a list of parts, "
+                               f"got {_type(content)}")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise InvalidInput(f"stream: expected true or false, got {_type(stream)}")
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):
+            raise InvalidInput(f"{name}: expected an integer >= 1, got {value!r}")
+    for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not low <= value <= high):
+            raise InvalidInput(f"{name}: expected a number from {low:g} to {high:g}, got {value!r}")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidInput(f"stream_options: expected an object, got {_type(options)}")
+    include_usage = bool(options and options.get("include_usage"))
+    return ChatRequest(body=body, stream=bool(stream), include_usage=include_usage)
+
+
+def _embedding_inputs(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
+        raise InvalidInput("input: expected text (a string or a list of strings), got token ids; "
+                           "the gateway tokenizes for its models")
+    got = "nothing" if value is None else ("an empty list" if value == [] else _type(value))
+    raise InvalidInput(f"input: expected a string or a non-empty list of strings, got {got}")
+
+
+def _type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value),
+                                                                        type(value).__name__)

@@ -1,0 +1,1 @@
+"""Adapters for managed vendor APIs (OpenAI-compatible, Anthropic): wire shapes, backends."""

@@ -1,0 +1,156 @@
+"""`type: anthropic`: the Messages API behind the OpenAI chat shape.
+
+The HTTP lives here; the shapes (requests, answers, stop reasons, usage,
+stream events) are translated by `anthropic_shape`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.backends.vendors.anthropic_shape import (
+    AnthropicStreamTranslator,
+    UnsupportedRequest,
+    VendorProtocolError,
+    VendorStreamError,
+    anthropic_error_message,
+    anthropic_response_to_chat,
+    chat_request_to_anthropic,
+)
+from gateway.backends.vendors.http import RetryPolicy, VendorClient
+from gateway.backends.vendors.openai import api_key
+from gateway.backends.vendors.sse import parse_sse
+from gateway.config.schema import AnthropicBackendConfig
+from gateway.core.errors import BackendFailed, DeadlineExceeded, InvalidInput
+from gateway.core.llm import ChatRequest, ChatResult, Usage
+from gateway.routing.limits import ConcurrencyLimiter
+
+
+class AnthropicBackend:
+    def __init__(self, name: str, config: AnthropicBackendConfig) -> None:
+        self.name = name
+        self.config = config
+        key = api_key(config.api_key_env, name)
+        headers = {**config.headers, "anthropic-version": config.anthropic_version}
+        if key is not None:
+            headers["x-api-key"] = key
+        self.client = VendorClient(
+            name, config.base_url, headers, max_connections=config.max_concurrency,
+            connect_timeout_s=config.connect_timeout_ms / 1000.0,
+            retry=RetryPolicy(config.retries.max, config.retries.backoff_ms / 1000.0),
+            describe_error=anthropic_error_message)
+        self.limiter = ConcurrencyLimiter(name, config.max_concurrency, config.max_queue)
+
+    def ready(self) -> bool:
+        return True
+
+    def io_specs(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def _vendor_body(self, request: ChatRequest) -> bytes:
+        try:
+            body = chat_request_to_anthropic(request.body, self.config.model,
+                                             self.config.default_max_tokens)
+        except UnsupportedRequest as exc:
+            raise InvalidInput(f"{exc.field}: {exc.message} (backend '{self.name}' is "
+                               "Anthropic's Messages API)") from None
+        body["stream"] = request.stream
+        return orjson.dumps(body)
+
+    async def chat(self, request: ChatRequest, timeout_s: float) -> ChatResult:
+        deadline = time.monotonic() + timeout_s
+        body = self._vendor_body(request)
+        await self.limiter.acquire(timeout_s)
+        try:
+            reply = await self.client.post("/v1/messages", body, deadline)
+        finally:
+            self.limiter.release()
+        try:
+            doc = orjson.loads(reply.body)
+            if not isinstance(doc, dict):
+                raise VendorProtocolError("the answer is not a JSON object")
+            chat = anthropic_response_to_chat(doc, str(request.body.get("model", "")),
+                                              int(time.time()))
+        except (orjson.JSONDecodeError, VendorProtocolError) as exc:
+            raise BackendFailed(f"backend '{self.name}': the vendor's answer is not a valid "
+                                f"message: {exc}") from None
+        return ChatResult(chat, _usage(chat), tries=reply.tries)
+
+    async def chat_stream(self, request: ChatRequest, timeout_s: float) -> "AnthropicChatStream":
+        deadline = time.monotonic() + timeout_s
+        body = self._vendor_body(request)
+        await self.limiter.acquire(timeout_s)
+        try:
+            response, tries = await self.client.open_stream("/v1/messages", body, deadline)
+        except BaseException:
+            self.limiter.release()
+            raise
+        translator = AnthropicStreamTranslator(str(request.body.get("model", "")),
+                                               int(time.time()), include_usage=True)
+        return AnthropicChatStream(self.name, response, self.limiter, translator, tries)
+
+
+class AnthropicChatStream:
+    def __init__(self, backend: str, response: aiohttp.ClientResponse,
+                 limiter: ConcurrencyLimiter, translator: AnthropicStreamTranslator,
+                 tries: int) -> None:
+        self.backend = backend
+        self.response = response
+        self.limiter = limiter
+        self.translator = translator
+        self.tries = tries
+        self.usage: Usage | None = None
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        buffer = b""
+        translator = self.translator
+        try:
+            async for data in self.response.content.iter_any():
+                events, buffer = parse_sse(buffer + data)
+                for name, payload in events:
+                    try:
+                        event = orjson.loads(payload)
+                        if not isinstance(event, dict):
+                            raise VendorProtocolError("an event's data is not a JSON object")
+                        chunks = translator.feed(name or str(event.get("type", "")), event)
+                    except (orjson.JSONDecodeError, VendorProtocolError,
+                            VendorStreamError) as exc:
+                        raise BackendFailed(f"backend '{self.backend}': {exc}") from None
+                    counted = translator.usage
+                    self.usage = Usage(counted.prompt_tokens, counted.completion_tokens)
+                    for chunk in chunks:
+                        yield chunk
+                if translator.finished:
+                    break
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                raise DeadlineExceeded(
+                    f"backend '{self.backend}': the stream did not finish within the deadline"
+                ) from None
+            raise BackendFailed(f"backend '{self.backend}': the stream broke: {exc}") from None
+        finally:
+            await self.aclose()
+        if not translator.finished:
+            raise BackendFailed(f"backend '{self.backend}': the stream ended before message_stop")
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.response.release()
+            self.limiter.release()
+
+
+def _usage(chat: dict[str, Any]) -> Usage | None:
+    usage = chat.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))

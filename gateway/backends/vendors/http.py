@@ -1,0 +1,215 @@
+"""One pooled keep-alive HTTP client per vendor backend, with the retry policy.
+
+Retries (exponential backoff with jitter, `Retry-After` honoured) happen on
+connection errors, 429 and 5xx, and only while the deadline leaves room for
+another try; a stream is only retried before its response has started. The
+API key goes into the request headers and nowhere else: error messages name
+the backend and the vendor's status, never headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.core.errors import (
+    BackendFailed,
+    DeadlineExceeded,
+    GatewayError,
+    InvalidInput,
+    Overloaded,
+)
+
+log = logging.getLogger("gateway.backends.vendor")
+
+_MAX_ERROR_TEXT = 300
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_retries: int = 0
+    backoff_s: float = 0.1
+
+    def delay_s(self, retry: int, retry_after_s: float | None, rng: random.Random) -> float:
+        """Full jitter around an exponential step; never sooner than Retry-After."""
+        step = self.backoff_s * (2 ** retry) * (0.5 + rng.random())
+        return max(step, retry_after_s or 0.0)
+
+
+@dataclass(slots=True)
+class VendorReply:
+    status: int
+    body: bytes
+    tries: int
+
+
+class VendorClient:
+    """POSTs JSON to one vendor base URL over a pooled keep-alive session."""
+
+    def __init__(self, backend: str, base_url: str, headers: dict[str, str],
+                 max_connections: int, connect_timeout_s: float, retry: RetryPolicy,
+                 query: dict[str, str] | None = None,
+                 describe_error: Any = None) -> None:
+        self.backend = backend
+        self.base_url = base_url
+        self.headers = {"content-type": "application/json", **headers}
+        self.max_connections = max_connections
+        self.connect_timeout_s = connect_timeout_s
+        self.retry = retry
+        self.query = query or None
+        # (status, body) -> short text for messages; vendors shape errors differently.
+        self.describe_error = describe_error or _error_text
+        self._session: aiohttp.ClientSession | None = None
+        self._rng = random.Random()
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created lazily: a session belongs to the event loop that serves requests.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30,
+                                             ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self.headers, skip_auto_headers=("User-Agent",),
+                auto_decompress=True)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    async def post(self, path: str, body: bytes, deadline: float) -> VendorReply:
+        """The vendor's 2xx answer, read whole; failures as GatewayErrors."""
+        tries = 0
+        while True:
+            tries += 1
+            timeout = self._timeout(deadline)
+            try:
+                async with self._client().post(self.base_url + path, data=body,
+                                               params=self.query, timeout=timeout) as response:
+                    payload = await response.read()
+                    status = response.status
+                    retry_after = _retry_after_s(response.headers.get("retry-after"))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = self._transport_error(exc, deadline)
+                if isinstance(error, DeadlineExceeded) or not await self._backoff(
+                        tries, None, deadline):
+                    raise error from None
+                continue
+            if 200 <= status < 300:
+                return VendorReply(status, payload, tries)
+            error = self.status_error(status, payload, retry_after)
+            if not _retryable(status) or not await self._backoff(tries, retry_after, deadline):
+                raise error
+
+    async def open_stream(self, path: str, body: bytes,
+                          deadline: float) -> tuple[aiohttp.ClientResponse, int]:
+        """A 2xx streaming response whose body is still to be read (the caller
+        releases it), and the number of tries it took."""
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                response = await self._client().post(self.base_url + path, data=body,
+                                                     params=self.query,
+                                                     timeout=self._timeout(deadline))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = self._transport_error(exc, deadline)
+                if isinstance(error, DeadlineExceeded) or not await self._backoff(
+                        tries, None, deadline):
+                    raise error from None
+                continue
+            if 200 <= response.status < 300:
+                return response, tries
+            try:
+                payload = await response.read()
+            except (aiohttp.ClientError, TimeoutError):
+                payload = b""
+            finally:
+                response.release()
+            retry_after = _retry_after_s(response.headers.get("retry-after"))
+            error = self.status_error(response.status, payload, retry_after)
+            if not _retryable(response.status) or not await self._backoff(tries, retry_after,
+                                                                         deadline):
+                raise error
+
+    def status_error(self, status: int, payload: bytes, retry_after: float | None) -> GatewayError:
+        text = self.describe_error(status, payload)
+        if status == 429:
+            return Overloaded(f"backend '{self.backend}': the vendor is rate limiting "
+                              f"(HTTP 429): {text}", retry_after_s=retry_after or 1.0)
+        if status in (400, 413, 422):
+            # The vendor judged the caller's request: no other backend would take it.
+            return InvalidInput(f"backend '{self.backend}' refused the request: {text}")
+        if status in (401, 403):
+            log.error("backend %s: the vendor refused our credentials (HTTP %d); "
+                      "check the key in its api_key_env", self.backend, status)
+        return BackendFailed(f"backend '{self.backend}': the vendor answered HTTP {status}: {text}")
+
+    def _timeout(self, deadline: float) -> aiohttp.ClientTimeout:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._deadline_error()
+        return aiohttp.ClientTimeout(total=remaining,
+                                     connect=min(remaining, self.connect_timeout_s))
+
+    def _transport_error(self, exc: BaseException, deadline: float) -> GatewayError:
+        """A timeout with the deadline spent is the caller's 504; anything else
+        (refused, reset, a connect timeout shorter than the deadline) is the
+        vendor's failure, which a retry or the next backend may get past."""
+        if isinstance(exc, TimeoutError) and time.monotonic() >= deadline - 0.001:
+            return self._deadline_error()
+        return BackendFailed(f"backend '{self.backend}': cannot reach the vendor: "
+                             f"{_describe(exc)}")
+
+    def _deadline_error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"backend '{self.backend}' did not answer within the deadline")
+
+    async def _backoff(self, tries: int, retry_after: float | None, deadline: float) -> bool:
+        """Sleep before the next try; False when no try is left or there is no time."""
+        if tries > self.retry.max_retries:
+            return False
+        delay = self.retry.delay_s(tries - 1, retry_after, self._rng)
+        if time.monotonic() + delay >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        return True
+
+
+def _retryable(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: rare from APIs; the backoff step applies
+    return seconds if seconds >= 0 else None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:_MAX_ERROR_TEXT]
+
+
+def _error_text(status: int, payload: bytes) -> str:
+    """OpenAI-shaped error bodies give their message; anything else a short excerpt."""
+    try:
+        doc = orjson.loads(payload)
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"][:_MAX_ERROR_TEXT]
+        if isinstance(error, str):
+            return error[:_MAX_ERROR_TEXT]
+    except orjson.JSONDecodeError:
+        pass
+    text = payload[:_MAX_ERROR_TEXT].decode("utf-8", "replace").strip()
+    return text or f"HTTP {status} with an empty body"

@@ -1,0 +1,105 @@
+"""Protocol-free types for chat and embeddings: the contract between the
+OpenAI-compatible transport, the pipeline and the vendor backends.
+
+A chat request travels as the OpenAI chat-completions body (a plain dict):
+that shape is the lingua franca every vendor backend translates from, and
+keeping it avoids a second object model on the hot path. Backends receive it
+already checked (`model` is the gateway model's name; they substitute their
+own vendor model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    body: dict[str, Any]  # the caller's OpenAI chat body; `model` names the gateway model
+    stream: bool = False
+    include_usage: bool = False  # the caller asked for a usage chunk at the end of a stream
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """A whole completion in OpenAI's `chat.completion` shape (`model` not yet set)."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+    tries: int = 1  # HTTP tries the backend made (retries included)
+
+
+class ChatStream(Protocol):
+    """Chunks in OpenAI's `chat.completion.chunk` shape, as the vendor sends them.
+
+    Iterating raises `BackendFailed` if the vendor stream breaks; `usage` is
+    known once iteration ended (counted from the stream if the vendor sent none).
+    A stream holds a backend slot until it is exhausted or `aclose`d.
+    """
+
+    usage: Usage | None
+    tries: int
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    vectors: np.ndarray  # FP32 [n, dim], one row per input text
+    usage: Usage | None
+    tries: int = 1
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    name: str
+
+    async def chat(self, request: ChatRequest, timeout_s: float) -> ChatResult: ...
+
+    async def chat_stream(self, request: ChatRequest, timeout_s: float) -> ChatStream:
+        """Returns once the vendor accepted the request (status and headers in):
+        failures up to that point raise, so the caller can still fall back."""
+        ...
+
+
+@runtime_checkable
+class EmbeddingBackend(Protocol):
+    name: str
+
+    async def embed(self, texts: list[str], timeout_s: float) -> EmbeddingResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A backend's prices, from its `cost` config."""
+
+    usd_per_request: float = 0.0
+    usd_per_1k_input_tokens: float = 0.0
+    usd_per_1k_output_tokens: float = 0.0
+
+    def of(self, usage: Usage | None) -> float:
+        cost = self.usd_per_request
+        if usage is not None:
+            cost += (usage.prompt_tokens * self.usd_per_1k_input_tokens
+                     + usage.completion_tokens * self.usd_per_1k_output_tokens) / 1000.0
+        return cost
