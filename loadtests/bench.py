@@ -5,6 +5,8 @@
     overload  the embedder (no batching, a queue one request deep) offered 3x its
               capacity open loop: admitted latency, time to shed, errors, gateway
               RSS (--overload-model digits: digits with batching instead)
+    vendor    chat completions against the fake vendor (zero latency), directly and
+              through one gateway worker: throughput at c=64, added latency at c=1
     embedder  all-MiniLM-L6-v2: the in-process limit (tokenize + run, no HTTP) at
               several batch sizes, against the gateway with and without batching
 
@@ -39,9 +41,10 @@ from loadtests.scenarios.common import Settings, cpu_split  # noqa: E402
 from loadtests.scenarios.digits import run_digits  # noqa: E402
 from loadtests.scenarios.embedder import run_embedder  # noqa: E402
 from loadtests.scenarios.overload import run_overload  # noqa: E402
+from loadtests.scenarios.vendor import run_vendor  # noqa: E402
 
 RESULTS = ROOT / "loadtests" / "results"
-ORDER = ("digits", "overload", "embedder")
+ORDER = ("digits", "overload", "vendor", "embedder")
 
 
 def int_list(text: str) -> list[int]:
@@ -59,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="unrecorded seconds before each level (default %(default)s)")
     parser.add_argument("--concurrency", type=int_list, default=[32],
                         help="digits: closed-loop concurrency levels, e.g. 1,8,32,64 (default 32)")
+    parser.add_argument("--vendor-concurrency", type=int_list, default=[1, 64],
+                        help="vendor passthrough: levels; added latency is read at the lowest, "
+                             "throughput at the highest (default 1,64)")
     parser.add_argument("--embedder-concurrency", type=int_list, default=[1, 8, 32, 64])
     parser.add_argument("--batch-sizes", type=int_list, default=[1, 8, 16, 32, 64],
                         help="embedder: in-process batch sizes")
@@ -87,6 +93,7 @@ def scenario_runners(args: argparse.Namespace, settings: Settings) -> dict[str, 
         "digits": lambda: run_digits(settings, args.concurrency),
         "overload": lambda: run_overload(settings, args.overload_factor, args.overload_duration,
                                          args.connections, args.overload_model),
+        "vendor": lambda: run_vendor(settings, args.vendor_concurrency),
         "embedder": lambda: run_embedder(settings, args.embedder_concurrency, args.batch_sizes,
                                          args.embedder_wait),
     }

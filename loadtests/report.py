@@ -104,7 +104,24 @@ def overload_summary(result: dict[str, Any]) -> str:
     return "\n".join([title, baseline, offered, answers, memory])
 
 
-SUMMARIES = {"digits": digits_summary, "embedder": embedder_summary, "overload": overload_summary}
+def vendor_summary(result: dict[str, Any]) -> str:
+    rows = [[name, level["concurrency"], level["throughput_rps"], level["p50_ms"], level["p99_ms"],
+             level["errors"] + sum(v for s, v in level["statuses"].items() if s != "200")]
+            for name, variant in result["variants"].items() for level in variant["levels"]]
+    v = result["verdict"]
+    t, a = v["throughput"], v["added_latency"]
+    verdict = table(["", "value", "goal", ""], [
+        [f"gateway req/s at c={t['concurrency']} (direct {t['direct_rps']}, ratio {t['ratio']})",
+         t["gateway_rps"], t["goal"], _goal(t["met"])],
+        [f"added latency at c={a['concurrency']}: p50 / p99 ms",
+         f"{a['p50_ms']} / {a['p99_ms']}", a["goal"], _goal(a["met"])],
+    ])
+    return "\n\n".join(["VENDOR PASSTHROUGH (chat completions, fake vendor, zero latency)",
+                        table(["variant", "c", "req/s", "p50 ms", "p99 ms", "non-200"], rows),
+                        verdict])
+
+
+SUMMARIES = {"digits": digits_summary, "vendor": vendor_summary, "embedder": embedder_summary, "overload": overload_summary}
 
 
 def summary(scenarios: dict[str, Any]) -> str:
