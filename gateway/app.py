@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 from pathlib import Path
 
 from gateway.api.http_app import InferFastPath, create_http_app
@@ -27,7 +27,8 @@ from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.signature import Signature, TensorSpec, compatibility_problems
 from gateway.routing.batching import BatchPolicy
 from gateway.routing.limits import QueuedBackend
-from gateway.routing.router import Attempt, Route
+from gateway.routing.resilience import BackendHealth, BreakerPolicy
+from gateway.routing.router import Attempt, Route, Shadow
 
 log = logging.getLogger("gateway")
 
@@ -46,14 +47,22 @@ def default_config_path() -> Path:
 
 @dataclass
 class Runtime:
-    """Everything built from one config; closed together."""
+    """Everything built from one config; closed together (minus what a newer
+    runtime took over on reload)."""
 
     loaded: LoadedConfig
-    backends: dict[str, Backend]
+    backends: dict[str, Any]
     service: InferenceService
+    health: dict[str, BackendHealth] = field(default_factory=dict)
 
-    async def close(self) -> None:
-        await asyncio.gather(*(b.close() for b in self.backends.values()))
+    async def close(self, keep: frozenset[str] = frozenset()) -> None:
+        """Close the backends, except those named in `keep` (reused elsewhere)."""
+        await asyncio.gather(*(b.close() for name, b in self.backends.items() if name not in keep))
+
+    def busy(self, keep: frozenset[str] = frozenset()) -> bool:
+        """Work still queued or running on a backend that is about to close."""
+        return any(getattr(b, "busy", lambda: False)()
+                   for name, b in self.backends.items() if name not in keep)
 
 
 def to_signature(config: SignatureConfig) -> Signature:
@@ -78,48 +87,74 @@ def batch_policy(config: BackendConfig) -> BatchPolicy | None:
     )
 
 
-def build_runtime(loaded: LoadedConfig) -> Runtime:
+def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runtime:
     """Load every backend and check it against the signatures it serves.
 
+    With `previous` (a reload), a backend whose config did not change is taken
+    over as it is, with its sessions, queue, connections and breaker state.
     Raises ConfigError listing every problem (with YAML paths) after closing
     whatever was loaded.
     """
     config = loaded.config
     problems: list[str] = []
-    backends: dict[str, Backend] = {}
+    backends: dict[str, Any] = {}
+    health: dict[str, BackendHealth] = {}
+    reused: set[str] = set()
     for name, backend_config in config.backends.items():
+        if previous is not None and previous.loaded.config.backends.get(name) == backend_config \
+                and name in previous.backends:
+            backends[name] = previous.backends[name]
+            health[name] = previous.health[name]
+            reused.add(name)
+            continue
         try:
-            backend = build_backend(name, backend_config, loaded.resolve_path)
+            backends[name] = _load_backend(name, backend_config, loaded)
         except Exception as exc:
             problems.append(f"{loaded.where(('backends', name))}: {exc}")
             continue
-        if isinstance(backend_config, OnnxBackendConfig):
-            backend = QueuedBackend(
-                backend,
-                max_concurrency=backend_config.max_concurrency,
-                max_queue=backend_config.max_queue,
-                batching=batch_policy(backend_config),
-                max_queue_wait_s=(None if backend_config.max_queue_wait_ms is None
-                                  else backend_config.max_queue_wait_ms / 1000.0),
-            )
-        # Vendor backends hold their own limiter: a slot lasts a whole call or stream.
-        backends[name] = backend
+        breaker = backend_config.circuit_breaker
+        health[name] = BackendHealth(name, BreakerPolicy(
+            consecutive_failures=breaker.consecutive_failures, error_rate=breaker.error_rate,
+            window_s=breaker.window_s, min_requests=breaker.min_requests,
+            cooldown_s=breaker.cooldown_ms / 1000.0, enabled=breaker.enabled))
 
     tenants = _tenants(loaded, problems)
+    admin_env = config.server.admin_key_env
+    if admin_env and not os.environ.get(admin_env):
+        problems.append(f"{loaded.where(('server', 'admin_key_env'))}: environment variable "
+                        f"{admin_env} is not set")
 
     models: dict[str, ModelEntry] = {}
     for name, model in config.models.items():
-        entry = _model_entry(name, model, backends, loaded, problems)
+        entry = _model_entry(name, model, backends, health, loaded, problems)
         if entry is not None:
             models[name] = entry
     if problems:
-        for backend in backends.values():
-            _close_quietly(backend)
+        for name, backend in backends.items():
+            if name not in reused:
+                _close_quietly(backend)
         raise ConfigError(str(loaded.source or "<config>"), problems)
-    unused = set(backends) - {b.name for m in models.values() for b in m.route.backends}
-    for name in sorted(unused):
+    used = {a.backend.name for m in models.values() for a in m.route.attempts}
+    used |= {m.route.shadow.attempt.backend.name for m in models.values() if m.route.shadow}
+    for name in sorted(set(backends) - used):
         log.warning("backend %s is not used by any model route", name)
-    return Runtime(loaded=loaded, backends=backends, service=InferenceService(models, tenants))
+    return Runtime(loaded=loaded, backends=backends, service=InferenceService(models, tenants),
+                   health=health)
+
+
+def _load_backend(name: str, backend_config: BackendConfig, loaded: LoadedConfig) -> Any:
+    backend = build_backend(name, backend_config, loaded.resolve_path)
+    if isinstance(backend_config, OnnxBackendConfig):
+        return QueuedBackend(
+            backend,
+            max_concurrency=backend_config.max_concurrency,
+            max_queue=backend_config.max_queue,
+            batching=batch_policy(backend_config),
+            max_queue_wait_s=(None if backend_config.max_queue_wait_ms is None
+                              else backend_config.max_queue_wait_ms / 1000.0),
+        )
+    # Vendor backends hold their own limiter: a slot lasts a whole call or stream.
+    return backend
 
 
 def _tenants(loaded: LoadedConfig, problems: list[str]) -> Tenants:
@@ -140,7 +175,7 @@ def _tenants(loaded: LoadedConfig, problems: list[str]) -> Tenants:
 
 
 def _model_entry(
-    name: str, model: ModelConfig, backends: dict[str, Backend],
+    name: str, model: ModelConfig, backends: dict[str, Any], health: dict[str, BackendHealth],
     loaded: LoadedConfig, problems: list[str],
 ) -> ModelEntry | None:
     signature = to_signature(model.signature) if model.signature else None
@@ -148,41 +183,65 @@ def _model_entry(
     weights: list[float] = []
     prices: dict[str, Price] = {}
     ok = True
-    for i, ref in enumerate(model.route.backends):
-        backend_name = ref if isinstance(ref, str) else ref.name
+
+    def attempt_for(backend_name: str, path: tuple[object, ...]) -> Attempt | None:
         backend = backends.get(backend_name)
         if backend is None:
-            ok = False  # its load failure is reported under backends.<name>
-            continue
-        where = loaded.where(("models", name, "route", "backends", i))
+            return None  # its load failure is reported under backends.<name>
+        where = loaded.where(path)  # type: ignore[arg-type]
         backend_config = loaded.config.backends[backend_name]
-        cost = backend_config.cost
-        prices[backend_name] = Price(cost.usd_per_request, cost.usd_per_1k_input_tokens,
-                                     cost.usd_per_1k_output_tokens)
         adapted = _for_kind(model, signature, backend, backend_config)
         if isinstance(adapted, str):
             problems.append(f"{where}: backend '{backend_name}' {adapted}")
-            ok = False
-            continue
-        if model.kind != "tensor":
-            attempts.append(Attempt(adapted, backend_config.timeout_ms / 1000.0))  # type: ignore[arg-type]
-            weights.append(1.0 if isinstance(ref, str) else ref.weight)
-            continue
-        if signature is not None:
+            return None
+        if model.kind == "tensor" and signature is not None:
             specs = backend.io_specs()
             if specs is not None:
-                for problem in compatibility_problems(signature, *specs):
-                    problems.append(
-                        f"{loaded.where(('models', name, 'route', 'backends', i))}: "
-                        f"backend '{backend_name}' does not fit the signature: {problem}"
-                    )
-                    ok = False
-        timeout_s = loaded.config.backends[backend_name].timeout_ms / 1000.0
-        attempts.append(Attempt(backend, timeout_s))
+                found = compatibility_problems(signature, *specs)
+                for problem in found:
+                    problems.append(f"{where}: backend '{backend_name}' does not fit the "
+                                    f"signature: {problem}")
+                if found:
+                    return None
+        cost = backend_config.cost
+        prices[backend_name] = Price(cost.usd_per_request, cost.usd_per_1k_input_tokens,
+                                     cost.usd_per_1k_output_tokens)
+        return Attempt(adapted, backend_config.timeout_ms / 1000.0, health[backend_name])
+
+    for i, ref in enumerate(model.route.backends):
+        backend_name = ref if isinstance(ref, str) else ref.name
+        attempt = attempt_for(backend_name, ("models", name, "route", "backends", i))
+        if attempt is None:
+            ok = False
+            continue
+        attempts.append(attempt)
         weights.append(1.0 if isinstance(ref, str) else ref.weight)
+    route_config = model.route
+    shadow = None
+    if route_config.shadow is not None:
+        if model.kind != "tensor":
+            problems.append(f"{loaded.where(('models', name, 'route', 'shadow'))}: shadow "
+                            f"traffic is for tensor models (this one is of kind '{model.kind}')")
+            ok = False
+        else:
+            attempt = attempt_for(route_config.shadow.backend,
+                                  ("models", name, "route", "shadow", "backend"))
+            if attempt is None:
+                ok = False
+            else:
+                shadow = Shadow(attempt, route_config.shadow.fraction, route_config.shadow.rtol,
+                                route_config.shadow.atol)
     if not ok:
         return None
-    route = Route(attempts, weights if model.route.strategy == "weighted" else None)
+    sticky = route_config.sticky
+    route = Route(
+        attempts, weights if route_config.strategy == "weighted" else None,
+        fallback_on=frozenset(route_config.fallback_on),
+        sticky_header=sticky.header.lower().encode() if sticky and sticky.header else None,
+        sticky_tenant=bool(sticky and sticky.tenant),
+        hedge_delay_s=route_config.hedge.delay_ms / 1000.0 if route_config.hedge else None,
+        shadow=shadow,
+    )
     return ModelEntry(
         name=name, version=model.version, kind=model.kind, signature=signature,
         route=route, description=model.description, prices=prices,

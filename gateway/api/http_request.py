@@ -40,7 +40,7 @@ def request_context(headers: Headers, protocol: str) -> RequestContext:
     request_id = (
         raw_id.decode("latin-1") if raw_id and len(raw_id) <= _MAX_REQUEST_ID else new_request_id()
     )
-    ctx = RequestContext(request_id=request_id, protocol=protocol)
+    ctx = RequestContext(request_id=request_id, protocol=protocol, headers=headers)
     timeout = headers.get(b"x-request-timeout-ms")
     if timeout is not None:
         ctx.deadline = time.monotonic() + _timeout_ms(timeout) / 1000.0

@@ -47,6 +47,8 @@ class LoadedConfig:
     source: Path | None
     sha256: str
     lines: dict[Path_, int] = field(default_factory=dict, repr=False)
+    # The file as written: ${VAR} references unexpanded, so showing it reveals no secret.
+    text: str = field(default="", repr=False)
 
     def where(self, path: Path_) -> str:
         """A YAML path for messages, with its line when known."""
@@ -122,7 +124,8 @@ def parse_config(
         raise ConfigError(name, problems)
     digest = hashlib.sha256(text.encode()).hexdigest()
     return LoadedConfig(
-        config=config, source=source.resolve() if source else None, sha256=digest, lines=lines
+        config=config, source=source.resolve() if source else None, sha256=digest, lines=lines,
+        text=text,
     )
 
 
@@ -166,6 +169,12 @@ def _cross_check(config: GatewayConfig) -> list[tuple[Path_, str]]:
                 (("models", model_name, "route", "backends"),
                  "strategy 'weighted' needs entries of the form {name: ..., weight: ...}")
             )
+        if route.sticky and route.strategy != "weighted":
+            found.append((("models", model_name, "route", "sticky"),
+                          "only a weighted route picks a variant to stick to"))
+        if route.hedge and len(route.backends) < 2:
+            found.append((("models", model_name, "route", "hedge"),
+                          "hedging needs a second backend in the route"))
         if route.shadow and route.shadow.backend not in config.backends:
             found.append(
                 (("models", model_name, "route", "shadow", "backend"),

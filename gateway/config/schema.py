@@ -31,6 +31,8 @@ class ServerConfig(Section):
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     admin_key_env: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # How often the config file is checked for changes (hot reload); 0: never.
+    watch_config_s: float = Field(2.0, ge=0)
 
 
 class RedisConfig(Section):
@@ -76,6 +78,15 @@ class RetryConfig(Section):
     backoff_ms: int = Field(100, ge=0)
 
 
+class CircuitBreakerConfig(Section):
+    enabled: bool = True
+    consecutive_failures: int = Field(5, ge=1)
+    error_rate: float = Field(0.5, gt=0, le=1)
+    window_s: float = Field(10.0, gt=0)
+    min_requests: int = Field(20, ge=1)
+    cooldown_ms: int = Field(5000, ge=0)
+
+
 class BackendCommon(Section):
     max_concurrency: int = Field(4, ge=1)
     max_queue: int = Field(256, ge=0)
@@ -84,6 +95,7 @@ class BackendCommon(Section):
     timeout_ms: int = Field(30_000, ge=1)
     retries: RetryConfig = RetryConfig()
     cost: CostConfig = CostConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
 
 
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
@@ -211,11 +223,41 @@ class WeightedBackend(Section):
 class ShadowConfig(Section):
     backend: str
     fraction: float = Field(ge=0, le=1)
+    # Tensors agree when every element is within atol + rtol * |served| of the served answer.
+    rtol: float = Field(1e-3, ge=0)
+    atol: float = Field(1e-5, ge=0)
+
+
+# Failure classes a route may fall back on (default: all of them).
+FallbackReason = Literal["connection", "timeout", "5xx", "429", "overloaded", "circuit_open",
+                         "bad_output", "error"]
+FALLBACK_REASONS: tuple[str, ...] = FallbackReason.__args__  # type: ignore[attr-defined]
+
+
+class StickyConfig(Section):
+    """Weighted routes: one caller always gets the same variant."""
+
+    header: str | None = None  # e.g. x-user-id
+    tenant: bool = False
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "StickyConfig":
+        if (self.header is None) == (not self.tenant):
+            raise ValueError("set exactly one of 'header' or 'tenant: true'")
+        return self
+
+
+class HedgeConfig(Section):
+    delay_ms: float = Field(gt=0)
 
 
 class RouteConfig(Section):
     strategy: Literal["fallback", "weighted"] = "fallback"
     backends: list[Union[str, WeightedBackend]] = Field(min_length=1)
+    fallback_on: list[FallbackReason] = Field(default_factory=lambda: list(FALLBACK_REASONS))
+    sticky: StickyConfig | None = None
+    # After delay_ms without an answer, also ask the next backend; first good answer wins.
+    hedge: HedgeConfig | None = None
     shadow: ShadowConfig | None = None
 
     def backend_names(self) -> list[str]:

@@ -24,14 +24,23 @@ class ErrorKind(enum.Enum):
 
 
 class GatewayError(Exception):
-    """A failure with a kind and a message meant for the caller."""
+    """A failure with a kind and a message meant for the caller.
+
+    `reason` says more precisely what happened to a backend (`connection`,
+    `5xx`, `429`, `timeout`, `overloaded`, `circuit_open`, `bad_output`...):
+    routes choose on it whether to fall back, and metrics count by it.
+    """
 
     kind: ErrorKind = ErrorKind.BACKEND_FAILED
+    default_reason: str = "error"
+    tries: int = 1  # HTTP tries a backend made before giving up (its retries included)
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None,
+                 reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.reason = reason or self.default_reason
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
@@ -63,10 +72,12 @@ class RateLimited(GatewayError):
 
 class Overloaded(GatewayError):
     kind = ErrorKind.OVERLOADED
+    default_reason = "overloaded"
 
 
 class DeadlineExceeded(GatewayError):
     kind = ErrorKind.DEADLINE_EXCEEDED
+    default_reason = "timeout"
 
 
 class BackendFailed(GatewayError):

@@ -63,6 +63,47 @@ class ChatStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class PrefetchedStream:
+    """A stream whose first chunk has already arrived (so the backend is known
+    to be answering); iterating yields that chunk, then the rest."""
+
+    def __init__(self, stream: ChatStream, chunks: AsyncIterator[dict[str, Any]],
+                 first: dict[str, Any] | None) -> None:
+        self._stream = stream
+        self._chunks = chunks
+        self._first = first
+        self.tries = stream.tries
+
+    @classmethod
+    async def start(cls, stream: ChatStream) -> "PrefetchedStream":
+        chunks = stream.__aiter__()
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await stream.aclose()
+            raise
+        return cls(stream, chunks, first)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._stream.usage
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        async for chunk in self._chunks:
+            yield chunk
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await self._stream.aclose()
+
+
 @dataclass(slots=True)
 class EmbeddingResult:
     vectors: np.ndarray  # FP32 [n, dim], one row per input text

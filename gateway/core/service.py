@@ -8,7 +8,9 @@ decode and encode; they never skip or repeat a step.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,21 +34,22 @@ from gateway.core.llm import (
     ChatStream,
     EmbeddingBackend,
     EmbeddingResult,
+    PrefetchedStream,
     Price,
     Usage,
 )
 from gateway.core.signature import Signature
 from gateway.core.types import InferRequest, InferResponse, RequestContext
-from gateway.observe.metrics import COST, TOKENS
-from gateway.routing.router import Attempt, Route
+from gateway.observe.metrics import COST, FALLBACKS, HEDGES, SHADOW, TOKENS
+from gateway.routing.router import Attempt, Route, Shadow, fallback_class
 
 T = TypeVar("T")
 
-log = logging.getLogger("gateway.service")
+# The failures a route may fall back on; anything else (invalid input, auth,
+# unknown model) would be the same on every backend.
+_BACKEND_ERRORS = (BackendFailed, Overloaded, DeadlineExceeded)
 
-# Failures after which the next backend of the plan is tried. Invalid input
-# never falls back: every backend would refuse it alike.
-_FALLBACK_ON = (BackendFailed, Overloaded)
+log = logging.getLogger("gateway.service")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,19 @@ class InferenceService:
     def __init__(self, models: dict[str, ModelEntry], tenants: Tenants | None = None) -> None:
         self.models = models
         self.tenants = tenants or Tenants({})
+        self._rng = random.Random()
+        # Shadow calls run detached; held here so they are not collected mid-flight.
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+
+    def replace(self, other: "InferenceService") -> None:
+        """Serve `other`'s models and tenants from now on (a config reload).
+
+        Two attribute stores on the event loop's thread: a request sees either
+        the old or the new config, never a mix, and requests already running
+        keep the model entries (and backends) they started with.
+        """
+        self.models = other.models
+        self.tenants = other.tenants
 
     def model(self, name: str, version: str | None = None) -> ModelEntry:
         """The model called `name` (at `version`, if given), or NotFound."""
@@ -137,48 +153,17 @@ class InferenceService:
         batch: int | None,
         ctx: RequestContext,
     ) -> dict[str, np.ndarray]:
-        last_error: GatewayError | None = None
-        all_overloaded = True
-        for attempt in entry.route.plan():
-            backend = attempt.backend
-            remaining = ctx.remaining_s()
-            timeout = attempt.timeout_s if remaining is None else min(remaining, attempt.timeout_s)
-            if timeout <= 0:
-                raise DeadlineExceeded(
-                    f"deadline exceeded before model '{entry.name}' could be served"
-                )
-            ctx.attempts += 1
-            ctx.backend = backend.name
-            started = time.perf_counter()
-            try:
-                outputs = await backend.infer(inputs, wanted, timeout)
-            except _FALLBACK_ON as exc:
-                # Not logged per request: under overload that would flood the log;
-                # the metrics count sheds and failures.
-                last_error = exc
-                all_overloaded = all_overloaded and isinstance(exc, Overloaded)
-                continue
-            finally:
-                ctx.backend_wait_s += time.perf_counter() - started
-            try:
-                signature.validate_outputs(outputs, batch, backend.name)
-            except BackendFailed as exc:
-                last_error = exc
-                all_overloaded = False
-                log.error("model %s: %s", entry.name, exc)
-                continue
+        async def call(backend: Any, timeout: float) -> dict[str, np.ndarray]:
+            outputs = await backend.infer(inputs, wanted, timeout)
+            # A backend that breaks the signature failed: the next one may not.
+            signature.validate_outputs(outputs, batch, backend.name)
             return {name: outputs[name] for name in wanted}
-        assert last_error is not None
-        if ctx.attempts == 1:
-            raise last_error
-        if all_overloaded:
-            raise Overloaded(
-                f"every backend of model '{entry.name}' is overloaded", retry_after_s=1.0
-            )
-        raise BackendFailed(
-            f"every backend of model '{entry.name}' failed; last: {last_error.message}"
-        )
 
+        outputs = await self._attempt_plan(entry, ctx, call)
+        shadow = entry.route.shadow
+        if shadow is not None and self._rng.random() < shadow.fraction:
+            self._mirror(entry, shadow, call, outputs)
+        return outputs
     # -- chat and embeddings -------------------------------------------------------
 
     async def chat(self, model: str, request: ChatRequest, ctx: RequestContext) -> ChatResult:
@@ -187,7 +172,7 @@ class InferenceService:
         async def call(backend: Any, timeout: float) -> ChatResult:
             return await backend.chat(request, timeout)
 
-        result = await self._first_success(entry, ctx, call)
+        result = await self._attempt_plan(entry, ctx, call)
         self._account(entry, ctx, result.usage)
         return result
 
@@ -198,9 +183,13 @@ class InferenceService:
         entry = self._entry_of_kind(model, "chat", ctx)
 
         async def call(backend: Any, timeout: float) -> ChatStream:
-            return await backend.chat_stream(request, timeout)
+            stream = await backend.chat_stream(request, timeout)
+            # Wait for the first chunk before committing to this backend: until a
+            # byte reaches the caller, a failing backend can still be replaced.
+            return await PrefetchedStream.start(stream)
 
-        return await self._first_success(entry, ctx, call)
+        # Never hedged: two live streams would both cost tokens.
+        return await self._attempt_plan(entry, ctx, call, may_hedge=False)
 
     def finish_stream(self, model: str, stream: ChatStream, ctx: RequestContext) -> None:
         """Tokens and cost of a stream once it ended (or broke: what was used, counts)."""
@@ -212,7 +201,7 @@ class InferenceService:
         async def call(backend: Any, timeout: float) -> EmbeddingResult:
             return await backend.embed(texts, timeout)
 
-        result = await self._first_success(entry, ctx, call)
+        result = await self._attempt_plan(entry, ctx, call)
         self._account(entry, ctx, result.usage)
         return result
 
@@ -225,37 +214,177 @@ class InferenceService:
                                f"call it on {served_by}")
         return entry
 
-    async def _first_success(self, entry: ModelEntry, ctx: RequestContext,
-                             call: Callable[[Any, float], Awaitable[T]]) -> T:
-        """Try the plan's backends in order until one answers (same fallback rules
-        as tensor inference: overload and backend failures move on)."""
-        last_error: GatewayError | None = None
-        all_overloaded = True
-        for attempt in entry.route.plan():
-            timeout = self._attempt_timeout(entry, attempt, ctx)
-            ctx.backend = attempt.backend.name
-            started = time.perf_counter()
-            try:
-                result = await call(attempt.backend, timeout)
-            except _FALLBACK_ON as exc:
-                ctx.attempts += 1
-                last_error = exc
-                all_overloaded = all_overloaded and isinstance(exc, Overloaded)
-                log.warning("model %s: backend %s: %s", entry.name, attempt.backend.name,
-                            exc.message)
+    async def _attempt_plan(self, entry: ModelEntry, ctx: RequestContext,
+                            call: Callable[[Any, float], Awaitable[T]],
+                            may_hedge: bool = True) -> T:
+        """Try the plan's backends in order until one answers.
+
+        A backend that is disabled or whose circuit is open is skipped at no
+        cost. A failure moves on to the next backend when the route falls back
+        on its class; invalid input never does (every backend would refuse it
+        alike), nor does a spent deadline. With hedging, the next backend is
+        also asked once `hedge_delay_s` passes without an answer.
+        """
+        route = entry.route
+        plan = route.plan(self._sticky_key(route, ctx))
+        errors: list[tuple[str, GatewayError]] = []
+        hop_from: tuple[str, str] | None = None  # (backend, reason) we are falling back from
+        index = 0
+        while index < len(plan):
+            attempt = plan[index]
+            index += 1
+            name = attempt.backend.name
+            health = attempt.health
+            if health.disabled or not health.allow():
+                reason = "disabled" if health.disabled else "circuit_open"
+                error: GatewayError = Overloaded(
+                    f"backend '{name}' is {'disabled' if health.disabled else 'failing (circuit open)'}",
+                    reason=reason)
+                errors.append((name, error))
+                if not route.falls_back_on(error):
+                    break
+                hop_from = (name, reason)
                 continue
-            finally:
-                ctx.backend_wait_s += time.perf_counter() - started
-            ctx.attempts += getattr(result, "tries", 1)
+            if hop_from is not None:
+                FALLBACKS.labels(entry.name, hop_from[0], name, hop_from[1]).inc()
+                hop_from = None
+            hedge = (may_hedge and route.hedge_delay_s is not None and index < len(plan)
+                     and not plan[index].health.disabled)
+            try:
+                if hedge:
+                    result, index = await self._hedged(entry, ctx, call, attempt, plan[index],
+                                                       index)
+                else:
+                    result = await self._one_attempt(entry, ctx, call, attempt)
+            except GatewayError as exc:
+                if isinstance(exc, DeadlineExceeded) and not self._time_left(ctx):
+                    raise
+                if not isinstance(exc, _BACKEND_ERRORS) or not route.falls_back_on(exc):
+                    if errors:
+                        log.warning("model %s: backend %s: %s", entry.name, name, exc.message)
+                    raise
+                errors.append((name, exc))
+                hop_from = (name, fallback_class(exc))
+                log.warning("model %s: backend %s: %s", entry.name, name, exc.message)
+                continue
             return result
-        assert last_error is not None
-        if ctx.attempts == 1:
-            raise last_error
-        if all_overloaded:
-            raise Overloaded(f"every backend of model '{entry.name}' is overloaded",
-                             retry_after_s=last_error.retry_after_s or 1.0)
-        raise BackendFailed(
-            f"every backend of model '{entry.name}' failed; last: {last_error.message}")
+        raise self._plan_failed(entry, errors)
+
+    async def _one_attempt(self, entry: ModelEntry, ctx: RequestContext,
+                           call: Callable[[Any, float], Awaitable[T]], attempt: Attempt) -> T:
+        timeout = self._attempt_timeout(entry, attempt, ctx)
+        ctx.backend = attempt.backend.name
+        ctx.attempts += 1
+        started = time.perf_counter()
+        try:
+            result = await call(attempt.backend, timeout)
+        except GatewayError as exc:
+            ctx.attempts += exc.tries - 1
+            if isinstance(exc, DeadlineExceeded) and timeout < attempt.timeout_s:
+                # The caller's deadline was the tighter one: no verdict on the backend.
+                attempt.health.cancelled()
+            else:
+                attempt.health.record(exc)
+            raise
+        except asyncio.CancelledError:
+            attempt.health.cancelled()
+            raise
+        finally:
+            ctx.backend_wait_s += time.perf_counter() - started
+        attempt.health.record(None)
+        ctx.attempts += getattr(result, "tries", 1) - 1  # a vendor's retries count too
+        return result
+
+    async def _hedged(self, entry: ModelEntry, ctx: RequestContext,
+                      call: Callable[[Any, float], Awaitable[T]], first: Attempt,
+                      second: Attempt, index: int) -> tuple[T, int]:
+        """`first`, and `second` too if `first` has not answered after the hedge
+        delay; the first good answer wins and the other call is cancelled.
+        Returns the answer and where the plan continues."""
+        primary = asyncio.ensure_future(self._one_attempt(entry, ctx, call, first))
+        done, _ = await asyncio.wait({primary}, timeout=entry.route.hedge_delay_s)
+        if done or not second.health.allow():
+            return await primary, index
+        HEDGES.labels(entry.name, first.backend.name, second.backend.name).inc()
+        backup = asyncio.ensure_future(self._one_attempt(entry, ctx, call, second))
+        pending = {primary, backup}
+        failure: GatewayError | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if error is None:
+                        ctx.backend = (first if task is primary else second).backend.name
+                        return task.result(), index + 1
+                    if not isinstance(error, GatewayError):
+                        raise error
+                    failure = error
+            assert failure is not None
+            raise failure
+        finally:
+            for task in pending:
+                task.cancel()
+
+    @staticmethod
+    def _sticky_key(route: Route, ctx: RequestContext) -> str | None:
+        if route.sticky_tenant:
+            return ctx.tenant
+        if route.sticky_header is not None and ctx.headers is not None:
+            value = ctx.headers.get(route.sticky_header)
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+        return None
+
+    @staticmethod
+    def _time_left(ctx: RequestContext) -> bool:
+        remaining = ctx.remaining_s()
+        return remaining is None or remaining > 0.001
+
+    @staticmethod
+    def _plan_failed(entry: ModelEntry, errors: list[tuple[str, GatewayError]]) -> GatewayError:
+        if len(errors) == 1:
+            return errors[0][1]
+        detail = "; ".join(f"{name}: {error.message}" for name, error in errors)
+        if all(isinstance(e, Overloaded) for _, e in errors):
+            retry = min((e.retry_after_s for _, e in errors if e.retry_after_s), default=1.0)
+            return Overloaded(f"every backend of model '{entry.name}' is unavailable ({detail})",
+                              retry_after_s=retry)
+        if all(isinstance(e, (Overloaded, DeadlineExceeded)) for _, e in errors) and any(
+                isinstance(e, DeadlineExceeded) for _, e in errors):
+            return DeadlineExceeded(f"no backend of model '{entry.name}' answered in time "
+                                    f"({detail})")
+        return BackendFailed(f"every backend of model '{entry.name}' failed ({detail})")
+
+    def _mirror(self, entry: ModelEntry, shadow: Shadow,
+                call: Callable[[Any, float], Awaitable[dict[str, np.ndarray]]],
+                served: dict[str, np.ndarray]) -> None:
+        """Send the same request to the shadow backend in the background and
+        record whether it agreed; the caller's answer is already decided."""
+        attempt = shadow.attempt
+
+        async def run() -> None:
+            result = "error"
+            try:
+                if attempt.health.disabled or not attempt.health.allow():
+                    result = "skipped"
+                    return
+                try:
+                    outputs = await call(attempt.backend, attempt.timeout_s)
+                except GatewayError as exc:
+                    attempt.health.record(exc)
+                    return
+                attempt.health.record(None)
+                result = "agree" if all(
+                    outputs[k].shape == v.shape and (
+                        np.array_equal(outputs[k], v) if v.dtype.kind in "OUSb" else
+                        np.allclose(outputs[k], v, rtol=shadow.rtol, atol=shadow.atol))
+                    for k, v in served.items()) else "disagree"
+            finally:
+                SHADOW.labels(entry.name, attempt.backend.name, result).inc()
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
 
     @staticmethod
     def _attempt_timeout(entry: ModelEntry, attempt: Attempt, ctx: RequestContext) -> float:

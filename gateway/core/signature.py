@@ -108,7 +108,7 @@ class Signature:
             if array is None:
                 raise BackendFailed(
                     f"backend '{backend}' returned no output '{spec.name}' "
-                    f"(signature expects {spec.describe()})"
+                    f"(signature expects {spec.describe()})", reason="bad_output"
                 )
             try:
                 datatype = datatype_of(array)
@@ -122,7 +122,8 @@ class Signature:
                     expected += f" with batch size {batch}"
                 raise BackendFailed(
                     f"backend '{backend}' returned output '{spec.name}' as "
-                    f"{datatype} {format_shape(array.shape)}, signature expects {expected}"
+                    f"{datatype} {format_shape(array.shape)}, signature expects {expected}",
+                    reason="bad_output",
                 )
 
 

@@ -58,6 +58,8 @@ class RequestContext:
     backend_wait_s: float = 0.0
     cache: str = "bypass"
     api_key: str | None = None  # as sent; never logged
+    # The request's headers (lower-case names), for routes that stick by a header.
+    headers: Any = None
     tenant: str | None = None
     cost_usd: float | None = None
 

@@ -48,6 +48,24 @@ COST = Counter(
     ["model", "backend", "tenant"], registry=REGISTRY,
 )
 
+CIRCUIT_OPEN = Gauge(
+    "gateway_circuit_open", "1 while a backend's circuit breaker is open (or half-open)",
+    ["backend"], registry=REGISTRY,
+)
+FALLBACKS = Counter(
+    "gateway_fallbacks_total", "Requests passed from one backend of a route to the next",
+    ["model", "from_backend", "to_backend", "reason"], registry=REGISTRY,
+)
+HEDGES = Counter(
+    "gateway_hedges_total", "Hedged requests: a second backend asked after the hedge delay",
+    ["model", "from_backend", "to_backend"], registry=REGISTRY,
+)
+SHADOW = Counter(
+    "gateway_shadow_requests_total",
+    "Mirrored requests to a shadow backend, by whether its answer agreed with the served one",
+    ["model", "backend", "result"], registry=REGISTRY,
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The metrics in Prometheus text format, and its content type."""

@@ -82,7 +82,8 @@ def split_outputs(
         if array.ndim == 0 or array.shape[0] != total:
             raise BackendFailed(
                 f"backend '{backend}' returned output '{name}' with shape {list(array.shape)} "
-                f"for a batch of {total} rows; cannot split it between requests"
+                f"for a batch of {total} rows; cannot split it between requests",
+                reason="bad_output",
             )
     parts = []
     start = 0

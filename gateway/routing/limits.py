@@ -110,6 +110,10 @@ class QueuedBackend:
     def waiting(self) -> int:
         return self._waiting
 
+    def busy(self) -> bool:
+        """Requests waiting or executing: not yet safe to close."""
+        return self._waiting > 0 or any(s is not None for s in self._running_since)
+
     async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str],
                     timeout_s: float | None) -> dict[str, np.ndarray]:
         if self._waiting >= self.max_queue:
@@ -145,7 +149,7 @@ class QueuedBackend:
                 self._drop(work, self._shed_deadline)
                 raise DeadlineExceeded(
                     f"deadline exceeded after {waited_ms:.0f} ms waiting for backend "
-                    f"'{self.name}'; the request was not executed"
+                    f"'{self.name}'; the request was not executed", reason="deadline_queued"
                 ) from None
             work.abandoned = True
             raise DeadlineExceeded(
@@ -337,6 +341,9 @@ class ConcurrencyLimiter:
         self._inflight = INFLIGHT.labels(name)
         self._queued = QUEUED.labels(name)
 
+    def busy(self) -> bool:
+        return self._running > 0 or bool(self._waiters)
+
     async def acquire(self, timeout_s: float | None) -> None:
         """Take a slot, waiting at most `timeout_s`; pair with `release()`."""
         if self._running < self.max_concurrency and not self._waiters:
@@ -365,7 +372,8 @@ class ConcurrencyLimiter:
                 self._shed_deadline.inc()
                 raise DeadlineExceeded(
                     f"deadline exceeded after {(time.monotonic() - enqueued) * 1000:.0f} ms "
-                    f"waiting for backend '{self.name}'; the request was not sent") from None
+                    f"waiting for backend '{self.name}'; the request was not sent",
+                    reason="deadline_queued") from None
             self._shed_cancelled.inc()
             raise
         self._queue_duration.observe(time.monotonic() - enqueued)

@@ -49,6 +49,9 @@ class AnthropicBackend:
     def ready(self) -> bool:
         return True
 
+    def busy(self) -> bool:
+        return self.limiter.busy()
+
     def io_specs(self) -> None:
         return None
 
@@ -81,7 +84,7 @@ class AnthropicBackend:
                                               int(time.time()))
         except (orjson.JSONDecodeError, VendorProtocolError) as exc:
             raise BackendFailed(f"backend '{self.name}': the vendor's answer is not a valid "
-                                f"message: {exc}") from None
+                                f"message: {exc}", reason="bad_output") from None
         return ChatResult(chat, _usage(chat), tries=reply.tries)
 
     async def chat_stream(self, request: ChatRequest, timeout_s: float) -> "AnthropicChatStream":

@@ -99,12 +99,14 @@ class VendorClient:
                 error = self._transport_error(exc, deadline)
                 if isinstance(error, DeadlineExceeded) or not await self._backoff(
                         tries, None, deadline):
+                    error.tries = tries
                     raise error from None
                 continue
             if 200 <= status < 300:
                 return VendorReply(status, payload, tries)
             error = self.status_error(status, payload, retry_after)
             if not _retryable(status) or not await self._backoff(tries, retry_after, deadline):
+                error.tries = tries
                 raise error
 
     async def open_stream(self, path: str, body: bytes,
@@ -122,6 +124,7 @@ class VendorClient:
                 error = self._transport_error(exc, deadline)
                 if isinstance(error, DeadlineExceeded) or not await self._backoff(
                         tries, None, deadline):
+                    error.tries = tries
                     raise error from None
                 continue
             if 200 <= response.status < 300:
@@ -136,20 +139,23 @@ class VendorClient:
             error = self.status_error(response.status, payload, retry_after)
             if not _retryable(response.status) or not await self._backoff(tries, retry_after,
                                                                          deadline):
+                error.tries = tries
                 raise error
 
     def status_error(self, status: int, payload: bytes, retry_after: float | None) -> GatewayError:
         text = self.describe_error(status, payload)
         if status == 429:
             return Overloaded(f"backend '{self.backend}': the vendor is rate limiting "
-                              f"(HTTP 429): {text}", retry_after_s=retry_after or 1.0)
+                              f"(HTTP 429): {text}", retry_after_s=retry_after or 1.0,
+                              reason="429")
         if status in (400, 413, 422):
             # The vendor judged the caller's request: no other backend would take it.
             return InvalidInput(f"backend '{self.backend}' refused the request: {text}")
         if status in (401, 403):
             log.error("backend %s: the vendor refused our credentials (HTTP %d); "
                       "check the key in its api_key_env", self.backend, status)
-        return BackendFailed(f"backend '{self.backend}': the vendor answered HTTP {status}: {text}")
+        return BackendFailed(f"backend '{self.backend}': the vendor answered HTTP {status}: {text}",
+                             reason="5xx" if status >= 500 else "error")
 
     def _timeout(self, deadline: float) -> aiohttp.ClientTimeout:
         remaining = deadline - time.monotonic()
@@ -165,7 +171,7 @@ class VendorClient:
         if isinstance(exc, TimeoutError) and time.monotonic() >= deadline - 0.001:
             return self._deadline_error()
         return BackendFailed(f"backend '{self.backend}': cannot reach the vendor: "
-                             f"{_describe(exc)}")
+                             f"{_describe(exc)}", reason="connection")
 
     def _deadline_error(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"backend '{self.backend}' did not answer within the deadline")

@@ -66,6 +66,9 @@ class OpenAIBackend:
     def ready(self) -> bool:
         return True
 
+    def busy(self) -> bool:
+        return self.limiter.busy()
+
     def io_specs(self) -> None:
         return None
 
@@ -96,7 +99,8 @@ class OpenAIBackend:
         doc = _json_object(reply.body, self.name)
         choices = doc.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise BackendFailed(f"backend '{self.name}': the vendor's answer has no choices")
+            raise BackendFailed(f"backend '{self.name}': the vendor's answer has no choices",
+                                reason="bad_output")
         return ChatResult(doc, usage_of(doc), tries=reply.tries)
 
     async def chat_stream(self, request: ChatRequest, timeout_s: float) -> "OpenAIChatStream":
@@ -180,9 +184,10 @@ def _json_object(payload: bytes, backend: str) -> dict[str, Any]:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise BackendFailed(f"backend '{backend}': the vendor answered something that is not "
-                            f"JSON: {payload[:80]!r}") from None
+                            f"JSON: {payload[:80]!r}", reason="bad_output") from None
     if not isinstance(doc, dict):
-        raise BackendFailed(f"backend '{backend}': the vendor answered JSON that is not an object")
+        raise BackendFailed(f"backend '{backend}': the vendor answered JSON that is not an object",
+                            reason="bad_output")
     return doc
 
 
