@@ -299,11 +299,27 @@ READY_LINE = "gateway ready"
 
 
 def create_app(runtime: Runtime, on_startup: Callable[[], None] | None = None) -> InferFastPath:
+    from gateway.reload import ConfigManager
+
+    server = runtime.loaded.config.server
+    admin_key = os.environ.get(server.admin_key_env) if server.admin_key_env else None
+    manager = ConfigManager(runtime, admin_key)
+
+    def started() -> None:
+        manager.start(server.watch_config_s)
+        if on_startup is not None:
+            on_startup()
+
+    async def stopped() -> None:
+        await manager.stop()
+        await manager.runtime.close()  # the running config's, whichever reload it came from
+
     return create_http_app(
         runtime.service,
-        runtime.loaded.config.server.max_request_bytes,
-        on_shutdown=runtime.close,
-        on_startup=on_startup,
+        server.max_request_bytes,
+        on_shutdown=stopped,
+        on_startup=started,
+        control=manager,
     )
 
 

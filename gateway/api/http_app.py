@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import __version__
-from gateway.api.admin import admin_routes
+from gateway.api.admin import ConfigControl, admin_routes
 from gateway.api.openai import OpenAIApi
 from gateway.api.v2_http import V2HttpApi
 from gateway.core.service import InferenceService
@@ -67,6 +67,7 @@ def create_http_app(
     max_request_bytes: int,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     on_startup: Callable[[], None] | None = None,
+    control: ConfigControl | None = None,
 ) -> InferFastPath:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,7 +83,7 @@ def create_http_app(
     )
     v2 = V2HttpApi(service, max_request_bytes)
     openai = OpenAIApi(service, max_request_bytes)
-    for route in [*v2.routes(), *openai.routes(), *admin_routes()]:
+    for route in [*v2.routes(), *openai.routes(), *admin_routes(control)]:
         app.router.routes.append(route)
 
     async def http_error(request: Request, exc: Exception) -> Response:
