@@ -273,8 +273,9 @@ def _for_kind(model: ModelConfig, signature: Signature | None, backend: Backend 
         problems = compatibility_problems(signature, *specs)
         if problems:
             return "does not fit the signature: " + "; ".join(problems)
+    width = signature.outputs[0].shape[1]
     return TensorEmbedder(backend, signature.inputs[0].name,  # type: ignore[arg-type]
-                          signature.outputs[0].name)
+                          signature.outputs[0].name, width if width > 0 else None)
 
 
 def _close_quietly(backend: Backend) -> None:

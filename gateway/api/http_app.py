@@ -92,7 +92,12 @@ def create_http_app(
         message = {404: f"no route for {request.url.path}",
                    405: f"method {request.method} not allowed on {request.url.path}"}.get(
             exc.status_code, str(exc.detail))
-        return Response(orjson.dumps({"error": message}), status_code=exc.status_code,
+        if request.url.path.startswith("/v1/"):
+            doc: dict[str, object] = {"error": {"message": message, "type": "invalid_request_error",
+                                                "param": None, "code": None}}
+        else:
+            doc = {"error": message}
+        return Response(orjson.dumps(doc), status_code=exc.status_code,
                         media_type="application/json", headers=exc.headers)
 
     app.add_exception_handler(HTTPException, http_error)

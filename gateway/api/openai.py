@@ -133,17 +133,18 @@ class OpenAIApi:
         body = _json_body(await read_body(receive, headers, self.max_request_bytes))
         model = _model_field(body)
         texts = _embedding_inputs(body.get("input"))
-        encoding = body.get("encoding_format", "float")
+        encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise InvalidInput(f"encoding_format: expected 'float' or 'base64', got {encoding!r}")
-        result = await _while_connected(receive, self.service.embed(model, texts, ctx))
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (not isinstance(dimensions, int)
+                                       or isinstance(dimensions, bool) or dimensions < 1):
+            raise InvalidInput(f"dimensions: expected an integer >= 1, got {dimensions!r}")
+        result = await _while_connected(receive,
+                                        self.service.embed(model, texts, ctx, dimensions))
         if result is None:
             return
         vectors = result.vectors
-        dimensions = body.get("dimensions")
-        if dimensions is not None and dimensions != vectors.shape[1]:
-            raise InvalidInput(f"dimensions: model '{model}' returns {vectors.shape[1]} "
-                               f"dimensions, got a request for {dimensions!r}")
         if encoding == "base64":
             data = [{"object": "embedding", "index": i,
                      "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode()}

@@ -127,7 +127,11 @@ class ChatBackend(Protocol):
 class EmbeddingBackend(Protocol):
     name: str
 
-    async def embed(self, texts: list[str], timeout_s: float) -> EmbeddingResult: ...
+    async def embed(self, texts: list[str], timeout_s: float,
+                    dimensions: int | None = None) -> EmbeddingResult:
+        """`dimensions`: the caller wants vectors of that size (a model that cannot
+        give them raises InvalidInput before doing any work)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

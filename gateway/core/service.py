@@ -195,11 +195,17 @@ class InferenceService:
         """Tokens and cost of a stream once it ended (or broke: what was used, counts)."""
         self._account(self.models[model], ctx, stream.usage)
 
-    async def embed(self, model: str, texts: list[str], ctx: RequestContext) -> EmbeddingResult:
+    async def embed(self, model: str, texts: list[str], ctx: RequestContext,
+                    dimensions: int | None = None) -> EmbeddingResult:
         entry = self._entry_of_kind(model, "embeddings", ctx)
 
         async def call(backend: Any, timeout: float) -> EmbeddingResult:
-            return await backend.embed(texts, timeout)
+            result = await backend.embed(texts, timeout, dimensions)
+            if dimensions is not None and result.vectors.shape[1] != dimensions:
+                raise BackendFailed(f"backend '{backend.name}' returned "
+                                    f"{result.vectors.shape[1]} dimensions, {dimensions} were "
+                                    "asked for", reason="bad_output")
+            return result
 
         result = await self._attempt_plan(entry, ctx, call)
         self._account(entry, ctx, result.usage)

@@ -116,10 +116,14 @@ class OpenAIBackend:
 
     # -- embeddings --------------------------------------------------------------
 
-    async def embed(self, texts: list[str], timeout_s: float) -> EmbeddingResult:
+    async def embed(self, texts: list[str], timeout_s: float,
+                    dimensions: int | None = None) -> EmbeddingResult:
         deadline = time.monotonic() + timeout_s
-        body = orjson.dumps({"model": self.config.model, "input": texts,
-                             "encoding_format": "base64"})
+        request: dict[str, Any] = {"model": self.config.model, "input": texts,
+                                   "encoding_format": "base64"}
+        if dimensions is not None:
+            request["dimensions"] = dimensions  # e.g. text-embedding-3 shortens its vectors
+        body = orjson.dumps(request)
         await self.limiter.acquire(timeout_s)
         try:
             reply = await self.client.post("/embeddings", body, deadline)
