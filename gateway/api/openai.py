@@ -22,8 +22,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.http_errors import error_headers, log as api_log, openai_error_body, \
-    openai_error_doc
+from gateway.api.http_errors import HTTP_STATUS, error_headers, log as api_log, \
+    openai_error_body, openai_error_doc
 from gateway.api.http_request import gateway_headers, header_map, read_body, request_context, \
     send_response
 from gateway.core.errors import GatewayError, InvalidInput
@@ -39,7 +39,9 @@ _DONE = b"data: [DONE]\n\n"
 _EVENT_STREAM_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
                          (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
-Handler = Callable[[Scope, Receive, Send, dict[bytes, bytes], RequestContext], Awaitable[None]]
+# A route handler answers the request and returns the status it counts as (a
+# stream that ended with an error event counts as that error's status).
+Handler = Callable[[Scope, Receive, Send, dict[bytes, bytes], RequestContext], Awaitable[int]]
 
 
 class OpenAIApi:
@@ -55,19 +57,21 @@ class OpenAIApi:
         """Serve one POST route; every error is answered here, never raised."""
         headers = header_map(scope)
         ctx: RequestContext | None = None
+        code = 500
         try:
             ctx = request_context(headers, "openai")
             if scope["method"] != "POST":
+                code = 405
                 body = orjson.dumps({"error": {
                     "message": f"method {scope['method']} not allowed on {scope['path']}: use POST",
                     "type": "invalid_request_error", "param": None, "code": None}})
                 await send_response(send, 405, body, JSON, gateway_headers(ctx) + [(b"allow", b"POST")])
                 return
-            await self.post_routes[scope["path"]](scope, receive, send, headers, ctx)
+            code = await self.post_routes[scope["path"]](scope, receive, send, headers, ctx)
         except GatewayError as error:
             ctx = ctx or RequestContext(request_id="-", protocol="openai")
-            status, body = openai_error_body(error)
-            await send_response(send, status, body, JSON, gateway_headers(ctx) + error_headers(error))
+            code, body = openai_error_body(error)
+            await send_response(send, code, body, JSON, gateway_headers(ctx) + error_headers(error))
         except Exception as exc:  # a bug; never let it take the process down
             request_id = ctx.request_id if ctx else "-"
             api_log.error("internal error on request %s", request_id, exc_info=exc)
@@ -75,33 +79,37 @@ class OpenAIApi:
                 "message": f"internal error (request id {request_id}); this is a gateway bug",
                 "type": "server_error", "param": None, "code": None}})
             await send_response(send, 500, body, JSON, [(b"x-request-id", request_id.encode())])
+        finally:
+            if ctx is not None:
+                self.service.observe(ctx, code)
 
     # -- chat ------------------------------------------------------------------
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send,
-                    headers: dict[bytes, bytes], ctx: RequestContext) -> None:
+                    headers: dict[bytes, bytes], ctx: RequestContext) -> int:
         body = _json_body(await read_body(receive, headers, self.max_request_bytes))
         model = _model_field(body)
         request = chat_request(body)
         if not request.stream:
             result = await _while_connected(receive, self.service.chat(model, request, ctx))
             if result is None:
-                return
+                return 499
             answer = result.body
             answer["model"] = model
             if "usage" not in answer and result.usage is not None:
                 answer["usage"] = result.usage.to_openai()
             await send_response(send, 200, orjson.dumps(answer), JSON, gateway_headers(ctx))
-            return
+            return 200
         stream = await _while_connected(receive, self.service.chat_stream(model, request, ctx))
         if stream is None:
-            return
+            return 499
         # From here on the status is sent: failures become an error event.
-        await _while_connected(receive, self._relay(send, model, request, stream, ctx),
-                               on_cancel=stream.aclose)
+        code = await _while_connected(receive, self._relay(send, model, request, stream, ctx),
+                                      on_cancel=stream.aclose)
+        return 499 if code is None else code
 
     async def _relay(self, send: Send, model: str, request: ChatRequest, stream: ChatStream,
-                     ctx: RequestContext) -> None:
+                     ctx: RequestContext) -> int:
         await send({"type": "http.response.start", "status": 200,
                     "headers": gateway_headers(ctx) + _EVENT_STREAM_HEADERS})
         dumps = orjson.dumps
@@ -116,20 +124,23 @@ class OpenAIApi:
                 await send({"type": "http.response.body", "body": b"data: " + dumps(chunk) + b"\n\n",
                             "more_body": True})
             tail = _DONE
+            code = 200
         except GatewayError as error:
             log.warning("request %s: stream from %s failed: %s", ctx.request_id, ctx.backend,
                         error.message)
             tail = b"data: " + dumps(openai_error_doc(error)) + b"\n\n"
+            code = HTTP_STATUS[error.kind]
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
             await stream.aclose()
             self.service.finish_stream(model, stream, ctx)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+        return code
 
     # -- embeddings --------------------------------------------------------------
 
     async def _embeddings(self, scope: Scope, receive: Receive, send: Send,
-                          headers: dict[bytes, bytes], ctx: RequestContext) -> None:
+                          headers: dict[bytes, bytes], ctx: RequestContext) -> int:
         body = _json_body(await read_body(receive, headers, self.max_request_bytes))
         model = _model_field(body)
         texts = _embedding_inputs(body.get("input"))
@@ -143,7 +154,7 @@ class OpenAIApi:
         result = await _while_connected(receive,
                                         self.service.embed(model, texts, ctx, dimensions))
         if result is None:
-            return
+            return 499
         vectors = result.vectors
         if encoding == "base64":
             data = [{"object": "embedding", "index": i,
@@ -157,6 +168,7 @@ class OpenAIApi:
                   "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
         payload = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
         await send_response(send, 200, payload, JSON, gateway_headers(ctx))
+        return 200
 
     # -- models ------------------------------------------------------------------
 

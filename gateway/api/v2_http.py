@@ -67,22 +67,25 @@ class V2HttpApi:
         """Serve one infer call; every error is answered here, never raised."""
         headers = header_map(scope)
         ctx: RequestContext | None = None
+        code = 500
         try:
             ctx = request_context(headers, "v2_http")
             if scope["method"] != "POST":
                 raise _MethodNotAllowed(scope["method"])
             model, version = params["model"], params.get("version")
             # Resolve the model first: an unknown model is a 404 whatever the body.
-            self.service.model(model, version)
+            ctx.model = self.service.admit(model, ctx, version).name
             body = await read_body(receive, headers, self.max_request_bytes)
             request, options = decode_infer_request(
                 body, _text(headers.get(b"inference-header-content-length")), model, version
             )
             response = await self._infer_while_connected(request, ctx, receive)
             if response is None:
-                return  # the caller went away: nobody to answer
+                code = 499  # the caller went away: nobody to answer (nginx's convention)
+                return
             payload, header_length = encode_infer_response(response, request.outputs, options)
             out = gateway_headers(ctx)
+            code = 200
             if header_length is None:
                 await send_response(send, 200, payload, JSON, out)
             else:
@@ -91,16 +94,20 @@ class V2HttpApi:
         except GatewayError as error:
             ctx = ctx or RequestContext(request_id=_text(headers.get(b"x-request-id")) or "-",
                                         protocol="v2_http")
-            status, body = v2_error_body(error)
-            await send_response(send, status, body, JSON, gateway_headers(ctx) + error_headers(error))
+            code, body = v2_error_body(error)
+            await send_response(send, code, body, JSON, gateway_headers(ctx) + error_headers(error))
         except _MethodNotAllowed as exc:
             assert ctx is not None
+            code = 405
             body = orjson.dumps({"error": f"method {exc} not allowed on {scope['path']}: use POST"})
             await send_response(send, 405, body, JSON, gateway_headers(ctx) + [(b"allow", b"POST")])
         except Exception as exc:  # a bug; never let it take the process down
             request_id = ctx.request_id if ctx else "-"
-            status, body = internal_error_body(exc, request_id)
-            await send_response(send, status, body, JSON, [(b"x-request-id", request_id.encode())])
+            code, body = internal_error_body(exc, request_id)
+            await send_response(send, code, body, JSON, [(b"x-request-id", request_id.encode())])
+        finally:
+            if ctx is not None:
+                self.service.observe(ctx, code)
 
     async def _infer_while_connected(
         self, request: InferRequest, ctx: RequestContext, receive: Receive

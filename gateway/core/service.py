@@ -40,7 +40,8 @@ from gateway.core.llm import (
 )
 from gateway.core.signature import Signature
 from gateway.core.types import InferRequest, InferResponse, RequestContext
-from gateway.observe.metrics import COST, FALLBACKS, HEDGES, SHADOW, TOKENS
+from gateway.observe.requests import observe_request
+from gateway.observe.metrics import BACKEND_DURATION, COST, FALLBACKS, HEDGES, SHADOW, TOKENS
 from gateway.routing.router import Attempt, Route, Shadow, fallback_class
 
 T = TypeVar("T")
@@ -87,6 +88,10 @@ class InferenceService:
         self.models = other.models
         self.tenants = other.tenants
 
+    def observe(self, ctx: RequestContext, code: int) -> None:
+        """The transport answered `code`: count the request (metrics, SLOs)."""
+        observe_request(ctx, code)
+
     def model(self, name: str, version: str | None = None) -> ModelEntry:
         """The model called `name` (at `version`, if given), or NotFound."""
         entry = self.models.get(name)
@@ -105,7 +110,9 @@ class InferenceService:
         """The model, once the caller is known and allowed to use it."""
         if self.tenants.enabled:
             ctx.tenant = self.tenants.authorize(ctx.api_key, name)
-        return self.model(name, version)
+        entry = self.model(name, version)
+        ctx.model = entry.name
+        return entry
 
     def models_for(self, ctx: RequestContext) -> list[ModelEntry]:
         """The models this caller may use."""
@@ -282,9 +289,12 @@ class InferenceService:
         ctx.backend = attempt.backend.name
         ctx.attempts += 1
         started = time.perf_counter()
+        outcome = "cancelled"
         try:
             result = await call(attempt.backend, timeout)
+            outcome = "ok"
         except GatewayError as exc:
+            outcome = exc.reason
             ctx.attempts += exc.tries - 1
             if isinstance(exc, DeadlineExceeded) and timeout < attempt.timeout_s:
                 # The caller's deadline was the tighter one: no verdict on the backend.
@@ -296,7 +306,9 @@ class InferenceService:
             attempt.health.cancelled()
             raise
         finally:
-            ctx.backend_wait_s += time.perf_counter() - started
+            took = time.perf_counter() - started
+            ctx.backend_wait_s += took
+            BACKEND_DURATION.labels(entry.name, attempt.backend.name, outcome).observe(took)
         attempt.health.record(None)
         ctx.attempts += getattr(result, "tries", 1) - 1  # a vendor's retries count too
         return result

@@ -57,6 +57,7 @@ class RequestContext:
     attempts: int = 0
     backend_wait_s: float = 0.0
     cache: str = "bypass"
+    model: str | None = None  # the configured model's name, once resolved
     api_key: str | None = None  # as sent; never logged
     # The request's headers (lower-case names), for routes that stick by a header.
     headers: Any = None

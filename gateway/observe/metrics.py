@@ -13,11 +13,28 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 # Sub-millisecond to tens of seconds.
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
+    0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
+REQUESTS = Counter(
+    "gateway_requests_total", "Requests answered, by model, protocol and status code",
+    ["model", "protocol", "code"], registry=REGISTRY,
+)
+REQUEST_DURATION = Histogram(
+    "gateway_request_duration_seconds", "Time from request to answer, as the gateway saw it",
+    ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+OVERHEAD = Histogram(
+    "gateway_overhead_seconds",
+    "The gateway's own time per request: total minus the time spent waiting on backends",
+    ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+BACKEND_DURATION = Histogram(
+    "gateway_backend_duration_seconds", "Time of each backend attempt, by outcome",
+    ["model", "backend", "outcome"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
 INFLIGHT = Gauge(
     "gateway_inflight_requests", "Requests executing on a backend now",
     ["backend"], registry=REGISTRY,
