@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from pathlib import Path
+
+import orjson
 
 from gateway.api.http_app import InferFastPath, create_http_app
 from gateway.backends.base import Backend
@@ -27,6 +30,7 @@ from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.signature import Signature, TensorSpec, compatibility_problems
 from gateway.routing.batching import BatchPolicy
 from gateway.routing.limits import QueuedBackend
+from gateway.routing.cache import ResponseCache
 from gateway.routing.resilience import BackendHealth, BreakerPolicy
 from gateway.routing.router import Attempt, Route, Shadow
 
@@ -54,10 +58,14 @@ class Runtime:
     backends: dict[str, Any]
     service: InferenceService
     health: dict[str, BackendHealth] = field(default_factory=dict)
+    cache: ResponseCache | None = None
+    redis: Any = None  # gateway.redis_client.SharedRedis when `redis` is configured
 
-    async def close(self, keep: frozenset[str] = frozenset()) -> None:
+    async def close(self, keep: frozenset[str] = frozenset(), keep_redis: bool = False) -> None:
         """Close the backends, except those named in `keep` (reused elsewhere)."""
         await asyncio.gather(*(b.close() for name, b in self.backends.items() if name not in keep))
+        if self.redis is not None and not keep_redis:
+            await self.redis.close()
 
     def busy(self, keep: frozenset[str] = frozenset()) -> bool:
         """Work still queued or running on a backend that is about to close."""
@@ -119,6 +127,7 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
             cooldown_s=breaker.cooldown_ms / 1000.0, enabled=breaker.enabled))
 
     tenants = _tenants(loaded, problems)
+    redis, cache = _shared_state(loaded, previous)
     admin_env = config.server.admin_key_env
     if admin_env and not os.environ.get(admin_env):
         problems.append(f"{loaded.where(('server', 'admin_key_env'))}: environment variable "
@@ -138,8 +147,27 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
     used |= {m.route.shadow.attempt.backend.name for m in models.values() if m.route.shadow}
     for name in sorted(set(backends) - used):
         log.warning("backend %s is not used by any model route", name)
-    return Runtime(loaded=loaded, backends=backends, service=InferenceService(models, tenants),
-                   health=health)
+    return Runtime(loaded=loaded, backends=backends,
+                   service=InferenceService(models, tenants, cache),
+                   health=health, cache=cache, redis=redis)
+
+
+def _shared_state(loaded: LoadedConfig,
+                  previous: Runtime | None) -> tuple[Any, ResponseCache | None]:
+    """The Redis client and the response cache: taken over from the previous
+    runtime when their settings did not change, so a reload keeps the cache warm."""
+    config = loaded.config
+    if previous is not None and previous.loaded.config.redis == config.redis \
+            and previous.loaded.config.cache == config.cache:
+        return previous.redis, previous.cache
+    redis = None
+    if config.redis is not None:
+        from gateway.redis_client import SharedRedis
+
+        redis = SharedRedis(config.redis.url, timeout_ms=config.redis.timeout_ms)
+    if not any(m.cache for m in config.models.values()):
+        return redis, None
+    return redis, ResponseCache(config.cache.max_bytes, redis, config.cache.lock_ttl_ms)
 
 
 def _load_backend(name: str, backend_config: BackendConfig, loaded: LoadedConfig) -> Any:
@@ -245,7 +273,27 @@ def _model_entry(
     return ModelEntry(
         name=name, version=model.version, kind=model.kind, signature=signature,
         route=route, description=model.description, prices=prices,
+        cache_ttl_s=model.cache.ttl_s if model.cache else None,
+        cache_sampled=bool(model.cache and model.cache.sampled),
+        cache_prefix=_cache_prefix(name, model, loaded),
     )
+
+
+def _cache_prefix(name: str, model: ModelConfig, loaded: LoadedConfig) -> bytes:
+    """What a cached answer depends on besides the request: the model's version,
+    signature and route, and the config of every backend it may come from (a
+    changed model file path or vendor model is a different answer)."""
+    names = list(model.route.backend_names())
+    document = {
+        "model": name, "version": model.version,
+        "signature": model.signature.model_dump(mode="json") if model.signature else None,
+        "route": model.route.model_dump(mode="json", exclude={"shadow", "hedge", "sticky"}),
+        "backends": {n: loaded.config.backends[n].model_dump(
+            mode="json", include={"type", "path", "model", "base_url", "tokenizer"})
+            for n in names if n in loaded.config.backends},
+    }
+    return hashlib.blake2b(orjson.dumps(document, option=orjson.OPT_SORT_KEYS),
+                           digest_size=16).digest()
 
 
 def _for_kind(model: ModelConfig, signature: Signature | None, backend: Backend | object,

@@ -107,11 +107,13 @@ class ConfigManager:
         """Close the old runtime's other backends once no request uses them."""
         limit_s = max((b.timeout_ms for b in old.loaded.config.backends.values()), default=0) / 1e3
 
+        redis_kept = old.redis is not None and old.redis is self.runtime.redis
+
         async def drain_then_close() -> None:
             deadline = time.monotonic() + limit_s + 1.0
             while old.busy(kept) and time.monotonic() < deadline:
                 await asyncio.sleep(_DRAIN_POLL_S)
-            await old.close(kept)
+            await old.close(kept, keep_redis=redis_kept)
 
         task = asyncio.get_running_loop().create_task(drain_then_close())
         self._retiring.add(task)

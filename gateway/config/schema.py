@@ -37,6 +37,16 @@ class ServerConfig(Section):
 
 class RedisConfig(Section):
     url: str
+    # No request waits on Redis longer than this; beyond it Redis counts as down.
+    timeout_ms: float = Field(5.0, gt=0)
+
+
+class CacheSettings(Section):
+    """The response cache's process-wide settings (models opt in with `cache: {ttl_s}`)."""
+
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0)  # the in-process tier's bound
+    # How long a replica may hold the right to compute a value the others wait for.
+    lock_ttl_ms: int = Field(10_000, ge=1)
 
 
 class RateLimitConfig(Section):
@@ -265,7 +275,9 @@ class RouteConfig(Section):
 
 
 class CacheConfig(Section):
-    ttl_s: int = Field(ge=1)
+    ttl_s: float = Field(gt=0)
+    # Chat answers sampled with temperature > 0 differ run to run: cached only if true.
+    sampled: bool = False
 
 
 class SloConfig(Section):
@@ -300,6 +312,7 @@ class ModelConfig(Section):
 class GatewayConfig(Section):
     server: ServerConfig = ServerConfig()
     redis: RedisConfig | None = None
+    cache: CacheSettings = CacheSettings()
     tenants: list[TenantConfig] = []
     backends: dict[str, BackendConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)

@@ -41,6 +41,15 @@ from gateway.core.llm import (
 from gateway.core.signature import Signature
 from gateway.core.types import InferRequest, InferResponse, RequestContext
 from gateway.observe.requests import observe_request
+from gateway.routing.cache import (
+    CHAT,
+    EMBEDDINGS,
+    TENSORS,
+    ResponseCache,
+    count_bypass,
+    json_key,
+    tensor_key,
+)
 from gateway.observe.metrics import BACKEND_DURATION, COST, FALLBACKS, HEDGES, SHADOW, TOKENS
 from gateway.routing.router import Attempt, Route, Shadow, fallback_class
 
@@ -65,15 +74,22 @@ class ModelEntry:
     description: str = ""
     # Per backend name: its prices (vendor backends), for cost accounting.
     prices: dict[str, Price] = field(default_factory=dict)
+    # Response cache: TTL (None: not cached), whether sampled chat answers are, and
+    # the key prefix that ties entries to this model's signature and route.
+    cache_ttl_s: float | None = None
+    cache_sampled: bool = False
+    cache_prefix: bytes = b""
 
     def ready(self) -> bool:
         return any(b.ready() for b in self.route.backends)
 
 
 class InferenceService:
-    def __init__(self, models: dict[str, ModelEntry], tenants: Tenants | None = None) -> None:
+    def __init__(self, models: dict[str, ModelEntry], tenants: Tenants | None = None,
+                 cache: ResponseCache | None = None) -> None:
         self.models = models
         self.tenants = tenants or Tenants({})
+        self.cache = cache
         self._rng = random.Random()
         # Shadow calls run detached; held here so they are not collected mid-flight.
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -87,6 +103,7 @@ class InferenceService:
         """
         self.models = other.models
         self.tenants = other.tenants
+        self.cache = other.cache
 
     def observe(self, ctx: RequestContext, code: int) -> None:
         """The transport answered `code`: count the request (metrics, SLOs)."""
@@ -130,7 +147,15 @@ class InferenceService:
             )
         batch = signature.validate_inputs(request.inputs)
         wanted = self._output_names(signature, request)
-        outputs = await self._run_plan(entry, signature, request.inputs, wanted, batch, ctx)
+        cache = self._cache_for(entry, ctx)
+        if cache is None:
+            outputs = await self._run_plan(entry, signature, request.inputs, wanted, batch, ctx)
+        else:
+            key = tensor_key(entry.cache_prefix, request.inputs, wanted)
+            outputs, ctx.cache = await cache.fetch(
+                entry.name, key, entry.cache_ttl_s, TENSORS,  # type: ignore[arg-type]
+                lambda: self._run_plan(entry, signature, request.inputs, wanted, batch, ctx),
+                ctx.remaining_s())
         return InferResponse(
             model=entry.name, version=entry.version, outputs=outputs, id=request.id
         )
@@ -179,8 +204,22 @@ class InferenceService:
         async def call(backend: Any, timeout: float) -> ChatResult:
             return await backend.chat(request, timeout)
 
-        result = await self._attempt_plan(entry, ctx, call)
-        self._account(entry, ctx, result.usage)
+        async def compute() -> ChatResult:
+            result = await self._attempt_plan(entry, ctx, call)
+            self._account(entry, ctx, result.usage)
+            return result
+
+        cache = self._cache_for(entry, ctx)
+        temperature = request.body.get("temperature", 1.0)  # OpenAI's default samples
+        if cache is None or not (entry.cache_sampled or temperature == 0):
+            if cache is not None:
+                ctx.cache = "bypass"
+            return await compute()
+        key = json_key(entry.cache_prefix, _chat_cache_document(request.body))
+        result, ctx.cache = await cache.fetch(entry.name, key, entry.cache_ttl_s,  # type: ignore[arg-type]
+                                              CHAT, compute, ctx.remaining_s())
+        if ctx.cache == "hit":
+            ctx.cost_usd = 0.0  # answered without a vendor call
         return result
 
     async def chat_stream(self, model: str, request: ChatRequest,
@@ -214,9 +253,29 @@ class InferenceService:
                                     "asked for", reason="bad_output")
             return result
 
-        result = await self._attempt_plan(entry, ctx, call)
-        self._account(entry, ctx, result.usage)
+        async def compute() -> EmbeddingResult:
+            result = await self._attempt_plan(entry, ctx, call)
+            self._account(entry, ctx, result.usage)
+            return result
+
+        cache = self._cache_for(entry, ctx)
+        if cache is None:
+            return await compute()
+        key = json_key(entry.cache_prefix, [texts, dimensions])
+        result, ctx.cache = await cache.fetch(entry.name, key, entry.cache_ttl_s,  # type: ignore[arg-type]
+                                              EMBEDDINGS, compute, ctx.remaining_s())
+        if ctx.cache == "hit":
+            ctx.cost_usd = 0.0
         return result
+
+    def _cache_for(self, entry: ModelEntry, ctx: RequestContext) -> ResponseCache | None:
+        """The cache, if this request may use it (x-gateway-cache says which way)."""
+        if entry.cache_ttl_s is None or self.cache is None:
+            return None
+        if ctx.no_cache:
+            count_bypass(entry.name)
+            return None
+        return self.cache
 
     def _entry_of_kind(self, name: str, kind: str, ctx: RequestContext) -> ModelEntry:
         entry = self.admit(name, ctx)
@@ -423,3 +482,11 @@ class InferenceService:
             cost = price.of(usage)
             ctx.cost_usd = cost
             COST.labels(entry.name, backend, ctx.tenant or "").inc(cost)
+
+
+# Fields that change how an answer is delivered or billed, not what it says.
+_NOT_IN_CHAT_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store"})
+
+
+def _chat_cache_document(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in _NOT_IN_CHAT_KEY}

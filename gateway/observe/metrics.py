@@ -35,6 +35,11 @@ BACKEND_DURATION = Histogram(
     "gateway_backend_duration_seconds", "Time of each backend attempt, by outcome",
     ["model", "backend", "outcome"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
 )
+CACHE_REQUESTS = Counter(
+    "gateway_cache_requests_total",
+    "Response cache lookups by tier (local, redis) and result (hit, miss, unavailable, bypass)",
+    ["model", "tier", "result"], registry=REGISTRY,
+)
 INFLIGHT = Gauge(
     "gateway_inflight_requests", "Requests executing on a backend now",
     ["backend"], registry=REGISTRY,

@@ -1,0 +1,313 @@
+"""Response cache: an in-process LRU bounded in bytes, then Redis, with
+single-flight so a burst of identical requests makes one backend call.
+
+Keys are computed by the pipeline (`tensor_key`, `chat_key`, `embedding_key`
+below, prefixed with the model's route fingerprint) and hashed with xxh3-128.
+Values are kept as objects in the local tier (no copy, no decoding on a hit)
+and as bytes in Redis (`codec`s below: no pickle, since a shared Redis must
+not be able to make a replica run code).
+
+Redis trouble never fails a request: an unavailable Redis is skipped, and a
+request never waits on it longer than the client's time budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+import orjson
+import xxhash
+
+from gateway.core.datatypes import NUMPY_DTYPES, datatype_of
+from gateway.observe.metrics import CACHE_REQUESTS
+
+V = TypeVar("V")
+
+_LOCK_POLL_S = 0.002
+_ENTRY_OVERHEAD = 200  # bytes of bookkeeping per local entry, roughly
+
+
+class RedisLike(Protocol):
+    """What the cache needs from gateway.redis_client.SharedRedis: values as bytes,
+    None for "not there", anything else for "Redis unavailable right now"."""
+
+    async def get(self, key: str) -> Any: ...
+
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> Any: ...
+
+    async def set_nx(self, key: str, value: bytes, ttl_ms: int) -> Any: ...
+
+    async def delete(self, key: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Codec(Generic[V]):
+    encode: Callable[[V], bytes]
+    decode: Callable[[bytes], V]
+    size: Callable[[V], int]
+
+
+class _Abandoned(Exception):
+    """The request computing a shared value was cancelled."""
+
+
+class LocalLru:
+    """Entries with an expiry, evicted least-recently-used past `max_bytes`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[bytes, tuple[float, int, Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> Any | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, size, value = entry
+        if expires <= time.monotonic():
+            del self._entries[key]
+            self.bytes -= size
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: Any, size: int, ttl_s: float) -> None:
+        size += _ENTRY_OVERHEAD + len(key)
+        if size > self.max_bytes:
+            return  # would evict everything else for one entry
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        self._entries[key] = (time.monotonic() + ttl_s, size, value)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, evicted, _) = self._entries.popitem(last=False)
+            self.bytes -= evicted
+
+
+class ResponseCache:
+    def __init__(self, max_bytes: int, redis: RedisLike | None = None,
+                 lock_ttl_ms: int = 10_000, namespace: str = "gw:cache:") -> None:
+        self.local = LocalLru(max_bytes)
+        self.redis = redis
+        self.lock_ttl_ms = lock_ttl_ms
+        self.namespace = namespace
+        self._flights: dict[bytes, asyncio.Future[Any]] = {}
+
+    async def fetch(self, model: str, key: bytes, ttl_s: float, codec: Codec[V],
+                    compute: Callable[[], Awaitable[V]], wait_s: float | None) -> tuple[V, str]:
+        """The cached value or the computed one, and "hit" or "miss".
+
+        `wait_s` bounds how long this request waits for another replica's
+        identical request to finish (None: the default lock TTL).
+        """
+        value = self.local.get(key)
+        if value is not None:
+            _count(model, "local", "hit")
+            return value, "hit"
+        flight = self._flights.get(key)
+        if flight is not None:  # the same request is being answered here: share it
+            try:
+                value = await asyncio.shield(flight)
+            except _Abandoned:  # its caller went away mid-way: answer it ourselves
+                return await self.fetch(model, key, ttl_s, codec, compute, wait_s)
+            _count(model, "local", "hit")
+            return value, "hit"
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._flights[key] = future
+        try:
+            value, source = await self._fetch_shared(model, key, ttl_s, codec, compute, wait_s)
+            future.set_result(value)
+            return value, source
+        except BaseException as exc:
+            # The waiters get the same failure (the next request tries afresh); if
+            # this caller was cancelled, that is no answer for the others.
+            if not future.done():
+                future.set_exception(_Abandoned() if isinstance(exc, asyncio.CancelledError)
+                                     else exc)
+                future.exception()
+            raise
+        finally:
+            del self._flights[key]
+
+    async def _fetch_shared(self, model: str, key: bytes, ttl_s: float, codec: Codec[V],
+                            compute: Callable[[], Awaitable[V]],
+                            wait_s: float | None) -> tuple[V, str]:
+        _count(model, "local", "miss")
+        redis = self.redis
+        if redis is None:
+            value = await compute()
+            self.local.put(key, value, codec.size(value), ttl_s)
+            return value, "miss"
+        redis_key = self.namespace + key.hex()
+        stored = await redis.get(redis_key)
+        if isinstance(stored, bytes):
+            value = codec.decode(stored)
+            _count(model, "redis", "hit")
+            self.local.put(key, value, codec.size(value), ttl_s)
+            return value, "hit"
+        _count(model, "redis", "miss" if stored is None else "unavailable")
+        locked = False
+        if stored is None:  # Redis answers: ask for the right to compute
+            lock = redis_key + ":lock"
+            got = await redis.set_nx(lock, b"1", self.lock_ttl_ms)
+            locked = got is True
+            if got is False:
+                waited = await self._wait_for_other(redis, redis_key, wait_s)
+                if waited is not None:
+                    value = codec.decode(waited)
+                    _count(model, "redis", "hit")
+                    self.local.put(key, value, codec.size(value), ttl_s)
+                    return value, "hit"
+        try:
+            value = await compute()
+        finally:
+            if locked:
+                await redis.delete(redis_key + ":lock")
+        self.local.put(key, value, codec.size(value), ttl_s)
+        await redis.set(redis_key, codec.encode(value), int(ttl_s * 1000))
+        return value, "miss"
+
+    async def _wait_for_other(self, redis: RedisLike, redis_key: str,
+                              wait_s: float | None) -> bytes | None:
+        """Another replica computes this value: poll for it, within a bound."""
+        limit = self.lock_ttl_ms / 1000.0 if wait_s is None else min(wait_s,
+                                                                       self.lock_ttl_ms / 1000.0)
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            await asyncio.sleep(_LOCK_POLL_S)
+            stored = await redis.get(redis_key)
+            if isinstance(stored, bytes):
+                return stored
+            if stored is not None:
+                return None  # Redis went away: compute it ourselves
+        return None
+
+
+def _count(model: str, tier: str, result: str) -> None:
+    CACHE_REQUESTS.labels(model, tier, result).inc()
+
+
+def count_bypass(model: str) -> None:
+    CACHE_REQUESTS.labels(model, "none", "bypass").inc()
+
+
+# -- keys ------------------------------------------------------------------------
+
+def digest(prefix: bytes, parts: list[bytes]) -> bytes:
+    hasher = xxhash.xxh3_128(prefix)
+    for part in parts:
+        hasher.update(struct.pack("<Q", len(part)))  # lengths: no two splits hash alike
+        hasher.update(part)
+    return hasher.digest()
+
+
+def tensor_key(prefix: bytes, inputs: dict[str, np.ndarray], outputs: list[str]) -> bytes:
+    parts: list[bytes] = [",".join(outputs).encode()]
+    for name in sorted(inputs):
+        array = inputs[name]
+        parts.append(f"{name}:{datatype_of(array)}:{array.shape}".encode())
+        parts.append(_tensor_bytes(array))
+    return digest(prefix, parts)
+
+
+def json_key(prefix: bytes, document: Any) -> bytes:
+    return digest(prefix, [orjson.dumps(document, option=orjson.OPT_SORT_KEYS)])
+
+
+def _tensor_bytes(array: np.ndarray) -> bytes:
+    if array.dtype.kind in "OSU":
+        items = [v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)]
+        return b"".join(struct.pack("<I", len(v)) + v for v in items)
+    return np.ascontiguousarray(array).tobytes()
+
+
+# -- codecs (bytes for Redis) -------------------------------------------------------
+
+def _encode_tensors(outputs: dict[str, np.ndarray]) -> bytes:
+    head = [{"n": name, "d": datatype_of(a), "s": list(a.shape)} for name, a in outputs.items()]
+    blobs = [_tensor_bytes(a) for a in outputs.values()]
+    for entry, blob in zip(head, blobs):
+        entry["l"] = len(blob)
+    header = orjson.dumps(head)
+    return struct.pack("<I", len(header)) + header + b"".join(blobs)
+
+
+def _decode_tensors(data: bytes) -> dict[str, np.ndarray]:
+    (length,) = struct.unpack_from("<I", data)
+    head = orjson.loads(data[4:4 + length])
+    offset = 4 + length
+    outputs = {}
+    for entry in head:
+        blob = data[offset:offset + entry["l"]]
+        offset += entry["l"]
+        shape = tuple(entry["s"])
+        if entry["d"] == "BYTES":
+            items, pos = [], 0
+            while pos < len(blob):
+                (size,) = struct.unpack_from("<I", blob, pos)
+                items.append(blob[pos + 4:pos + 4 + size])
+                pos += 4 + size
+            array = np.empty(len(items), dtype=object)
+            array[:] = items
+            outputs[entry["n"]] = array.reshape(shape)
+        else:
+            outputs[entry["n"]] = np.frombuffer(blob, dtype=NUMPY_DTYPES[entry["d"]]).reshape(shape)
+    return outputs
+
+
+def _tensors_size(outputs: dict[str, np.ndarray]) -> int:
+    return sum(a.nbytes if a.dtype.kind not in "OSU" else sum(len(v) for v in a.reshape(-1))
+               for a in outputs.values())
+
+
+TENSORS: Codec[dict[str, np.ndarray]] = Codec(_encode_tensors, _decode_tensors, _tensors_size)
+
+
+def _encode_chat(result: Any) -> bytes:
+    usage = result.usage
+    return orjson.dumps({"body": result.body,
+                         "usage": None if usage is None else [usage.prompt_tokens,
+                                                              usage.completion_tokens]})
+
+
+def _decode_chat(data: bytes) -> Any:
+    from gateway.core.llm import ChatResult, Usage
+
+    doc = orjson.loads(data)
+    usage = doc.get("usage")
+    return ChatResult(doc["body"], None if usage is None else Usage(*usage))
+
+
+def _encode_embeddings(result: Any) -> bytes:
+    vectors = np.ascontiguousarray(result.vectors, dtype="<f4")
+    usage = result.usage
+    header = orjson.dumps({"shape": list(vectors.shape),
+                           "usage": None if usage is None else [usage.prompt_tokens,
+                                                                usage.completion_tokens]})
+    return struct.pack("<I", len(header)) + header + vectors.tobytes()
+
+
+def _decode_embeddings(data: bytes) -> Any:
+    from gateway.core.llm import EmbeddingResult, Usage
+
+    (length,) = struct.unpack_from("<I", data)
+    doc = orjson.loads(data[4:4 + length])
+    vectors = np.frombuffer(data[4 + length:], dtype="<f4").reshape(doc["shape"])
+    usage = doc.get("usage")
+    return EmbeddingResult(vectors, None if usage is None else Usage(*usage))
+
+
+CHAT: Codec[Any] = Codec(_encode_chat, _decode_chat, lambda r: len(_encode_chat(r)))
+EMBEDDINGS: Codec[Any] = Codec(_encode_embeddings, _decode_embeddings,
+                               lambda r: int(r.vectors.nbytes) + 64)
