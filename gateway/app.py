@@ -30,6 +30,7 @@ from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.signature import Signature, TensorSpec, compatibility_problems
 from gateway.routing.batching import BatchPolicy
 from gateway.routing.limits import QueuedBackend
+from gateway.observe.slo import SloTracker
 from gateway.routing.cache import ResponseCache
 from gateway.routing.resilience import BackendHealth, BreakerPolicy
 from gateway.routing.router import Attempt, Route, Shadow
@@ -147,8 +148,16 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
     used |= {m.route.shadow.attempt.backend.name for m in models.values() if m.route.shadow}
     for name in sorted(set(backends) - used):
         log.warning("backend %s is not used by any model route", name)
+    try:
+        slo = SloTracker.from_config(config.models,
+                                     previous=previous.service.slo if previous else None)
+    except ValueError as exc:
+        for name, backend in backends.items():
+            if name not in reused:
+                _close_quietly(backend)
+        raise ConfigError(str(loaded.source or "<config>"), [str(exc)]) from None
     return Runtime(loaded=loaded, backends=backends,
-                   service=InferenceService(models, tenants, cache),
+                   service=InferenceService(models, tenants, cache, slo),
                    health=health, cache=cache, redis=redis)
 
 

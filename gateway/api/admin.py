@@ -34,9 +34,12 @@ class ConfigControl(Protocol):
     def config_view(self) -> dict[str, Any]: ...
 
 
-async def metrics(request: Request) -> Response:
-    body, content_type = exposition()
-    return Response(body, media_type=content_type)
+class SloSource(Protocol):
+    """gateway.observe.slo.SloTracker, as the service holds it (swapped on reload)."""
+
+    def export(self) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
 
 
 def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
@@ -44,8 +47,19 @@ def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Respo
                     headers=headers)
 
 
-def admin_routes(control: ConfigControl | None = None) -> list[Route]:
-    routes = [Route("/metrics", metrics, methods=["GET"])]
+def admin_routes(control: ConfigControl | None = None,
+                 slo: Callable[[], SloSource] | None = None) -> list[Route]:
+    async def metrics(request: Request) -> Response:
+        if slo is not None:
+            slo().export()  # SLO gauges are computed when scraped, not per request
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
+    async def slo_status(request: Request) -> Response:
+        return _json(200, slo().snapshot() if slo is not None else {"models": {}})
+
+    routes = [Route("/metrics", metrics, methods=["GET"]),
+              Route("/slo", slo_status, methods=["GET"])]
     if control is None:
         return routes
 

@@ -83,7 +83,8 @@ def create_http_app(
     )
     v2 = V2HttpApi(service, max_request_bytes)
     openai = OpenAIApi(service, max_request_bytes)
-    for route in [*v2.routes(), *openai.routes(), *admin_routes(control)]:
+    for route in [*v2.routes(), *openai.routes(),
+                  *admin_routes(control, slo=lambda: service.slo)]:
         app.router.routes.append(route)
 
     async def http_error(request: Request, exc: Exception) -> Response:

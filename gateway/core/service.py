@@ -41,6 +41,7 @@ from gateway.core.llm import (
 from gateway.core.signature import Signature
 from gateway.core.types import InferRequest, InferResponse, RequestContext
 from gateway.observe.requests import observe_request
+from gateway.observe.slo import SloTracker, availability_of
 from gateway.routing.cache import (
     CHAT,
     EMBEDDINGS,
@@ -86,10 +87,11 @@ class ModelEntry:
 
 class InferenceService:
     def __init__(self, models: dict[str, ModelEntry], tenants: Tenants | None = None,
-                 cache: ResponseCache | None = None) -> None:
+                 cache: ResponseCache | None = None, slo: SloTracker | None = None) -> None:
         self.models = models
         self.tenants = tenants or Tenants({})
         self.cache = cache
+        self.slo = slo or SloTracker({})
         self._rng = random.Random()
         # Shadow calls run detached; held here so they are not collected mid-flight.
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -104,10 +106,13 @@ class InferenceService:
         self.models = other.models
         self.tenants = other.tenants
         self.cache = other.cache
+        self.slo = other.slo
 
     def observe(self, ctx: RequestContext, code: int) -> None:
         """The transport answered `code`: count the request (metrics, SLOs)."""
-        observe_request(ctx, code)
+        total = observe_request(ctx, code)
+        if ctx.model is not None:
+            self.slo.record(ctx.model, total, availability_of(code))
 
     def model(self, name: str, version: str | None = None) -> ModelEntry:
         """The model called `name` (at `version`, if given), or NotFound."""
