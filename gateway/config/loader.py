@@ -116,7 +116,13 @@ def parse_config(
     except ValidationError as exc:
         for error in exc.errors():
             path = _clean_loc(error["loc"], expanded)
-            problems.append(f"{where(path)}: {_message(error)}")
+            # A value that came from ${VAR} may be a secret: name the reference, not the value.
+            written = _value_at(raw, path)
+            from_env = isinstance(written, str) and "${" in written
+            message = _message(error, show_value=not from_env)
+            if from_env:
+                message += f" (the value of {written})"
+            problems.append(f"{where(path)}: {message}")
         raise ConfigError(name, problems) from None
     for path, message in _cross_check(config):
         problems.append(f"{where(path)}: {message}")
@@ -209,7 +215,18 @@ def _looks_like_tag(part: str) -> bool:
     return part in {"onnx", "openai", "anthropic", "str", "WeightedBackend"} or "[" in part
 
 
-def _message(error: dict[str, Any]) -> str:
+def _value_at(data: Any, path: Path_) -> Any:
+    for part in path:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _message(error: dict[str, Any], show_value: bool = True) -> str:
     kind = error.get("type", "")
     if kind == "extra_forbidden":
         return "unknown key (check the spelling)"
@@ -217,7 +234,7 @@ def _message(error: dict[str, Any]) -> str:
         return "required key is missing"
     message = str(error.get("msg", "invalid value"))
     message = message.removeprefix("Value error, ")
-    if "input" in error and kind not in ("model_type", "dict_type", "list_type"):
+    if show_value and "input" in error and kind not in ("model_type", "dict_type", "list_type"):
         value = error["input"]
         if not isinstance(value, (dict, list)):
             message += f" (got {value!r})"

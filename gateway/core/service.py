@@ -312,6 +312,12 @@ class InferenceService:
             index += 1
             name = attempt.backend.name
             health = attempt.health
+            if not self._time_left(ctx):
+                # Checked before allow(): a half-open breaker's one probe must not be
+                # handed to a request that cannot use it.
+                raise errors[-1][1] if errors and isinstance(errors[-1][1], DeadlineExceeded) \
+                    else DeadlineExceeded(f"deadline exceeded before model '{entry.name}' "
+                                          "could be served")
             if health.disabled or not health.allow():
                 reason = "disabled" if health.disabled else "circuit_open"
                 error: GatewayError = Overloaded(
@@ -334,6 +340,10 @@ class InferenceService:
                 else:
                     result = await self._one_attempt(entry, ctx, call, attempt)
             except GatewayError as exc:
+                if hedge:
+                    # Both hedged calls failed: the plan goes on after the second one.
+                    index = getattr(exc, "plan_next", index)
+                    name = getattr(exc, "plan_backend", name)
                 if isinstance(exc, DeadlineExceeded) and not self._time_left(ctx):
                     raise
                 if not isinstance(exc, _BACKEND_ERRORS) or not route.falls_back_on(exc):
@@ -349,7 +359,11 @@ class InferenceService:
 
     async def _one_attempt(self, entry: ModelEntry, ctx: RequestContext,
                            call: Callable[[Any, float], Awaitable[T]], attempt: Attempt) -> T:
-        timeout = self._attempt_timeout(entry, attempt, ctx)
+        try:
+            timeout = self._attempt_timeout(entry, attempt, ctx)
+        except DeadlineExceeded:
+            attempt.health.cancelled()  # give a half-open probe back
+            raise
         ctx.backend = attempt.backend.name
         ctx.attempts += 1
         started = time.perf_counter()
@@ -403,6 +417,8 @@ class InferenceService:
                         raise error
                     failure = error
             assert failure is not None
+            failure.plan_next = index + 1  # type: ignore[attr-defined]
+            failure.plan_backend = second.backend.name  # type: ignore[attr-defined]
             raise failure
         finally:
             for task in pending:
