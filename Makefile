@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test bench check redis-server clean
+.PHONY: run test bench check proto redis-server clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ test: $(VENV)/.installed-dev redis-server
 
 bench: $(VENV)/.installed-dev
 	$(PY) loadtests/bench.py
+
+# The gRPC stubs are generated from gateway/api/proto/grpc_predict_v2.proto and
+# committed. Ours go into a descriptor pool of their own: tritonclient puts the
+# same `inference.*` names into protobuf's default pool, and both must load in
+# one process.
+PROTO := gateway/api/proto/grpc_predict_v2.proto
+proto: $(VENV)/.installed-dev
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
+	sed -i 's/_descriptor_pool.Default().AddSerializedFile(/_descriptor_pool.DescriptorPool().AddSerializedFile(/' \
+	  $(PROTO:.proto=_pb2.py)
 
 # Redis-backed tests need the real server binary; install Debian's if we can.
 redis-server:

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 
 from gateway.api.http_app import InferFastPath, create_http_app
+from gateway.api.v2_grpc import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
 from gateway.backends.base import Backend
 from gateway.backends.factory import build_backend
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
@@ -30,8 +31,11 @@ from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.signature import Signature, TensorSpec, compatibility_problems
 from gateway.routing.batching import BatchPolicy
 from gateway.routing.limits import QueuedBackend
+from gateway.observe import tracing
+from gateway.observe.audit import AuditLog, audit_log
 from gateway.observe.slo import SloTracker
 from gateway.routing.cache import ResponseCache
+from gateway.routing.ratelimit import RateLimiter
 from gateway.routing.resilience import BackendHealth, BreakerPolicy
 from gateway.routing.router import Attempt, Route, Shadow
 
@@ -61,12 +65,15 @@ class Runtime:
     health: dict[str, BackendHealth] = field(default_factory=dict)
     cache: ResponseCache | None = None
     redis: Any = None  # gateway.redis_client.SharedRedis when `redis` is configured
+    audit: AuditLog | None = None  # shared with the next runtime while `audit:` is unchanged
 
     async def close(self, keep: frozenset[str] = frozenset(), keep_redis: bool = False) -> None:
         """Close the backends, except those named in `keep` (reused elsewhere)."""
         await asyncio.gather(*(b.close() for name, b in self.backends.items() if name not in keep))
         if self.redis is not None and not keep_redis:
             await self.redis.close()
+        if self.audit is not None:
+            await self.audit.aclose()  # flushed; closed once no runtime uses it
 
     def busy(self, keep: frozenset[str] = frozenset()) -> bool:
         """Work still queued or running on a backend that is about to close."""
@@ -156,9 +163,43 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
             if name not in reused:
                 _close_quietly(backend)
         raise ConfigError(str(loaded.source or "<config>"), [str(exc)]) from None
+    audit = _audit(loaded, previous)
     return Runtime(loaded=loaded, backends=backends,
-                   service=InferenceService(models, tenants, cache, slo),
-                   health=health, cache=cache, redis=redis)
+                   service=InferenceService(models, tenants, cache, slo, audit=audit,
+                                            ratelimit=_rate_limiter(loaded, redis, previous)),
+                   health=health, cache=cache, redis=redis, audit=audit)
+
+
+def _audit(loaded: LoadedConfig, previous: Runtime | None) -> AuditLog | None:
+    """The audit log `audit:` asks for: the previous runtime's while unchanged."""
+    config = loaded.config
+    if previous is not None and previous.audit is not None \
+            and previous.loaded.config.audit == config.audit:
+        audit: AuditLog | None = previous.audit.retain()
+    else:
+        section = config.audit
+        audit = audit_log(section.sink,
+                          str(loaded.resolve_path(section.path)) if section.path else None,
+                          section.max_bytes, section.backups, section.flush_interval_ms / 1000.0)
+    if audit is not None:
+        # What a vendor backend runs unless its answer names a more exact version.
+        audit.backend_models = {name: b.model for name, b in config.backends.items()
+                                if b.type in VENDOR_TYPES}  # type: ignore[union-attr]
+    return audit
+
+
+def _rate_limiter(loaded: LoadedConfig, redis: Any,
+                  previous: Runtime | None) -> RateLimiter | None:
+    """Tenant limits (shared through Redis when configured); the previous
+    runtime's while tenants and Redis are unchanged, so a reload does not reset
+    the per-replica fallback's memory."""
+    config = loaded.config
+    if not any(t.rate_limit for t in config.tenants):
+        return None
+    if previous is not None and previous.service.ratelimit is not None \
+            and previous.loaded.config.tenants == config.tenants and previous.redis is redis:
+        return previous.service.ratelimit
+    return RateLimiter.for_tenants(config.tenants, redis)
 
 
 def _shared_state(loaded: LoadedConfig,
@@ -285,6 +326,7 @@ def _model_entry(
         cache_ttl_s=model.cache.ttl_s if model.cache else None,
         cache_sampled=bool(model.cache and model.cache.sampled),
         cache_prefix=_cache_prefix(name, model, loaded),
+        audit_payload=model.audit_payload,
     )
 
 
@@ -356,21 +398,29 @@ def check_config(path: str | os.PathLike[str]) -> tuple[LoadedConfig | None, lis
 READY_LINE = "gateway ready"
 
 
-def create_app(runtime: Runtime, on_startup: Callable[[], None] | None = None) -> InferFastPath:
+def create_app(runtime: Runtime, on_startup: Callable[[], None] | None = None,
+               grpc: GrpcServer | None = None) -> InferFastPath:
+    """The ASGI app over `runtime`; with `grpc`, its lifespan also starts that
+    gRPC server (on the app's event loop) and stops it before the backends close."""
     from gateway.reload import ConfigManager
 
     server = runtime.loaded.config.server
     admin_key = os.environ.get(server.admin_key_env) if server.admin_key_env else None
     manager = ConfigManager(runtime, admin_key)
 
-    def started() -> None:
-        manager.start(server.watch_config_s)
+    async def started() -> None:
+        if grpc is not None:
+            grpc.start_soon()  # binds now: a port it cannot have fails the startup
+        await manager.start(server.watch_config_s)
         if on_startup is not None:
             on_startup()
 
     async def stopped() -> None:
+        if grpc is not None:
+            await grpc.stop()
         await manager.stop()
         await manager.runtime.close()  # the running config's, whichever reload it came from
+        tracing.flush()  # now: uvicorn ends the process by re-raising SIGTERM, so no atexit
 
     return create_http_app(
         runtime.service,
@@ -381,15 +431,30 @@ def create_app(runtime: Runtime, on_startup: Callable[[], None] | None = None) -
     )
 
 
+def worker_grpc_server(runtime: Runtime) -> GrpcServer | None:
+    """One worker's gRPC server: on the address `gateway serve --workers N` passed
+    down (else the config's), the port shared with the other workers."""
+    server = runtime.loaded.config.server
+    address = os.environ.get(GRPC_ADDRESS_ENV)
+    if address is None:
+        address = grpc_address(server.host, server.grpc_port) if server.grpc_port else ""
+    if not address:
+        return None
+    return GrpcServer(runtime.service, server, address, reuse_port=True)
+
+
 def app_from_env() -> InferFastPath:
     """ASGI factory for multi-worker serving: each worker builds its own runtime."""
     from gateway.observe.logs import setup_logging
 
     loaded = load_config(default_config_path())
-    setup_logging(loaded.config.server.log_level)
+    setup_logging(loaded.config.server.log_level, loaded.config.server.log_format)
+    tracing.setup()  # as the OTEL_* variables say; off by default
     # The parent process already listens on the shared socket, so a worker is
     # ready as soon as its application has started.
+    runtime = build_runtime(loaded)
     return create_app(
-        build_runtime(loaded),
+        runtime,
         on_startup=lambda: log.info("%s (worker %d)", READY_LINE, os.getpid()),
+        grpc=worker_grpc_server(runtime),
     )

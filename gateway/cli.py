@@ -49,14 +49,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.app import default_config_path
+    from gateway.observe import tracing
+    from gateway.observe.logs import setup_logging
     from gateway.server import serve
 
     path = Path(args.config) if args.config else default_config_path()
     try:
         loaded = load_config(path)
-        setup_level = loaded.config.server.log_level
-        logging.getLogger().setLevel(setup_level.upper())
         server = loaded.config.server
+        setup_logging(server.log_level, server.log_format)
+        tracing.setup()  # as the OTEL_* variables say; off by default
         serve(
             loaded,
             host=args.host or server.host,

@@ -149,7 +149,12 @@ class ConfigManager:
 
     # -- triggers: file watch and SIGHUP --------------------------------------
 
-    def start(self, watch_interval_s: float) -> None:
+    async def start(self, watch_interval_s: float) -> None:
+        """Connect shared state, then watch for reload triggers (on the serving loop)."""
+        if self.runtime.redis is not None:
+            # Before traffic, so the first requests find Redis up (bounded: it never
+            # raises, and gives up after its probe timeout, serving fail-open).
+            await self.runtime.redis.connect()
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, self._reload_soon, "SIGHUP")

@@ -1,18 +1,31 @@
-"""Runs the servers: one process (on uvloop) or N uvicorn workers on the same ports."""
+"""Runs the servers: one process (on uvloop) or N uvicorn workers on the same ports.
+
+HTTP (uvicorn) and gRPC (grpc.aio) run in the same process and event loop and
+serve the same runtime. With N workers each worker runs both: uvicorn shares
+the parent's HTTP socket, and each worker binds the gRPC port itself with
+SO_REUSEPORT, the kernel spreading connections across them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
+import socket
 from pathlib import Path
 
 import uvicorn
 
+from gateway.api.v2_grpc import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
 from gateway.app import CONFIG_ENV, READY_LINE, Runtime, build_runtime, create_app
 from gateway.config.loader import LoadedConfig
 
 log = logging.getLogger("gateway")
+
+# How long gRPC calls in flight may take to finish once shutdown starts.
+GRPC_GRACE_S = 5.0
 
 
 def _loop_factory():  # type: ignore[no-untyped-def]
@@ -32,38 +45,88 @@ def _uvicorn_options(loaded: LoadedConfig, host: str, port: int) -> dict[str, ob
 
 
 def serve(loaded: LoadedConfig, host: str, http_port: int, grpc_port: int, workers: int) -> None:
-    if grpc_port:
-        log.info("gRPC is not served yet (issue 6); ignoring grpc_port %d", grpc_port)
+    """Serve HTTP on `http_port` and gRPC on `grpc_port` (0: no gRPC)."""
     if workers > 1:
-        _serve_workers(loaded, host, http_port, workers)
+        _serve_workers(loaded, host, http_port, grpc_port, workers)
         return
     runtime = build_runtime(loaded)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve_one(runtime, loaded, host, http_port))
+        runner.run(_serve_one(runtime, loaded, host, http_port, grpc_port))
 
 
 class _Server(uvicorn.Server):
-    """Logs READY_LINE once the sockets listen, so supervisors and tests can wait for it."""
+    """Logs READY_LINE once the sockets listen, so supervisors and tests can wait for it.
+
+    With gRPC beside it, shutdown stops gRPC first (calls in flight finish for
+    up to GRPC_GRACE_S) so that no gRPC call meets the closed backends.
+    """
+
+    def __init__(self, config: uvicorn.Config, grpc: GrpcServer | None = None) -> None:
+        super().__init__(config)
+        self.grpc = grpc
 
     async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         await super().startup(sockets)
         if self.started:
             config = self.config
-            log.info("%s on http://%s:%d", READY_LINE, config.host, config.port)
+            grpc = f" and grpc://{grpc_address(config.host, self.grpc.port)}" \
+                if self.grpc is not None and self.grpc.port else ""
+            log.info("%s on http://%s:%d%s", READY_LINE, config.host, config.port, grpc)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop(GRPC_GRACE_S)
+        await super().shutdown(sockets)
 
 
-async def _serve_one(runtime: Runtime, loaded: LoadedConfig, host: str, port: int) -> None:
+async def _serve_one(runtime: Runtime, loaded: LoadedConfig, host: str, port: int,
+                     grpc_port: int = 0) -> None:
     config = uvicorn.Config(create_app(runtime), **_uvicorn_options(loaded, host, port))
+    grpc: GrpcServer | None = None
+    if grpc_port:
+        # Started before uvicorn, so READY_LINE means both protocols listen.
+        grpc = GrpcServer(runtime.service, loaded.config.server, grpc_address(host, grpc_port))
+        await grpc.start()
     log.info("serving %d model(s)", len(runtime.service.models))
-    await _Server(config).serve()
+    try:
+        await _Server(config, grpc).serve()
+    finally:
+        if grpc is not None:
+            await grpc.stop(0)  # already stopped unless uvicorn failed to start
 
 
-def _serve_workers(loaded: LoadedConfig, host: str, port: int, workers: int) -> None:
+def _serve_workers(loaded: LoadedConfig, host: str, port: int, grpc_port: int,
+                   workers: int) -> None:
     # Each worker process builds its own runtime (and its own ONNX sessions)
     # from the same file; the parent has already validated it.
     if loaded.source is not None:
         os.environ[CONFIG_ENV] = str(Path(loaded.source))
+    # The command line's gRPC address, which the workers' config may not say.
+    os.environ[GRPC_ADDRESS_ENV] = grpc_address(host, grpc_port) if grpc_port else ""
+    metrics_dir = _shared_metrics_dir()
     options = _uvicorn_options(loaded, host, port)
     options["loop"] = "uvloop"
-    log.info("serving on http://%s:%d with %d workers", host, port, workers)
-    uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    log.info("metrics of all workers aggregated through %s", metrics_dir)
+    log.info("serving on http://%s:%d%s with %d workers", host, port,
+             f" and grpc://{grpc_address(host, grpc_port)}" if grpc_port else "", workers)
+    try:
+        uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    finally:
+        if metrics_dir.startswith(tempfile.gettempdir()) and "gateway-metrics-" in metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _shared_metrics_dir() -> str:
+    """prometheus-client's multiprocess mode: each worker writes its samples to
+    files in one directory and /metrics sums them, whichever worker answers.
+    Set before the workers start (they import prometheus-client afresh)."""
+    chosen = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if chosen:
+        directory = Path(chosen)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):  # an earlier run's samples
+            stale.unlink()
+        return chosen
+    made = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    return made

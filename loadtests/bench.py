@@ -7,6 +7,8 @@
               RSS (--overload-model digits: digits with batching instead)
     vendor    chat completions against the fake vendor (zero latency), directly and
               through one gateway worker: throughput at c=64, added latency at c=1
+    grpc      digits over gRPC (raw contents) and HTTP (binary) from one gateway
+              process with batching, and a bare grpc.aio floor: gRPC / HTTP ratio
     embedder  all-MiniLM-L6-v2: the in-process limit (tokenize + run, no HTTP) at
               several batch sizes, against the gateway with and without batching
 
@@ -17,6 +19,11 @@ loadtests/results/bench-<time>.json with a latency/throughput plot beside it.
 
     python loadtests/bench.py [--scenarios digits,embedder,overload] [--duration 10]
                               [--warmup 2] [--concurrency 32]
+                              [--tracing none|otlp|console] [--audit]
+
+--tracing otlp exports every span (OTEL_TRACES_EXPORTER=otlp) to a stand-in
+collector on loopback (loadtests/otlp_sink.py, on the generator's cores);
+--audit writes an audit record per request to a file: the cost of observability.
 """
 
 from __future__ import annotations
@@ -35,16 +42,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests import report  # noqa: E402
-from loadtests.gateway_process import ROOT  # noqa: E402
+from loadtests import otlp_sink, report  # noqa: E402
+from loadtests.gateway_process import ROOT, free_port, start_server  # noqa: E402
 from loadtests.scenarios.common import Settings, cpu_split  # noqa: E402
 from loadtests.scenarios.digits import run_digits  # noqa: E402
 from loadtests.scenarios.embedder import run_embedder  # noqa: E402
+from loadtests.scenarios.grpc import run_grpc  # noqa: E402
 from loadtests.scenarios.overload import run_overload  # noqa: E402
 from loadtests.scenarios.vendor import run_vendor  # noqa: E402
+from loadtests.scenarios.cache import run_cache  # noqa: E402
 
 RESULTS = ROOT / "loadtests" / "results"
-ORDER = ("digits", "overload", "vendor", "embedder")
+ORDER = ("digits", "grpc", "cache", "overload", "vendor", "embedder")
 
 
 def int_list(text: str) -> list[int]:
@@ -62,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="unrecorded seconds before each level (default %(default)s)")
     parser.add_argument("--concurrency", type=int_list, default=[32],
                         help="digits: closed-loop concurrency levels, e.g. 1,8,32,64 (default 32)")
+    parser.add_argument("--grpc-channels", type=int, default=1,
+                        help="grpc: channels (HTTP/2 connections) the closed loops share "
+                             "(default %(default)s)")
     parser.add_argument("--vendor-concurrency", type=int_list, default=[1, 64],
                         help="vendor passthrough: levels; added latency is read at the lowest, "
                              "throughput at the highest (default 1,64)")
@@ -78,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "HTTP-bound digits model")
     parser.add_argument("--connections", type=int, default=256,
                         help="overload: the open loop's connection pool")
+    parser.add_argument("--tracing", choices=("none", "otlp", "console"), default="none",
+                        help="tracing in the gateways under test (default %(default)s)")
+    parser.add_argument("--audit", action="store_true",
+                        help="gateways write an audit record per request to a file")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     chosen = {s.strip() for s in args.scenarios.split(",") if s.strip()}
@@ -91,9 +107,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def scenario_runners(args: argparse.Namespace, settings: Settings) -> dict[str, Callable[[], dict]]:
     return {
         "digits": lambda: run_digits(settings, args.concurrency),
+        "grpc": lambda: run_grpc(settings, args.concurrency, args.grpc_channels),
         "overload": lambda: run_overload(settings, args.overload_factor, args.overload_duration,
                                          args.connections, args.overload_model),
         "vendor": lambda: run_vendor(settings, args.vendor_concurrency),
+        "cache": lambda: run_cache(settings),
         "embedder": lambda: run_embedder(settings, args.embedder_concurrency, args.batch_sizes,
                                          args.embedder_wait),
     }
@@ -104,7 +122,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)  # the generator runs in this process
     print(f"# {pinning}", flush=True)
-    settings = Settings(server_cpus, client_cpus, pinning, args.duration, args.warmup, workdir)
+    env, sink = observability_env(args, client_cpus)
+    settings = Settings(server_cpus, client_cpus, pinning, args.duration, args.warmup, workdir,
+                        gateway_env=env, audit=args.audit)
     report_: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -113,6 +133,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "pinning": {"server_cpus": sorted(server_cpus or []),
                     "client_cpus": sorted(client_cpus or []), "description": pinning},
         "duration_s": args.duration, "warmup_s": args.warmup,
+        "observability": {"tracing": args.tracing, "audit": args.audit},
         "scenarios": {},
     }
     runners = scenario_runners(args, settings)
@@ -125,7 +146,34 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             result = {"error": f"{type(exc).__name__}: {exc}"}
         result["elapsed_s"] = round(time.monotonic() - started, 1)
         report_["scenarios"][name] = result
+    if sink is not None:
+        report_["observability"]["otlp_sink"] = _sink_stats(sink.port)
+        sink.stop()
     return report_
+
+
+def observability_env(args: argparse.Namespace, client_cpus: set[int] | None) -> tuple[dict[str, str], Any]:
+    """The gateways' OTEL_* environment, and the stand-in collector it exports to."""
+    if args.tracing == "none":
+        return {}, None
+    if args.tracing == "console":
+        return {"OTEL_TRACES_EXPORTER": "console"}, None
+    port = free_port()
+    sink = start_server("otlp sink", [sys.executable, "-m", "loadtests.otlp_sink", "--port", str(port)],
+                        port, otlp_sink.READY_LINE.encode(), cpus=client_cpus)
+    return {"OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces"}, sink
+
+
+def _sink_stats(port: int) -> dict[str, Any]:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
+            return json.loads(response.read())
+    except OSError as exc:
+        return {"error": str(exc)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ class GatewayProcess:
     process: subprocess.Popen[bytes]
     port: int
     output: list[bytes] = field(default_factory=list)
+    reader: threading.Thread | None = None  # drains the output until the process exits
 
     @property
     def url(self) -> str:
@@ -54,18 +55,21 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.reader is not None:
+            self.reader.join(timeout=10)  # `output` then holds everything it wrote
 
 
 def start_server(name: str, argv: list[str], port: int, ready_line: bytes,
-                 cpus: set[int] | None = None, timeout_s: float = 60.0) -> GatewayProcess:
+                 cpus: set[int] | None = None, timeout_s: float = 60.0,
+                 env: dict[str, str] | None = None) -> GatewayProcess:
     """Run `argv` (from the project root) and return once it prints `ready_line`.
 
     `cpus` pins the server to those cores (Linux), so a load generator on the
-    other cores does not compete with it.
+    other cores does not compete with it. `env` adds to the inherited environment.
     """
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     if cpus:
         # Popen returns once the child has exec'd, long before the interpreter
@@ -84,7 +88,8 @@ def start_server(name: str, argv: list[str], port: int, ready_line: bytes,
                 ready.set()
         ready.set()  # it exited: wake the waiter, which sees the exit code
 
-    threading.Thread(target=drain, daemon=True).start()
+    server.reader = threading.Thread(target=drain, daemon=True)
+    server.reader.start()
     if not ready.wait(timeout_s) or process.poll() is not None:
         server.stop()
         raise RuntimeError(f"{name} did not start (exit {process.returncode}):\n{server.logs()}")
@@ -92,7 +97,7 @@ def start_server(name: str, argv: list[str], port: int, ready_line: bytes,
 
 
 def start_gateway(config: dict, workdir: Path, *extra_args: str, cpus: set[int] | None = None,
-                  timeout_s: float = 60.0) -> GatewayProcess:
+                  timeout_s: float = 60.0, env: dict[str, str] | None = None) -> GatewayProcess:
     """Write `config` into `workdir`, serve it, and return once it listens."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "gateway.yaml"
@@ -100,4 +105,5 @@ def start_gateway(config: dict, workdir: Path, *extra_args: str, cpus: set[int] 
     port = free_port()
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
             "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0", *extra_args]
-    return start_server("gateway", argv, port, READY_LINE, cpus=cpus, timeout_s=timeout_s)
+    return start_server("gateway", argv, port, READY_LINE, cpus=cpus, timeout_s=timeout_s,
+                        env=env)

@@ -25,7 +25,11 @@ class HistogramTotals:
         return round((self.total - before.total) / count * scale, 3) if count else None
 
 
-def scrape_histogram(port: int, metric: str, backend: str) -> HistogramTotals:
+def scrape_histogram(port: int, metric: str, backend: str | None = None,
+                     **labels: str) -> HistogramTotals:
+    """A histogram's totals over the samples with these labels (`backend` among them)."""
+    if backend is not None:
+        labels["backend"] = backend
     # http.client, not urllib: urllib would honour proxy variables, even for loopback.
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -38,12 +42,12 @@ def scrape_histogram(port: int, metric: str, backend: str) -> HistogramTotals:
         if family.name != metric:
             continue
         for sample in family.samples:
-            if sample.labels.get("backend") != backend:
+            if any(sample.labels.get(k) != v for k, v in labels.items()):
                 continue
             if sample.name.endswith("_sum"):
-                total = sample.value
+                total += sample.value
             elif sample.name.endswith("_count"):
-                count = sample.value
+                count += sample.value
     return HistogramTotals(total, count)
 
 

@@ -46,6 +46,20 @@ def digits_summary(result: dict[str, Any]) -> str:
          "non-200"], rows)
 
 
+def grpc_summary(result: dict[str, Any]) -> str:
+    rows = [[name, level["concurrency"], level["throughput_rps"], level["p50_ms"], level["p99_ms"],
+             level.get("mean_batch_size"),
+             level["errors"] + sum(v for s, v in level["statuses"].items() if s not in ("200", "OK"))]
+            for name, variant in result["variants"].items() for level in variant["levels"]]
+    verdict = table(["", "grpc / http req/s", "goal", "", "grpc / floor req/s", "floor / http req/s"],
+                    [[f"c={r['concurrency']}", r["grpc_over_http"]["throughput"], r["goal"],
+                      _goal(r["met"]), r["grpc_over_floor"]["throughput"],
+                      r["floor_over_http"]["throughput"]] for r in result["ratios"]])
+    return "\n\n".join(["GRPC vs HTTP (digits, 1 sample per request, one gateway process)",
+                        table(["variant", "c", "req/s", "p50 ms", "p99 ms", "batch", "errors"], rows),
+                        verdict])
+
+
 def embedder_summary(result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"EMBEDDER skipped: {result['skipped']}"
@@ -121,7 +135,26 @@ def vendor_summary(result: dict[str, Any]) -> str:
                         verdict])
 
 
-SUMMARIES = {"digits": digits_summary, "vendor": vendor_summary, "embedder": embedder_summary, "overload": overload_summary}
+def cache_summary(result: dict[str, Any]) -> str:
+    rows = [[name, v["levels"][0]["throughput_rps"], v["levels"][0]["p50_ms"],
+             v["levels"][0]["p99_ms"], v["levels"][0]["server_mean_ms"]]
+            for name, v in result["variants"].items()]
+    v = result["verdict"]
+    local = v["local_hit_vs_miss"]
+    hit_us, miss_us = local["in_process_us"]
+    lines = [[f"local hit / miss in-process ({hit_us} / {miss_us} us; over HTTP: gateway "
+              f"{local['http_server_ratio']}, client p50 {local['client_p50_ratio']})",
+              local["ratio"], local["goal"], _goal(local["met"])]]
+    if "redis_hit_added" in v:
+        r = v["redis_hit_added"]
+        lines.append([f"redis hit - local hit, client p50 ms (gateway's own: {r['server_mean_ms']} ms)",
+                      r["client_p50_ms"], r["goal"], _goal(r["met"])])
+    return "\n\n".join(["CACHE (digits, closed loop c=1)",
+                        table(["variant", "req/s", "p50 ms", "p99 ms", "gateway ms/request"], rows),
+                        table(["", "value", "goal", ""], lines)])
+
+
+SUMMARIES = {"cache": cache_summary, "digits": digits_summary, "grpc": grpc_summary, "vendor": vendor_summary, "embedder": embedder_summary, "overload": overload_summary}
 
 
 def summary(scenarios: dict[str, Any]) -> str:

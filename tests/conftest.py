@@ -7,6 +7,7 @@ from typing import Iterator
 import pytest
 
 from loadtests.gateway_process import ROOT, GatewayProcess, free_port, start_gateway
+from tests.redis_server import redis_server, redis_server_factory  # noqa: F401  (fixtures)
 
 __all__ = ["ROOT", "DIGITS_MODEL", "GatewayProcess", "free_port", "start_gateway", "digits_config"]
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from tests.api.http_helpers import post, tensor_json
 from tests.conftest import digits_config, start_gateway
+from tests.metrics_reader import value
 
 
 def test_two_workers_serve_the_same_port(tmp_path) -> None:
@@ -23,5 +24,24 @@ def test_two_workers_serve_the_same_port(tmp_path) -> None:
         assert all(r.status == 200 for r in replies)
         assert len({json.dumps(json.loads(r.body)["outputs"]) for r in replies}) == 1
         assert gateway.process.poll() is None
+    finally:
+        gateway.stop()
+
+
+def test_metrics_add_up_over_all_workers(tmp_path) -> None:
+    gateway = start_gateway(digits_config(), tmp_path, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 60
+        while gateway.logs().count("gateway ready (worker") < 2:
+            assert time.monotonic() < deadline, gateway.logs()
+            time.sleep(0.01)
+        body = tensor_json("pixels", "FP32", [1, 64], np.ones(64).tolist())
+        # New connections each time: the kernel spreads them over both workers.
+        assert all(post(gateway.port, "/v2/models/digits/infer", body).status == 200
+                   for _ in range(30))
+        labels = {"model": "digits", "protocol": "v2_http", "code": "200"}
+        # Whichever worker answers the scrape, it reports both workers' requests.
+        totals = {value(gateway.port, "gateway_requests_total", **labels) for _ in range(10)}
+        assert totals == {30.0}
     finally:
         gateway.stop()

@@ -66,13 +66,15 @@ def create_http_app(
     service: InferenceService,
     max_request_bytes: int,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
-    on_startup: Callable[[], None] | None = None,
+    on_startup: Callable[[], Awaitable[None] | None] | None = None,
     control: ConfigControl | None = None,
 ) -> InferFastPath:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if on_startup is not None:
-            on_startup()
+            started = on_startup()
+            if started is not None:
+                await started
         yield
         if on_shutdown is not None:
             await on_shutdown()

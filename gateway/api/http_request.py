@@ -16,6 +16,8 @@ from starlette.types import Receive, Send
 
 from gateway.core.errors import InvalidInput, PayloadTooLarge
 from gateway.core.types import RequestContext
+from gateway.observe import tracing
+from gateway.observe.logs import CURRENT_REQUEST
 
 Headers = Mapping[bytes, bytes]
 
@@ -41,6 +43,9 @@ def request_context(headers: Headers, protocol: str) -> RequestContext:
         raw_id.decode("latin-1") if raw_id and len(raw_id) <= _MAX_REQUEST_ID else new_request_id()
     )
     ctx = RequestContext(request_id=request_id, protocol=protocol, headers=headers)
+    CURRENT_REQUEST.set(ctx)  # log lines of this request carry its id (and trace id)
+    if tracing.ENABLED and b"traceparent" in headers:
+        ctx.trace_parent = tracing.context_from_headers(headers)
     timeout = headers.get(b"x-request-timeout-ms")
     if timeout is not None:
         ctx.deadline = time.monotonic() + _timeout_ms(timeout) / 1000.0

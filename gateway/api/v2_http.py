@@ -79,7 +79,9 @@ class V2HttpApi:
             request, options = decode_infer_request(
                 body, _text(headers.get(b"inference-header-content-length")), model, version
             )
-            response = await self._infer_while_connected(request, ctx, receive)
+            response = self.service.cached_answer(request, ctx)
+            if response is None:
+                response = await self._infer_while_connected(request, ctx, receive)
             if response is None:
                 code = 499  # the caller went away: nobody to answer (nginx's convention)
                 return

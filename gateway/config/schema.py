@@ -24,6 +24,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GrpcServerConfig(Section):
+    """gRPC transport tuning; its message size limit is server.max_request_bytes."""
+
+    max_concurrent_streams: int = Field(1024, ge=1)  # per connection (HTTP/2)
+    keepalive_time_ms: int = Field(60_000, ge=1000)  # ping an idle connection this often
+    keepalive_timeout_ms: int = Field(20_000, ge=100)  # close it if the ping goes unanswered
+
+
 class ServerConfig(Section):
     host: str = "0.0.0.0"
     http_port: int = Field(8000, ge=0, le=65535)
@@ -31,14 +39,19 @@ class ServerConfig(Section):
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     admin_key_env: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # json: one JSON object per line, with the request id and trace id (observe/logs.py).
+    log_format: Literal["text", "json"] = "text"
+    grpc: GrpcServerConfig = GrpcServerConfig()
     # How often the config file is checked for changes (hot reload); 0: never.
     watch_config_s: float = Field(2.0, ge=0)
 
 
 class RedisConfig(Section):
     url: str
-    # No request waits on Redis longer than this; beyond it Redis counts as down.
-    timeout_ms: float = Field(5.0, gt=0)
+    # No request waits on Redis longer than this per call; past it the call is
+    # skipped (fail-open). Loopback Redis answers in well under 1 ms; the budget
+    # is for a loaded event loop, which a tighter one would mistake for Redis trouble.
+    timeout_ms: float = Field(20.0, gt=0)
 
 
 class CacheSettings(Section):
@@ -47,6 +60,23 @@ class CacheSettings(Section):
     max_bytes: int = Field(64 * 1024 * 1024, ge=0)  # the in-process tier's bound
     # How long a replica may hold the right to compute a value the others wait for.
     lock_ttl_ms: int = Field(10_000, ge=1)
+
+
+class AuditConfig(Section):
+    """One JSON line per answered request (observe/audit.py); never secrets, and
+    request content only for models with `audit_payload: true`."""
+
+    sink: Literal["none", "stdout", "file"] = "none"
+    path: str | None = None  # sink file (relative: to the working directory); {pid}: per process
+    max_bytes: int = Field(100 * 1024 * 1024, ge=0)  # rotate past this size; 0: never
+    backups: int = Field(5, ge=0)  # rotated files kept
+    flush_interval_ms: float = Field(200.0, gt=0)  # records reach the sink this often
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> "AuditConfig":
+        if self.sink == "file" and not self.path:
+            raise ValueError("path: required when sink is 'file'")
+        return self
 
 
 class RateLimitConfig(Section):
@@ -295,6 +325,8 @@ class ModelConfig(Section):
     route: RouteConfig
     cache: CacheConfig | None = None
     slo: SloConfig | None = None
+    # Audit records of this model also hold the request's size and chat messages.
+    audit_payload: bool = False
 
     @field_validator("version", mode="before")
     @classmethod
@@ -313,6 +345,7 @@ class GatewayConfig(Section):
     server: ServerConfig = ServerConfig()
     redis: RedisConfig | None = None
     cache: CacheSettings = CacheSettings()
+    audit: AuditConfig = AuditConfig()
     tenants: list[TenantConfig] = []
     backends: dict[str, BackendConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)

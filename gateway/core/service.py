@@ -40,14 +40,18 @@ from gateway.core.llm import (
 )
 from gateway.core.signature import Signature
 from gateway.core.types import InferRequest, InferResponse, RequestContext
+from gateway.observe import tracing
+from gateway.observe.audit import AuditLog
 from gateway.observe.requests import observe_request
 from gateway.observe.slo import SloTracker, availability_of
+from gateway.routing.ratelimit import RateLimiter
 from gateway.routing.cache import (
     CHAT,
     EMBEDDINGS,
     TENSORS,
     ResponseCache,
     count_bypass,
+    count_local_hit,
     json_key,
     tensor_key,
 )
@@ -80,6 +84,8 @@ class ModelEntry:
     cache_ttl_s: float | None = None
     cache_sampled: bool = False
     cache_prefix: bytes = b""
+    # Audit records of this model hold the request's size and chat messages too.
+    audit_payload: bool = False
 
     def ready(self) -> bool:
         return any(b.ready() for b in self.route.backends)
@@ -87,11 +93,14 @@ class ModelEntry:
 
 class InferenceService:
     def __init__(self, models: dict[str, ModelEntry], tenants: Tenants | None = None,
-                 cache: ResponseCache | None = None, slo: SloTracker | None = None) -> None:
+                 cache: ResponseCache | None = None, slo: SloTracker | None = None,
+                 audit: AuditLog | None = None, ratelimit: RateLimiter | None = None) -> None:
         self.models = models
         self.tenants = tenants or Tenants({})
         self.cache = cache
         self.slo = slo or SloTracker({})
+        self.audit = audit
+        self.ratelimit = ratelimit
         self._rng = random.Random()
         # Shadow calls run detached; held here so they are not collected mid-flight.
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -107,12 +116,22 @@ class InferenceService:
         self.tenants = other.tenants
         self.cache = other.cache
         self.slo = other.slo
+        self.ratelimit = other.ratelimit
+        self.audit = other.audit
 
     def observe(self, ctx: RequestContext, code: int) -> None:
-        """The transport answered `code`: count the request (metrics, SLOs)."""
+        """The transport answered `code`: count the request (metrics, SLOs), end its
+        trace span and write its audit record."""
         total = observe_request(ctx, code)
         if ctx.model is not None:
             self.slo.record(ctx.model, total, availability_of(code))
+        if tracing.ENABLED or self.audit is not None:
+            entry = self.models.get(ctx.model) if ctx.model is not None else None
+            if tracing.ENABLED:
+                tracing.finish_request(ctx, code, entry.kind if entry else None)
+            if self.audit is not None:
+                self.audit.record(ctx, code, total, entry.version if entry else None,
+                                  entry is not None and entry.audit_payload)
 
     def model(self, name: str, version: str | None = None) -> ModelEntry:
         """The model called `name` (at `version`, if given), or NotFound."""
@@ -143,20 +162,62 @@ class InferenceService:
         tenant = self.tenants.identify(ctx.api_key)
         return [m for m in self.models.values() if tenant is None or tenant.may_use(m.name)]
 
+    def cached_answer(self, request: InferRequest, ctx: RequestContext) -> InferResponse | None:
+        """The answer from the in-process cache tier, found without awaiting
+        anything (so the transport need not set up the rest of the request), or
+        None: then `infer` goes on from what was checked here.
+
+        Only when nothing asynchronous must happen first (tenant rate limits
+        talk to Redis) and no trace is being recorded.
+        """
+        entry = self.models.get(request.model)
+        if entry is None or entry.cache_ttl_s is None or self.cache is None or ctx.no_cache \
+                or entry.signature is None or tracing.ENABLED \
+                or (self.ratelimit is not None and self.tenants.enabled):
+            return None
+        entry = self.admit(request.model, ctx, request.version)
+        signature = entry.signature
+        assert signature is not None
+        batch = signature.validate_inputs(request.inputs)
+        wanted = self._output_names(signature, request)
+        key = tensor_key(entry.cache_prefix, request.inputs, wanted)
+        outputs = self.cache.local.get(key)
+        if outputs is None:
+            ctx.prepared = (batch, wanted, key)
+            return None
+        count_local_hit(entry.name)
+        ctx.cache = "hit"
+        return InferResponse(model=entry.name, version=entry.version, outputs=outputs,
+                             id=request.id)
+
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         entry = self.admit(request.model, ctx, request.version)
+        await self._rate_limit(ctx)
         signature = entry.signature
         if signature is None:
             raise InvalidInput(
                 f"model '{entry.name}' is of kind '{entry.kind}' and takes no tensor requests"
             )
-        batch = signature.validate_inputs(request.inputs)
-        wanted = self._output_names(signature, request)
+        prepared = ctx.prepared
+        if prepared is not None:  # checked by cached_answer already
+            batch, wanted, key = prepared
+        else:
+            span = tracing.start(ctx, "validate") if tracing.ENABLED else None
+            try:
+                batch = signature.validate_inputs(request.inputs)
+                wanted = self._output_names(signature, request)
+            except GatewayError as exc:
+                if span is not None:
+                    tracing.end(span, exc)
+                raise
+            if span is not None:
+                span.end()
+            key = None
         cache = self._cache_for(entry, ctx)
         if cache is None:
             outputs = await self._run_plan(entry, signature, request.inputs, wanted, batch, ctx)
         else:
-            key = tensor_key(entry.cache_prefix, request.inputs, wanted)
+            key = key or tensor_key(entry.cache_prefix, request.inputs, wanted)
             outputs, ctx.cache = await cache.fetch(
                 entry.name, key, entry.cache_ttl_s, TENSORS,  # type: ignore[arg-type]
                 lambda: self._run_plan(entry, signature, request.inputs, wanted, batch, ctx),
@@ -204,7 +265,9 @@ class InferenceService:
     # -- chat and embeddings -------------------------------------------------------
 
     async def chat(self, model: str, request: ChatRequest, ctx: RequestContext) -> ChatResult:
-        entry = self._entry_of_kind(model, "chat", ctx)
+        entry = await self._entry_of_kind(model, "chat", ctx)
+        if entry.audit_payload:
+            ctx.audit_messages = request.body.get("messages")
 
         async def call(backend: Any, timeout: float) -> ChatResult:
             return await backend.chat(request, timeout)
@@ -212,6 +275,7 @@ class InferenceService:
         async def compute() -> ChatResult:
             result = await self._attempt_plan(entry, ctx, call)
             self._account(entry, ctx, result.usage)
+            ctx.backend_model = result.body.get("model")  # the vendor's exact model version
             return result
 
         cache = self._cache_for(entry, ctx)
@@ -231,7 +295,9 @@ class InferenceService:
                           ctx: RequestContext) -> ChatStream:
         """A stream from the first backend that accepts the request. Falling back
         is only possible until then: once chunks flow, the caller has them."""
-        entry = self._entry_of_kind(model, "chat", ctx)
+        entry = await self._entry_of_kind(model, "chat", ctx)
+        if entry.audit_payload:
+            ctx.audit_messages = request.body.get("messages")
 
         async def call(backend: Any, timeout: float) -> ChatStream:
             stream = await backend.chat_stream(request, timeout)
@@ -248,7 +314,7 @@ class InferenceService:
 
     async def embed(self, model: str, texts: list[str], ctx: RequestContext,
                     dimensions: int | None = None) -> EmbeddingResult:
-        entry = self._entry_of_kind(model, "embeddings", ctx)
+        entry = await self._entry_of_kind(model, "embeddings", ctx)
 
         async def call(backend: Any, timeout: float) -> EmbeddingResult:
             result = await backend.embed(texts, timeout, dimensions)
@@ -280,10 +346,13 @@ class InferenceService:
         if ctx.no_cache:
             count_bypass(entry.name)
             return None
+        if tracing.ENABLED:
+            return tracing.CacheLookup(self.cache, ctx)  # type: ignore[return-value]
         return self.cache
 
-    def _entry_of_kind(self, name: str, kind: str, ctx: RequestContext) -> ModelEntry:
+    async def _entry_of_kind(self, name: str, kind: str, ctx: RequestContext) -> ModelEntry:
         entry = self.admit(name, ctx)
+        await self._rate_limit(ctx)
         if entry.kind != kind:
             served_by = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings",
                          "tensor": "/v2/models/{model}/infer"}[entry.kind]
@@ -305,6 +374,7 @@ class InferenceService:
         route = entry.route
         plan = route.plan(self._sticky_key(route, ctx))
         errors: list[tuple[str, GatewayError]] = []
+        ctx.failures = errors  # for the audit record: the fallbacks this request took
         hop_from: tuple[str, str] | None = None  # (backend, reason) we are falling back from
         index = 0
         while index < len(plan):
@@ -366,6 +436,8 @@ class InferenceService:
             raise
         ctx.backend = attempt.backend.name
         ctx.attempts += 1
+        traced = tracing.Attempt(ctx, attempt.backend.name) if tracing.ENABLED else None
+        failure: GatewayError | None = None
         started = time.perf_counter()
         outcome = "cancelled"
         try:
@@ -373,6 +445,7 @@ class InferenceService:
             outcome = "ok"
         except GatewayError as exc:
             outcome = exc.reason
+            failure = exc
             ctx.attempts += exc.tries - 1
             if isinstance(exc, DeadlineExceeded) and timeout < attempt.timeout_s:
                 # The caller's deadline was the tighter one: no verdict on the backend.
@@ -387,6 +460,8 @@ class InferenceService:
             took = time.perf_counter() - started
             ctx.backend_wait_s += took
             BACKEND_DURATION.labels(entry.name, attempt.backend.name, outcome).observe(took)
+            if traced is not None:
+                traced.end(outcome, failure)
         attempt.health.record(None)
         ctx.attempts += getattr(result, "tries", 1) - 1  # a vendor's retries count too
         return result
@@ -492,12 +567,22 @@ class InferenceService:
             raise DeadlineExceeded(f"deadline exceeded before model '{entry.name}' could be served")
         return timeout
 
-    @staticmethod
-    def _account(entry: ModelEntry, ctx: RequestContext, usage: Usage | None) -> None:
+    async def _rate_limit(self, ctx: RequestContext) -> None:
+        """A tenant over its requests or tokens per minute gets 429 + Retry-After."""
+        if self.ratelimit is not None and ctx.tenant is not None:
+            await self.ratelimit.admit(ctx.tenant)
+
+    def _account(self, entry: ModelEntry, ctx: RequestContext, usage: Usage | None) -> None:
         backend = ctx.backend or ""
         if usage is not None:
             TOKENS.labels(entry.name, backend, "input").inc(usage.prompt_tokens)
             TOKENS.labels(entry.name, backend, "output").inc(usage.completion_tokens)
+            if self.ratelimit is not None and ctx.tenant is not None and usage.total_tokens:
+                # Off the caller's path: the answer is ready, the quota catches up.
+                task = asyncio.get_running_loop().create_task(
+                    self.ratelimit.spend_tokens(ctx.tenant, usage.total_tokens))
+                self._shadow_tasks.add(task)
+                task.add_done_callback(self._shadow_tasks.discard)
         price = entry.prices.get(backend)
         if price is not None:
             cost = price.of(usage)

@@ -58,11 +58,21 @@ class RequestContext:
     backend_wait_s: float = 0.0
     cache: str = "bypass"
     model: str | None = None  # the configured model's name, once resolved
+    # What the cache's fast lane already checked (batch size, outputs, cache key),
+    # so a miss does not validate and hash twice.
+    prepared: Any = None
     api_key: str | None = None  # as sent; never logged
     # The request's headers (lower-case names), for routes that stick by a header.
     headers: Any = None
     tenant: str | None = None
     cost_usd: float | None = None
+    # Tracing and audit (gateway.observe), filled as the pipeline runs:
+    span: Any = None  # the request's span, while tracing is on
+    trace_parent: Any = None  # the caller's trace context (traceparent), while tracing is on
+    failures: list[Any] | None = None  # (backend, GatewayError) per failed attempt of the plan
+    backend_model: str | None = None  # the model the answering backend says it ran
+    request_bytes: int | None = None  # the request body's size, if the transport counts it
+    audit_messages: Any = None  # chat messages, kept only for models with audit_payload
 
     def remaining_s(self) -> float | None:
         """Seconds left before the deadline, None when there is none."""

@@ -1,16 +1,77 @@
-"""Process-wide logging set-up."""
+"""Process-wide logging set-up: text lines for people, or JSON lines for log
+collectors (`server.log_format: json`).
+
+A JSON line is one object: `time` (UTC, ISO 8601), `level`, `logger`,
+`message`, the `request_id` and `trace_id` of the request being served when
+there is one, `exception` when one is logged, and any `extra=` fields. The
+request comes from the `CURRENT_REQUEST` context variable, which the transports
+set once per request where they create its RequestContext: one ContextVar.set,
+and nothing read until a line is actually written.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from contextvars import ContextVar
+from typing import Any
+
+import orjson
+
+from gateway.observe import tracing
+
+# The RequestContext of the request this task serves (None outside requests).
+# Tasks copy it when they start, so work a request spawns logs under its id.
+CURRENT_REQUEST: ContextVar[Any] = ContextVar("gateway_request", default=None)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+
+# What every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
 
 
-def setup_logging(level: str = "info") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (see the module's docstring for the keys)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = record.created
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+                    + f".{int(created * 1000) % 1000:03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request = CURRENT_REQUEST.get()
+        if request is not None:
+            doc["request_id"] = request.request_id
+            trace_id = tracing.trace_id_of(request)
+            if trace_id is not None:
+                doc["trace_id"] = trace_id
+        doc["process"] = record.process
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in doc:
+                doc[key] = value
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+def formatter(fmt: str = "text") -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter()
+    if fmt == "text":
+        return logging.Formatter(TEXT_FORMAT)
+    raise ValueError(f"log format: expected 'text' or 'json', got {fmt!r}")
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
-    )
+    handler.setFormatter(formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

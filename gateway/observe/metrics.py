@@ -6,8 +6,10 @@ config, fixed reason words), never request data.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import generate_latest, multiprocess
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -40,13 +42,17 @@ CACHE_REQUESTS = Counter(
     "Response cache lookups by tier (local, redis) and result (hit, miss, unavailable, bypass)",
     ["model", "tier", "result"], registry=REGISTRY,
 )
+CACHE_LOCAL_BYTES = Gauge(
+    "gateway_cache_local_bytes", "Bytes held by the in-process tier of the response cache",
+    registry=REGISTRY, multiprocess_mode="livesum",
+)
 INFLIGHT = Gauge(
     "gateway_inflight_requests", "Requests executing on a backend now",
-    ["backend"], registry=REGISTRY,
+    ["backend"], registry=REGISTRY, multiprocess_mode="livesum",
 )
 QUEUED = Gauge(
     "gateway_queued_requests", "Requests waiting in a backend's queue now",
-    ["backend"], registry=REGISTRY,
+    ["backend"], registry=REGISTRY, multiprocess_mode="livesum",
 )
 QUEUE_DURATION = Histogram(
     "gateway_queue_duration_seconds", "Time requests waited in a backend's queue",
@@ -72,7 +78,7 @@ COST = Counter(
 
 CIRCUIT_OPEN = Gauge(
     "gateway_circuit_open", "1 while a backend's circuit breaker is open (or half-open)",
-    ["backend"], registry=REGISTRY,
+    ["backend"], registry=REGISTRY, multiprocess_mode="livemax",
 )
 FALLBACKS = Counter(
     "gateway_fallbacks_total", "Requests passed from one backend of a route to the next",
@@ -90,5 +96,10 @@ SHADOW = Counter(
 
 
 def exposition() -> tuple[bytes, str]:
-    """The metrics in Prometheus text format, and its content type."""
+    """The metrics in Prometheus text format, and its content type: with
+    `--workers N` (PROMETHEUS_MULTIPROC_DIR set), the sum over every worker."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -26,7 +26,7 @@ import orjson
 import xxhash
 
 from gateway.core.datatypes import NUMPY_DTYPES, datatype_of
-from gateway.observe.metrics import CACHE_REQUESTS
+from gateway.observe.metrics import CACHE_LOCAL_BYTES, CACHE_REQUESTS
 
 V = TypeVar("V")
 
@@ -93,6 +93,7 @@ class LocalLru:
         while self.bytes > self.max_bytes:
             _, (_, evicted, _) = self._entries.popitem(last=False)
             self.bytes -= evicted
+        CACHE_LOCAL_BYTES.set(self.bytes)
 
 
 class ResponseCache:
@@ -196,6 +197,10 @@ class ResponseCache:
 
 def _count(model: str, tier: str, result: str) -> None:
     CACHE_REQUESTS.labels(model, tier, result).inc()
+
+
+def count_local_hit(model: str) -> None:
+    _count(model, "local", "hit")
 
 
 def count_bypass(model: str) -> None:

@@ -20,6 +20,7 @@ the pipeline do not know it is there. Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import logging
 import time
@@ -31,6 +32,7 @@ import numpy as np
 from gateway.backends.base import Backend
 from gateway.core.errors import BackendFailed, DeadlineExceeded, GatewayError, Overloaded
 from gateway.core.signature import TensorSpec
+from gateway.observe import tracing
 from gateway.observe.metrics import BATCH_SIZE, INFLIGHT, QUEUE_DURATION, QUEUED, SHED
 from gateway.routing.batching import (
     BatchPolicy,
@@ -55,7 +57,8 @@ class _State(enum.Enum):
 
 
 class _Work:
-    __slots__ = ("inputs", "outputs", "key", "rows", "future", "enqueued", "state", "abandoned")
+    __slots__ = ("inputs", "outputs", "key", "rows", "future", "enqueued", "state", "abandoned",
+                 "trace")
 
     def __init__(self, inputs: dict[str, np.ndarray], outputs: list[str], key: Hashable | None,
                  rows: int, future: asyncio.Future[dict[str, np.ndarray]]) -> None:
@@ -67,6 +70,7 @@ class _Work:
         self.enqueued = time.monotonic()
         self.state = _State.QUEUED
         self.abandoned = False  # the caller stopped waiting while it ran
+        self.trace: tuple | None = None  # the caller's attempt span, while tracing is on
 
 
 class QueuedBackend:
@@ -137,6 +141,8 @@ class QueuedBackend:
         key = batch_key(inputs, outputs) if self.batching else None
         work = _Work(inputs, outputs, key, rows_of(inputs),
                      asyncio.get_running_loop().create_future())
+        if tracing.ENABLED:
+            work.trace = tracing.queued()
         self._queue.append(work)
         self._waiting += 1
         self._queued.inc()
@@ -200,8 +206,11 @@ class QueuedBackend:
             return
         self._arrived = asyncio.Event()
         self._collecting = asyncio.Lock()
+        # Each slot in a context of its own: not the context (request id for logs,
+        # current trace span) of the request that happened to start the slots.
         self._slots = [
-            asyncio.get_running_loop().create_task(self._slot(i), name=f"{self.name}-slot-{i}")
+            asyncio.get_running_loop().create_task(self._slot(i), name=f"{self.name}-slot-{i}",
+                                                   context=contextvars.Context())
             for i in range(self.max_concurrency)
         ]
 
@@ -286,6 +295,8 @@ class QueuedBackend:
         for work in batch:
             work.state = _State.RUNNING
             self._queue_duration.observe(now - work.enqueued)
+            if work.trace is not None:
+                tracing.queue_waited(work.trace, self.name)
         self._waiting -= len(batch)
         self._queued.dec(len(batch))
         return batch
@@ -294,6 +305,9 @@ class QueuedBackend:
         rows = [w.rows for w in batch]
         self._batch_size.observe(sum(rows))
         self._inflight.inc(len(batch))
+        traced = tracing.ENABLED and any(w.trace is not None for w in batch)
+        started_ns = time.time_ns() if traced else 0
+        failure: GatewayError | None = None
         try:
             if len(batch) == 1:
                 results = [await self.backend.infer(batch[0].inputs, batch[0].outputs, None)]
@@ -302,16 +316,21 @@ class QueuedBackend:
                 answer = await self.backend.infer(merged, batch[0].outputs, None)
                 results = split_outputs(answer, rows, self.name)
         except GatewayError as exc:
+            failure = exc
             self._fail(batch, exc)
         except Exception as exc:  # a backend bug must not kill the slot
             log.exception("backend %s failed", self.name)
-            self._fail(batch, BackendFailed(f"backend '{self.name}' failed: {exc}"))
+            failure = BackendFailed(f"backend '{self.name}' failed: {exc}")
+            self._fail(batch, failure)
         else:
             for work, result in zip(batch, results):
                 if not work.future.done():
                     work.future.set_result(result)
         finally:
             self._inflight.dec(len(batch))
+            if traced:
+                tracing.executed([w.trace for w in batch], started_ns, self.name, sum(rows),
+                                 failure)
 
     @staticmethod
     def _fail(batch: list[_Work], error: GatewayError) -> None:

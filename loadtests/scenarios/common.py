@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ class Settings:
     duration_s: float
     warmup_s: float
     workdir: Path  # gateway configs are written here
+    # Observability of the gateways started: environment added to theirs (OTEL_*
+    # for tracing) and whether they write audit records (a file in workdir).
+    gateway_env: dict[str, str] = field(default_factory=dict)
+    audit: bool = False
 
 
 def cpu_split() -> tuple[set[int] | None, set[int] | None, str]:
@@ -48,7 +52,11 @@ def cpu_split() -> tuple[set[int] | None, set[int] | None, str]:
 
 @contextmanager
 def running_gateway(config: dict[str, Any], settings: Settings, name: str) -> Iterator[GatewayProcess]:
-    gateway = start_gateway(config, settings.workdir / name, cpus=settings.server_cpus)
+    if settings.audit:
+        config = {**config, "audit": {"sink": "file",
+                                      "path": str(settings.workdir / name / "audit.jsonl")}}
+    gateway = start_gateway(config, settings.workdir / name, cpus=settings.server_cpus,
+                            env=settings.gateway_env)
     try:
         yield gateway
     finally:

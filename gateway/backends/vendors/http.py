@@ -26,6 +26,7 @@ from gateway.core.errors import (
     InvalidInput,
     Overloaded,
 )
+from gateway.observe import tracing
 
 log = logging.getLogger("gateway.backends.vendor")
 
@@ -89,19 +90,26 @@ class VendorClient:
         while True:
             tries += 1
             timeout = self._timeout(deadline)
+            # A client span per try; its traceparent goes to the vendor.
+            traced = tracing.VendorCall(self.backend, path) if tracing.ENABLED else None
             try:
                 async with self._client().post(self.base_url + path, data=body,
-                                               params=self.query, timeout=timeout) as response:
+                                               params=self.query, timeout=timeout,
+                                               headers=traced and traced.headers) as response:
                     payload = await response.read()
                     status = response.status
                     retry_after = _retry_after_s(response.headers.get("retry-after"))
             except (aiohttp.ClientError, TimeoutError) as exc:
+                if traced is not None:
+                    traced.end(None, exc)
                 error = self._transport_error(exc, deadline)
                 if isinstance(error, DeadlineExceeded) or not await self._backoff(
                         tries, None, deadline):
                     error.tries = tries
                     raise error from None
                 continue
+            if traced is not None:
+                traced.end(status)
             if 200 <= status < 300:
                 return VendorReply(status, payload, tries)
             error = self.status_error(status, payload, retry_after)
@@ -116,17 +124,23 @@ class VendorClient:
         tries = 0
         while True:
             tries += 1
+            traced = tracing.VendorCall(self.backend, path) if tracing.ENABLED else None
             try:
                 response = await self._client().post(self.base_url + path, data=body,
                                                      params=self.query,
-                                                     timeout=self._timeout(deadline))
+                                                     timeout=self._timeout(deadline),
+                                                     headers=traced and traced.headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
+                if traced is not None:
+                    traced.end(None, exc)
                 error = self._transport_error(exc, deadline)
                 if isinstance(error, DeadlineExceeded) or not await self._backoff(
                         tries, None, deadline):
                     error.tries = tries
                     raise error from None
                 continue
+            if traced is not None:
+                traced.end(response.status)  # until the headers came: the body is the stream's
             if 200 <= response.status < 300:
                 return response, tries
             try:

@@ -1,0 +1,254 @@
+"""Audit records: one JSON line per answered request (config `audit:`).
+
+A record says who asked what and how it was answered: time of arrival, request
+id, trace id, tenant, model and signature version, protocol, the backend that
+answered (and the model version it reported or was configured with), cache
+result, attempts and the fallbacks taken (backend and reason), status code,
+latency, gateway overhead and cost. It never holds a secret (no API key, no
+header) and never request content, unless the model opts in with
+`audit_payload: true`: then the request body's size and, for chat, the messages.
+
+Records are appended to an in-memory buffer on the request path (one dict and
+one `orjson.dumps`); a single writer thread empties it every `flush_interval_ms`
+or once it holds `_FLUSH_BYTES`, so no request waits on a disk. Sinks: stdout,
+or a file rotated at `max_bytes` keeping `backups` old files (`{pid}` in the
+path gives each worker process a file of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.observe import tracing
+
+log = logging.getLogger("gateway.observe.audit")
+
+# Past this many buffered bytes the buffer is handed to the writer at once.
+_FLUSH_BYTES = 256 * 1024
+
+
+class AuditSink(Protocol):
+    def write(self, lines: bytes | bytearray) -> None: ...  # whole lines
+
+    def close(self) -> None: ...
+
+
+class StdoutSink:
+    """Lines to the process's standard output (for a log collector to pick up)."""
+
+    def write(self, lines: bytes | bytearray) -> None:
+        out = sys.stdout.buffer
+        out.write(lines)
+        out.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class RotatingFileSink:
+    """Lines appended to `path`; past `max_bytes` (0: never) the file becomes
+    `path.1` (`path.1` becomes `path.2`... up to `backups`) and a new one starts."""
+
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int, backups: int) -> None:
+        self.path = Path(str(path).replace("{pid}", str(os.getpid())))
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file: Any = None
+        self._size = 0
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "ab")  # opened on first write: `gateway check` makes no file
+        self._size = self._file.tell()
+
+    def write(self, lines: bytes | bytearray) -> None:
+        """Append whole lines (one write while no rotation falls among them)."""
+        if self._file is None:
+            self._open()
+        limit = self.max_bytes
+        while limit and self._size + len(lines) > limit:
+            # The lines that still fit (at least one: a file holds at least a line).
+            cut = lines.rfind(b"\n", 0, max(0, limit - self._size)) + 1
+            if cut == 0 and self._size:
+                self._rotate()
+                continue
+            cut = cut or lines.find(b"\n") + 1 or len(lines)
+            self._file.write(lines[:cut])
+            self._size += cut
+            lines = lines[cut:]
+            if not lines:
+                break
+            self._rotate()
+        if lines:
+            self._file.write(lines)
+            self._size += len(lines)
+        self._file.flush()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups > 0:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._open()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class AuditLog:
+    """Builds the records and buffers them for the sink's writer thread.
+
+    Shared by the runtimes of successive config reloads while `audit:` does not
+    change: `retain()` for each, `aclose()` from each; the last one closes it.
+    """
+
+    def __init__(self, sink: AuditSink, flush_interval_s: float = 0.2) -> None:
+        self.sink = sink
+        self.flush_interval_s = flush_interval_s
+        # A bytearray, not a list of the lines: orjson's output kept alive in a
+        # list makes its next dumps ten times slower (allocator), copied it is not.
+        self._pending = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._writing: Future[None] | None = None
+        self._users = 1
+        # Per vendor backend: the model it is configured to run (app.py fills it).
+        self.backend_models: dict[str, str] = {}
+        self._closed = False
+        self._second = -1
+        self._second_text = ""
+
+    def retain(self) -> "AuditLog":
+        self._users += 1
+        return self
+
+    # -- the request path ----------------------------------------------------------
+
+    def record(self, ctx: Any, code: int, total_s: float, version: str | None,
+               payload: bool) -> None:
+        """Buffer the record of one answered request (`total_s`: its latency)."""
+        arrived = time.time() - total_s
+        record: dict[str, Any] = {
+            "time": self._time_text(arrived),
+            "request_id": ctx.request_id,
+            "trace_id": tracing.trace_id_of(ctx),
+            "tenant": ctx.tenant,
+            "model": ctx.model,
+            "version": version,
+            "protocol": ctx.protocol,
+            "backend": ctx.backend,
+            "backend_model": ctx.backend_model or self.backend_models.get(ctx.backend),
+            "cache": ctx.cache,
+            "attempts": ctx.attempts,
+            "fallbacks": [{"backend": name, "reason": getattr(error, "reason", "error")}
+                          for name, error in ctx.failures] if ctx.failures else [],
+            "status": code,
+            "latency_ms": round(total_s * 1000.0, 3),
+            "overhead_ms": round(max(0.0, total_s - ctx.backend_wait_s) * 1000.0, 3),
+            "cost_usd": ctx.cost_usd,
+        }
+        if payload:
+            record["request_bytes"] = _request_bytes(ctx)
+            if ctx.audit_messages is not None:
+                record["messages"] = ctx.audit_messages
+        self._append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+    def _time_text(self, epoch: float) -> str:
+        second = int(epoch)
+        if second != self._second:  # formatted once per second, not per record
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((epoch - second) * 1000):03d}Z"
+
+    def _append(self, line: bytes) -> None:
+        self._pending += line
+        if self._closed:  # answered after shutdown began: write it in place
+            self._write(self._take())
+            return
+        if len(self._pending) >= _FLUSH_BYTES:
+            self._hand_over()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on an event loop: write now
+                self.flush()
+                return
+            self._timer = loop.call_later(self.flush_interval_s, self._hand_over)
+
+    # -- the writer ----------------------------------------------------------------
+
+    def _take(self) -> bytearray:
+        lines, self._pending = self._pending, bytearray()
+        return lines
+
+    def _hand_over(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        lines = self._take()
+        if lines:
+            self._writing = self._writer.submit(self._write, lines)
+
+    def _write(self, lines: bytes | bytearray) -> None:
+        try:
+            self.sink.write(lines)
+        except Exception:  # a full disk must not fail requests; say so, once per batch
+            log.exception("audit: %d record(s) could not be written", lines.count(b"\n"))
+
+    def flush(self) -> None:
+        """Write everything buffered, and wait until it is written."""
+        self._hand_over()
+        if self._writing is not None:
+            self._writing.result()
+
+    async def aclose(self) -> None:
+        """Flush and, when no runtime uses it any more, close the sink."""
+        self._users -= 1
+        if self._users > 0:
+            return
+        self._hand_over()
+        if self._writing is not None:
+            await asyncio.wrap_future(self._writing)
+        self._closed = True
+        self._writer.shutdown(wait=True)
+        self.sink.close()
+
+
+def _request_bytes(ctx: Any) -> int | None:
+    if ctx.request_bytes is not None:
+        return ctx.request_bytes
+    headers = ctx.headers
+    length = headers.get(b"content-length") if headers is not None else None
+    try:
+        return int(length) if length is not None else None
+    except ValueError:
+        return None
+
+
+def audit_log(sink: str, path: str | None = None, max_bytes: int = 0, backups: int = 0,
+              flush_interval_s: float = 0.2) -> AuditLog | None:
+    """The AuditLog a config's `audit:` section asks for (None for `sink: none`)."""
+    if sink == "none":
+        return None
+    if sink == "stdout":
+        return AuditLog(StdoutSink(), flush_interval_s)
+    if sink == "file":
+        assert path is not None
+        return AuditLog(RotatingFileSink(path, max_bytes, backups), flush_interval_s)
+    raise ValueError(f"audit sink: expected none, stdout or file, got {sink!r}")

@@ -1,0 +1,75 @@
+"""Tenant rate limits through the pipeline: two gateway replicas sharing one
+real redis-server hold one tenant's limit together, and answer 429 with
+Retry-After beyond it."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from tests.api.http_helpers import post
+from tests.conftest import digits_config, start_gateway
+from tests.redis_server import RedisServer
+
+KEY_ENV = "RATELIMIT_HTTP_TEST_KEY"
+KEY = "tenant-key-for-the-rate-limit-test"
+PER_MINUTE = 600  # 10/s, with a burst of one second's worth (10)
+BODY = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
+                               "data": [0.0] * 64}]}).encode()
+
+
+def tenant_config(redis_url: str) -> dict:
+    config = digits_config()
+    config["redis"] = {"url": redis_url, "timeout_ms": 50}
+    config["tenants"] = [{"name": "checkout", "key_env": KEY_ENV, "models": ["digits"],
+                          "rate_limit": {"requests_per_minute": PER_MINUTE}}]
+    return config
+
+
+def infer(port: int, key: str | None = KEY):
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    return post(port, "/v2/models/digits/infer", BODY, headers)
+
+
+def test_two_replicas_hold_one_tenant_limit_together(redis_server_factory,
+                                                     tmp_path: Path) -> None:
+    redis: RedisServer = redis_server_factory()
+    os.environ[KEY_ENV] = KEY
+    replicas = [start_gateway(tenant_config(redis.url), tmp_path / f"r{i}") for i in range(2)]
+    try:
+        assert infer(replicas[0].port, key=None).status == 401  # the tenant needs its key
+        statuses: Counter[int] = Counter()
+        retry_after: set[str] = set()
+        lock = threading.Lock()
+        stop_at = time.monotonic() + 3.0
+
+        def hammer(port: int) -> None:
+            while time.monotonic() < stop_at:
+                reply = infer(port)
+                with lock:
+                    statuses[reply.status] += 1
+                    if reply.status == 429:
+                        retry_after.add(reply.headers.get("retry-after", ""))
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=hammer, args=(r.port,)) for r in replicas
+                   for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+        # The first request above (401) was refused before the limiter: not counted.
+        allowed = PER_MINUTE / 60 * (1 + elapsed)  # the burst, then the rate
+        assert set(statuses) == {200, 429}
+        assert abs(statuses[200] - allowed) <= 0.05 * allowed + 1, (statuses, allowed)
+        assert retry_after and all(v.isdigit() and int(v) >= 1 for v in retry_after)
+    finally:
+        for replica in replicas:
+            replica.stop()
