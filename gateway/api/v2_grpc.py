@@ -42,6 +42,8 @@ from gateway.core.datatypes import DATATYPES, NUMPY_DTYPES, datatype_of
 from gateway.core.errors import ErrorKind, GatewayError, InvalidInput
 from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.signature import format_shape
+from gateway.observe import tracing
+from gateway.observe.logs import CURRENT_REQUEST
 from gateway.core.types import InferRequest, InferResponse, RequestedOutput, RequestContext
 
 log = logging.getLogger("gateway.api.v2_grpc")
@@ -249,6 +251,9 @@ def request_context(context: grpc.aio.ServicerContext) -> RequestContext:
     given = metadata.get("x-request-id")
     request_id = given if given and len(given) <= _MAX_REQUEST_ID else new_request_id()
     ctx = RequestContext(request_id=request_id, protocol=PROTOCOL)
+    CURRENT_REQUEST.set(ctx)  # log lines of this call carry its id (and trace id)
+    if tracing.ENABLED and "traceparent" in metadata:
+        ctx.trace_parent = tracing.context_from_headers(metadata)
     remaining = context.time_remaining()
     if remaining is not None:
         ctx.deadline = time.monotonic() + remaining

@@ -27,9 +27,10 @@ CURRENT_REQUEST: ContextVar[Any] = ContextVar("gateway_request", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 
-# What every LogRecord has; anything else on a record came from `extra=`.
+# What every LogRecord has; anything else on a record came from `extra=`
+# (but uvicorn's `color_message`, the message again with terminal colours).
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName"}
+    "message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -8,6 +8,7 @@ in-memory exporter; the vendors are real HTTP servers on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Iterator
 from typing import Any
 
@@ -202,7 +203,8 @@ def test_off_by_default_and_chosen_by_the_standard_variables(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(tracing.EXPORTER_ENV, raising=False)
     assert tracing.setup() is False and tracing.ENABLED is False
-    ctx = request_context({b"traceparent": TRACEPARENT.encode()}, "v2_http")
+    ctx = contextvars.Context().run(request_context, {b"traceparent": TRACEPARENT.encode()},
+                                    "v2_http")
     assert ctx.trace_parent is None and ctx.span is None  # nothing built while off
     # The caller's trace id still reaches logs and audit records.
     assert tracing.trace_id_of(ctx) == TRACE_ID
