@@ -197,3 +197,37 @@ def test_redis_down_then_back_costs_no_request_and_the_cache_recovers(
     finally:
         a.stop()
         b.stop()
+
+
+def test_workers_of_one_gateway_share_the_cache_through_redis(redis_server: RedisServer,
+                                                              tmp_path: Path) -> None:
+    from tests.api.http_helpers import tensor_json
+    from tests.conftest import digits_config
+
+    config = digits_config()
+    config["models"]["digits"]["cache"] = {"ttl_s": 600}
+    config["redis"] = {"url": redis_server.url, "timeout_ms": 200}
+    gateway = start_gateway(config, tmp_path, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 60
+        while gateway.logs().count("gateway ready (worker") < 2:
+            assert time.monotonic() < deadline, gateway.logs()
+            time.sleep(0.01)
+        results = []
+        seed = time.monotonic_ns() % 1000
+        for i in range(30):  # each input twice, each request on a new connection
+            body = tensor_json("pixels", "FP32", [1, 64], [float(seed + i)] * 64)
+            for _ in range(2):
+                reply = post(gateway.port, "/v2/models/digits/infer", body)
+                assert reply.status == 200
+                results.append(reply.headers["x-gateway-cache"])
+        # Whichever worker the repeat lands on, it is a hit: the other worker's
+        # answer reaches it through Redis (one miss per distinct input, never two).
+        assert results.count("miss") == 30 and results.count("hit") == 30
+        local = value(gateway.port, "gateway_cache_requests_total", model="digits",
+                      tier="local", result="hit")
+        shared = value(gateway.port, "gateway_cache_requests_total", model="digits",
+                       tier="redis", result="hit")
+        assert local + shared == 30
+    finally:
+        gateway.stop()
