@@ -22,41 +22,23 @@ from gateway.backends.vendors.anthropic_shape import (
     anthropic_response_to_chat,
     chat_request_to_anthropic,
 )
-from gateway.backends.vendors.http import RetryPolicy, VendorClient
-from gateway.backends.vendors.openai import api_key
+from gateway.backends.vendors.base import VendorBackend, VendorStream, api_key
 from gateway.backends.vendors.sse import parse_sse
 from gateway.config.schema import AnthropicBackendConfig
-from gateway.core.errors import BackendFailed, DeadlineExceeded, InvalidInput
+from gateway.core.errors import BackendFailed, InvalidInput
 from gateway.core.llm import ChatRequest, ChatResult, Usage
-from gateway.routing.limits import ConcurrencyLimiter
+from gateway.routing.concurrency import ConcurrencyLimiter
 
 
-class AnthropicBackend:
+class AnthropicBackend(VendorBackend):
+    config: AnthropicBackendConfig
+
     def __init__(self, name: str, config: AnthropicBackendConfig) -> None:
-        self.name = name
-        self.config = config
         key = api_key(config.api_key_env, name)
         headers = {**config.headers, "anthropic-version": config.anthropic_version}
         if key is not None:
             headers["x-api-key"] = key
-        self.client = VendorClient(
-            name, config.base_url, headers, max_connections=config.max_concurrency,
-            connect_timeout_s=config.connect_timeout_ms / 1000.0,
-            retry=RetryPolicy(config.retries.max, config.retries.backoff_ms / 1000.0),
-            describe_error=anthropic_error_message)
-        self.limiter = ConcurrencyLimiter(name, config.max_concurrency, config.max_queue)
-
-    def ready(self) -> bool:
-        return True
-
-    def busy(self) -> bool:
-        return self.limiter.busy()
-
-    def io_specs(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        await self.client.close()
+        super().__init__(name, config, headers, describe_error=anthropic_error_message)
 
     def _vendor_body(self, request: ChatRequest) -> bytes:
         try:
@@ -70,12 +52,7 @@ class AnthropicBackend:
 
     async def chat(self, request: ChatRequest, timeout_s: float) -> ChatResult:
         deadline = time.monotonic() + timeout_s
-        body = self._vendor_body(request)
-        await self.limiter.acquire(timeout_s)
-        try:
-            reply = await self.client.post("/v1/messages", body, deadline)
-        finally:
-            self.limiter.release()
+        reply = await self._post("/v1/messages", self._vendor_body(request), timeout_s, deadline)
         try:
             doc = orjson.loads(reply.body)
             if not isinstance(doc, dict):
@@ -89,29 +66,19 @@ class AnthropicBackend:
 
     async def chat_stream(self, request: ChatRequest, timeout_s: float) -> "AnthropicChatStream":
         deadline = time.monotonic() + timeout_s
-        body = self._vendor_body(request)
-        await self.limiter.acquire(timeout_s)
-        try:
-            response, tries = await self.client.open_stream("/v1/messages", body, deadline)
-        except BaseException:
-            self.limiter.release()
-            raise
+        response, tries = await self._open_stream("/v1/messages", self._vendor_body(request),
+                                                  timeout_s, deadline)
         translator = AnthropicStreamTranslator(str(request.body.get("model", "")),
                                                int(time.time()), include_usage=True)
         return AnthropicChatStream(self.name, response, self.limiter, translator, tries)
 
 
-class AnthropicChatStream:
+class AnthropicChatStream(VendorStream):
     def __init__(self, backend: str, response: aiohttp.ClientResponse,
                  limiter: ConcurrencyLimiter, translator: AnthropicStreamTranslator,
                  tries: int) -> None:
-        self.backend = backend
-        self.response = response
-        self.limiter = limiter
+        super().__init__(backend, response, limiter, tries)
         self.translator = translator
-        self.tries = tries
-        self.usage: Usage | None = None
-        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         buffer = b""
@@ -135,21 +102,12 @@ class AnthropicChatStream:
                 if translator.finished:
                     break
         except (aiohttp.ClientError, TimeoutError) as exc:
-            if isinstance(exc, TimeoutError):
-                raise DeadlineExceeded(
-                    f"backend '{self.backend}': the stream did not finish within the deadline"
-                ) from None
-            raise BackendFailed(f"backend '{self.backend}': the stream broke: {exc}") from None
+            raise self.broke(exc) from None
         finally:
             await self.aclose()
         if not translator.finished:
             raise BackendFailed(f"backend '{self.backend}': the stream ended before message_stop")
 
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.response.release()
-            self.limiter.release()
 
 
 def _usage(chat: dict[str, Any]) -> Usage | None:

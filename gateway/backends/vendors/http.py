@@ -86,50 +86,36 @@ class VendorClient:
 
     async def post(self, path: str, body: bytes, deadline: float) -> VendorReply:
         """The vendor's 2xx answer, read whole; failures as GatewayErrors."""
-        tries = 0
-        while True:
-            tries += 1
-            timeout = self._timeout(deadline)
-            # A client span per try; its traceparent goes to the vendor.
-            traced = tracing.VendorCall(self.backend, path) if tracing.ENABLED else None
-            try:
-                async with self._client().post(self.base_url + path, data=body,
-                                               params=self.query, timeout=timeout,
-                                               headers=traced and traced.headers) as response:
-                    payload = await response.read()
-                    status = response.status
-                    retry_after = _retry_after_s(response.headers.get("retry-after"))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                if traced is not None:
-                    traced.end(None, exc)
-                error = self._transport_error(exc, deadline)
-                if isinstance(error, DeadlineExceeded) or not await self._backoff(
-                        tries, None, deadline):
-                    error.tries = tries
-                    raise error from None
-                continue
-            if traced is not None:
-                traced.end(status)
-            if 200 <= status < 300:
-                return VendorReply(status, payload, tries)
-            error = self.status_error(status, payload, retry_after)
-            if not _retryable(status) or not await self._backoff(tries, retry_after, deadline):
-                error.tries = tries
-                raise error
+        response, payload, tries = await self._exchange(path, body, deadline, whole=True)
+        return VendorReply(response.status, payload, tries)
 
     async def open_stream(self, path: str, body: bytes,
                           deadline: float) -> tuple[aiohttp.ClientResponse, int]:
         """A 2xx streaming response whose body is still to be read (the caller
         releases it), and the number of tries it took."""
+        response, _, tries = await self._exchange(path, body, deadline, whole=False)
+        return response, tries
+
+    async def _exchange(self, path: str, body: bytes, deadline: float,
+                        whole: bool) -> tuple[aiohttp.ClientResponse, bytes, int]:
+        """POST with the retry policy until a 2xx: its response, its body when
+        `whole` (a stream's is left to read), and the number of tries."""
         tries = 0
         while True:
             tries += 1
+            # A client span per try; its traceparent goes to the vendor.
             traced = tracing.VendorCall(self.backend, path) if tracing.ENABLED else None
+            payload = b""
             try:
                 response = await self._client().post(self.base_url + path, data=body,
                                                      params=self.query,
                                                      timeout=self._timeout(deadline),
                                                      headers=traced and traced.headers)
+                if whole:
+                    try:
+                        payload = await response.read()
+                    finally:
+                        response.release()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if traced is not None:
                     traced.end(None, exc)
@@ -139,20 +125,21 @@ class VendorClient:
                     error.tries = tries
                     raise error from None
                 continue
+            status = response.status
             if traced is not None:
-                traced.end(response.status)  # until the headers came: the body is the stream's
-            if 200 <= response.status < 300:
-                return response, tries
-            try:
-                payload = await response.read()
-            except (aiohttp.ClientError, TimeoutError):
-                payload = b""
-            finally:
-                response.release()
+                traced.end(status)  # for a stream: until the headers came
+            if 200 <= status < 300:
+                return response, payload, tries
+            if not whole:
+                try:
+                    payload = await response.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    payload = b""
+                finally:
+                    response.release()
             retry_after = _retry_after_s(response.headers.get("retry-after"))
-            error = self.status_error(response.status, payload, retry_after)
-            if not _retryable(response.status) or not await self._backoff(tries, retry_after,
-                                                                         deadline):
+            error = self.status_error(status, payload, retry_after)
+            if not _retryable(status) or not await self._backoff(tries, retry_after, deadline):
                 error.tries = tries
                 raise error
 

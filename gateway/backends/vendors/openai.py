@@ -6,7 +6,6 @@ substituted; streams are parsed only as far as needed to re-label and count.
 from __future__ import annotations
 
 import base64
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,25 +14,13 @@ import aiohttp
 import numpy as np
 import orjson
 
-from gateway.backends.vendors.http import RetryPolicy, VendorClient
+from gateway.backends.vendors.base import VendorBackend, VendorStream, api_key
 from gateway.backends.vendors.sse import parse_sse
 from gateway.config.schema import OpenAIBackendConfig
-from gateway.core.errors import BackendFailed, DeadlineExceeded
+from gateway.core.errors import BackendFailed
 from gateway.core.llm import ChatRequest, ChatResult, EmbeddingResult, Usage
-from gateway.routing.limits import ConcurrencyLimiter
 
 _DONE = b"[DONE]"
-
-
-def api_key(env_name: str | None, backend: str) -> str | None:
-    """The key from the environment; a named but unset variable fails the load."""
-    if env_name is None:
-        return None
-    value = os.environ.get(env_name)
-    if not value:
-        raise ValueError(f"backend '{backend}': environment variable {env_name} (api_key_env) "
-                         "is not set")
-    return value
 
 
 def usage_of(doc: dict[str, Any], prompt: str = "prompt_tokens",
@@ -45,10 +32,10 @@ def usage_of(doc: dict[str, Any], prompt: str = "prompt_tokens",
     return Usage(p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
 
 
-class OpenAIBackend:
+class OpenAIBackend(VendorBackend):
+    config: OpenAIBackendConfig
+
     def __init__(self, name: str, config: OpenAIBackendConfig) -> None:
-        self.name = name
-        self.config = config
         key = api_key(config.api_key_env, name)
         headers = dict(config.headers)
         if key is not None:
@@ -56,24 +43,7 @@ class OpenAIBackend:
                 headers["api-key"] = key
             else:
                 headers["authorization"] = f"Bearer {key}"
-        self.client = VendorClient(
-            name, config.base_url, headers, max_connections=config.max_concurrency,
-            connect_timeout_s=config.connect_timeout_ms / 1000.0,
-            retry=RetryPolicy(config.retries.max, config.retries.backoff_ms / 1000.0),
-            query=dict(config.query))
-        self.limiter = ConcurrencyLimiter(name, config.max_concurrency, config.max_queue)
-
-    def ready(self) -> bool:
-        return True
-
-    def busy(self) -> bool:
-        return self.limiter.busy()
-
-    def io_specs(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        await self.client.close()
+        super().__init__(name, config, headers, query=dict(config.query))
 
     # -- chat ------------------------------------------------------------------
 
@@ -90,12 +60,8 @@ class OpenAIBackend:
 
     async def chat(self, request: ChatRequest, timeout_s: float) -> ChatResult:
         deadline = time.monotonic() + timeout_s
-        await self.limiter.acquire(timeout_s)
-        try:
-            reply = await self.client.post("/chat/completions", self._vendor_body(request),
-                                           deadline)
-        finally:
-            self.limiter.release()
+        reply = await self._post("/chat/completions", self._vendor_body(request), timeout_s,
+                                 deadline)
         doc = _json_object(reply.body, self.name)
         choices = doc.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -105,13 +71,8 @@ class OpenAIBackend:
 
     async def chat_stream(self, request: ChatRequest, timeout_s: float) -> "OpenAIChatStream":
         deadline = time.monotonic() + timeout_s
-        await self.limiter.acquire(timeout_s)
-        try:
-            response, tries = await self.client.open_stream(
-                "/chat/completions", self._vendor_body(request), deadline)
-        except BaseException:
-            self.limiter.release()
-            raise
+        response, tries = await self._open_stream("/chat/completions", self._vendor_body(request),
+                                                  timeout_s, deadline)
         return OpenAIChatStream(self.name, response, self.limiter, tries)
 
     # -- embeddings --------------------------------------------------------------
@@ -123,29 +84,14 @@ class OpenAIBackend:
                                    "encoding_format": "base64"}
         if dimensions is not None:
             request["dimensions"] = dimensions  # e.g. text-embedding-3 shortens its vectors
-        body = orjson.dumps(request)
-        await self.limiter.acquire(timeout_s)
-        try:
-            reply = await self.client.post("/embeddings", body, deadline)
-        finally:
-            self.limiter.release()
+        reply = await self._post("/embeddings", orjson.dumps(request), timeout_s, deadline)
         doc = _json_object(reply.body, self.name)
         return EmbeddingResult(_vectors(doc, len(texts), self.name), usage_of(doc),
                                tries=reply.tries)
 
 
-class OpenAIChatStream:
+class OpenAIChatStream(VendorStream):
     """The vendor's chunks as dicts; holds the backend slot until it ends."""
-
-    def __init__(self, backend: str, response: aiohttp.ClientResponse,
-                 limiter: ConcurrencyLimiter, tries: int) -> None:
-        self.backend = backend
-        self.response = response
-        self.limiter = limiter
-        self.tries = tries
-        self.usage: Usage | None = None
-        self.chunks = 0
-        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         buffer = b""
@@ -161,26 +107,16 @@ class OpenAIChatStream:
                     usage = usage_of(chunk)
                     if usage is not None:
                         self.usage = usage
-                    self.chunks += 1
                     yield chunk
                 if done:
                     break
         except (aiohttp.ClientError, TimeoutError) as exc:
-            if isinstance(exc, TimeoutError):
-                raise DeadlineExceeded(
-                    f"backend '{self.backend}': the stream did not finish within the deadline"
-                ) from None
-            raise BackendFailed(f"backend '{self.backend}': the stream broke: {exc}") from None
+            raise self.broke(exc) from None
         finally:
             await self.aclose()
         if not done:
             raise BackendFailed(f"backend '{self.backend}': the stream ended before [DONE]")
 
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.response.release()
-            self.limiter.release()
 
 
 def _json_object(payload: bytes, backend: str) -> dict[str, Any]:

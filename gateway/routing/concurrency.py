@@ -1,0 +1,82 @@
+"""Admission for backends whose calls are I/O (vendor APIs): at most
+`max_concurrency` calls (or open streams) in flight, at most `max_queue`
+waiting, deadlines while waiting. The same rules as `limits.QueuedBackend`,
+without its batching and execution slots: a slot is held for a whole call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from gateway.core.errors import DeadlineExceeded, Overloaded
+from gateway.observe.metrics import INFLIGHT, QUEUE_DURATION, QUEUED, SHED
+
+
+class ConcurrencyLimiter:
+    """`max_concurrency` calls in flight, `max_queue` waiting, deadlines while
+    waiting: the same admission rules as `QueuedBackend`, for backends whose
+    calls are I/O (vendor APIs), where a slot is held for a whole call or stream.
+    """
+
+    def __init__(self, name: str, max_concurrency: int, max_queue: int) -> None:
+        self.name = name
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self._running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._shed_full = SHED.labels(name, "queue_full")
+        self._shed_deadline = SHED.labels(name, "deadline")
+        self._shed_cancelled = SHED.labels(name, "cancelled")
+        self._queue_duration = QUEUE_DURATION.labels(name)
+        self._inflight = INFLIGHT.labels(name)
+        self._queued = QUEUED.labels(name)
+
+    def busy(self) -> bool:
+        return self._running > 0 or bool(self._waiters)
+
+    async def acquire(self, timeout_s: float | None) -> None:
+        """Take a slot, waiting at most `timeout_s`; pair with `release()`."""
+        if self._running < self.max_concurrency and not self._waiters:
+            self._running += 1
+            self._inflight.inc()
+            return
+        if len(self._waiters) >= self.max_queue:
+            self._shed_full.inc()
+            raise Overloaded(
+                f"backend '{self.name}' is overloaded: {len(self._waiters)} requests waiting "
+                f"(max_queue {self.max_queue})", retry_after_s=1.0)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._queued.inc()
+        enqueued = time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed over just as we gave up
+            else:
+                waiter.cancel()
+                self._waiters.remove(waiter)
+                self._queued.dec()
+            if isinstance(exc, TimeoutError):
+                self._shed_deadline.inc()
+                raise DeadlineExceeded(
+                    f"deadline exceeded after {(time.monotonic() - enqueued) * 1000:.0f} ms "
+                    f"waiting for backend '{self.name}'; the request was not sent",
+                    reason="deadline_queued") from None
+            self._shed_cancelled.inc()
+            raise
+        self._queue_duration.observe(time.monotonic() - enqueued)
+
+    def release(self) -> None:
+        """Hand the slot to the oldest waiter, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            self._queued.dec()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands; _running is unchanged
+                return
+        self._running -= 1
+        self._inflight.dec()
