@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.app import Runtime, build_runtime
+from gateway.runtime import Runtime, build_runtime
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.core.errors import NotFound
 

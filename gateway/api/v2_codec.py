@@ -151,7 +151,7 @@ def _tensor_header(item: Any, index: int) -> tuple[str, str, tuple[int, ...], di
 def _decode_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
-        return _decode_bytes_elements(name, shape, count, raw)
+        return decode_bytes_elements(name, shape, count, raw)
     dtype = NUMPY_DTYPES[datatype]
     if len(raw) != count * dtype.itemsize:
         raise InvalidInput(
@@ -161,7 +161,7 @@ def _decode_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memory
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _decode_bytes_elements(
+def decode_bytes_elements(
     name: str, shape: tuple[int, ...], count: int, raw: memoryview
 ) -> np.ndarray:
     elements = np.empty(count, dtype=object)
