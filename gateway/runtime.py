@@ -64,7 +64,7 @@ class Runtime:
 
     def busy(self, keep: frozenset[str] = frozenset()) -> bool:
         """Work still queued or running on a backend that is about to close."""
-        return any(getattr(b, "busy", lambda: False)()
+        return any(b.busy()
                    for name, b in self.backends.items() if name not in keep)
 
 

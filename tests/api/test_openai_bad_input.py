@@ -21,9 +21,10 @@ from tests.api.test_openai_surface import (
     chat_model,
     expected_reply,
     openai_backend,
-    running_vendors,
+    fresh_vendors,  # noqa: F401  (fixture: reset both vendors before each test)
     sdk,
     serving,
+    vendors,  # noqa: F401  (fixture: the two fake vendors of this module)
 )
 from tests.conftest import GatewayProcess
 
@@ -34,17 +35,6 @@ PLATFORM_KEY = "platform-secret-2"
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture(scope="module")
-def vendors() -> Iterator[Vendors]:
-    with running_vendors() as started:
-        yield started
-
-
-@pytest.fixture(autouse=True)
-def fresh_vendors(vendors: Vendors) -> None:
-    vendors.reset()
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,10 @@ from tests.api.test_openai_surface import (
     chat_model,
     expected_reply,
     openai_backend,
-    running_vendors,
+    fresh_vendors,  # noqa: F401  (fixture: reset both vendors before each test)
     sdk,
     serving,
+    vendors,  # noqa: F401  (fixture: the two fake vendors of this module)
     streamed_text,
     words,
 )
@@ -35,17 +36,6 @@ from tests.conftest import GatewayProcess
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
 QUICK_RETRIES = {"max": 2, "backoff_ms": 1}
-
-
-@pytest.fixture(scope="module")
-def vendors() -> Iterator[Vendors]:
-    with running_vendors() as started:
-        yield started
-
-
-@pytest.fixture(autouse=True)
-def fresh_vendors(vendors: Vendors) -> None:
-    vendors.reset()
 
 
 @pytest.fixture(scope="module")
