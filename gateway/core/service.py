@@ -140,7 +140,13 @@ class InferenceService:
         return all(m.ready() for m in self.models.values())
 
     def admit(self, name: str, ctx: RequestContext, version: str | None = None) -> ModelEntry:
-        """The model, once the caller is known and allowed to use it."""
+        """The model, once the caller is known and allowed to use it.
+
+        Once per request: the transports admit early (an unknown model or key is
+        refused before the body is read) and the pipeline's steps find it done.
+        """
+        if ctx.model == name:
+            return self.model(name, version)
         if self.tenants.enabled:
             ctx.tenant = self.tenants.authorize(ctx.api_key, name)
         entry = self.model(name, version)
