@@ -11,6 +11,7 @@ from typing import Callable
 from gateway.api.http_app import InferFastPath, create_http_app
 from gateway.api.v2_grpc import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
+from gateway.gcfreeze import freeze_long_lived
 from gateway.observe import tracing
 # The runtime is built in gateway.runtime; Runtime and build_runtime stay importable here.
 from gateway.runtime import Runtime, build_runtime
@@ -58,6 +59,7 @@ def create_app(runtime: Runtime, on_startup: Callable[[], None] | None = None,
         if grpc is not None:
             grpc.start_soon()  # binds now: a port it cannot have fails the startup
         await manager.start(server.watch_config_s)
+        freeze_long_lived()  # the runtime is built: what lives from now on is per request
         if on_startup is not None:
             on_startup()
 

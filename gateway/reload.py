@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.gcfreeze import freeze_long_lived
 from gateway.runtime import Runtime, build_runtime
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.core.errors import NotFound
@@ -114,6 +115,7 @@ class ConfigManager:
             while old.busy(kept) and time.monotonic() < deadline:
                 await asyncio.sleep(_DRAIN_POLL_S)
             await old.close(kept, keep_redis=redis_kept)
+            freeze_long_lived()  # the old runtime's objects are garbage now; the new one's are not
 
         task = asyncio.get_running_loop().create_task(drain_then_close())
         self._retiring.add(task)

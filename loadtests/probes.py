@@ -25,20 +25,36 @@ class HistogramTotals:
         return round((self.total - before.total) / count * scale, 3) if count else None
 
 
+def _metrics_text(port: int) -> str:
+    # http.client, not urllib: urllib would honour proxy variables, even for loopback.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def counter_total(port: int, metric: str, **labels: str) -> float:
+    """A counter's value summed over the samples with these labels."""
+    total = 0.0
+    for family in text_string_to_metric_families(_metrics_text(port)):
+        if family.name != metric:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{metric}_total" and all(
+                    sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
 def scrape_histogram(port: int, metric: str, backend: str | None = None,
                      **labels: str) -> HistogramTotals:
     """A histogram's totals over the samples with these labels (`backend` among them)."""
     if backend is not None:
         labels["backend"] = backend
-    # http.client, not urllib: urllib would honour proxy variables, even for loopback.
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
     total = count = 0.0
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_metrics_text(port)):
         if family.name != metric:
             continue
         for sample in family.samples:

@@ -47,16 +47,22 @@ def digits_summary(result: dict[str, Any]) -> str:
 
 
 def grpc_summary(result: dict[str, Any]) -> str:
+    ok = ("200", "OK", "http 200")
     rows = [[name, level["concurrency"], level["throughput_rps"], level["p50_ms"], level["p99_ms"],
              level.get("mean_batch_size"),
-             level["errors"] + sum(v for s, v in level["statuses"].items() if s not in ("200", "OK"))]
+             level["errors"] + sum(v for s, v in level["statuses"].items() if s not in ok),
+             level.get("gateway_grpc_ok")]
             for name, variant in result["variants"].items() for level in variant["levels"]]
-    verdict = table(["", "grpc / http req/s", "goal", "", "grpc / floor req/s", "floor / http req/s"],
+    verdict = table(["", "grpc / http req/s", "goal", "", "aio / http", "grpc / floor",
+                     "floor / http", "aio floor / http"],
                     [[f"c={r['concurrency']}", r["grpc_over_http"]["throughput"], r["goal"],
-                      _goal(r["met"]), r["grpc_over_floor"]["throughput"],
-                      r["floor_over_http"]["throughput"]] for r in result["ratios"]])
+                      _goal(r["met"]), r.get("grpc_aio_over_http", {}).get("throughput"),
+                      r["grpc_over_floor"]["throughput"], r["floor_over_http"]["throughput"],
+                      r.get("floor_aio_over_http", {}).get("throughput")]
+                     for r in result["ratios"]])
     return "\n\n".join(["GRPC vs HTTP (digits, 1 sample per request, one gateway process)",
-                        table(["variant", "c", "req/s", "p50 ms", "p99 ms", "batch", "errors"], rows),
+                        table(["variant", "c", "req/s", "p50 ms", "p99 ms", "batch", "errors",
+                               "gRPC OK (gateway count)"], rows),
                         verdict])
 
 

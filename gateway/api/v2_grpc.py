@@ -21,6 +21,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -29,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gateway import __version__
+from gateway.api.grpc_threads import LoopHandoff, ThreadedBridge, bridge_servicer
 from gateway.api.http_errors import HTTP_STATUS, error_headers
 from gateway.api.http_request import gateway_headers, new_request_id
 from gateway.api.proto import grpc_predict_v2_pb2 as pb
@@ -76,6 +78,8 @@ _MAX_REQUEST_ID = 128
 # Requests of one stream in flight at once; past it the stream is not read,
 # so HTTP/2 flow control pushes back on the client.
 STREAM_WINDOW = 64
+UNARY_RPCS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata",
+              "ModelInfer")
 
 # -- the request's context: metadata in, metadata out -----------------------------------
 
@@ -323,8 +327,10 @@ def grpc_address(host: str, port: int) -> str:
 
 
 class GrpcServer:
-    """One process's gRPC endpoint: a grpc.aio server on the running event loop,
-    beside the HTTP server, serving the same InferenceService.
+    """One process's gRPC endpoint beside the HTTP server, serving the same
+    InferenceService on the running event loop: gRPC's threaded server handing
+    each call to the loop (engine "threads", see api/grpc_threads.py), or a
+    grpc.aio server on the loop itself (engine "aio").
 
     `reuse_port` lets N worker processes bind the same port (SO_REUSEPORT, the
     kernel spreads connections across them); a single process leaves it off so
@@ -338,7 +344,8 @@ class GrpcServer:
         self.address = address
         self.reuse_port = reuse_port
         self.port: int | None = None
-        self._server: grpc.aio.Server | None = None
+        self._server: grpc.Server | grpc.aio.Server | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._starting: asyncio.Task[None] | None = None
 
     def options(self) -> list[tuple[str, Any]]:
@@ -361,9 +368,20 @@ class GrpcServer:
 
     def bind(self) -> int:
         """Build the server on the running loop and bind its port; raises if it cannot."""
-        server = grpc.aio.server(options=self.options())
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(V2GrpcServicer(self.service), server)
-        health_pb2_grpc.add_HealthServicer_to_server(ModelHealth(self.service), server)
+        servicer, health = V2GrpcServicer(self.service), ModelHealth(self.service)
+        server: grpc.Server | grpc.aio.Server
+        if self.config.grpc.engine == "threads":
+            self._pool = ThreadPoolExecutor(self.config.grpc.threads,
+                                            thread_name_prefix="grpc-call")
+            server = grpc.server(self._pool, options=self.options())
+            bridge = ThreadedBridge(LoopHandoff(asyncio.get_running_loop()), STREAM_WINDOW)
+            servicer = bridge_servicer(bridge, servicer, unary=UNARY_RPCS,
+                                       bidi_stream=("ModelStreamInfer",))
+            health = bridge_servicer(bridge, health, unary=("Check",), server_stream=("Watch",))
+        else:
+            server = grpc.aio.server(options=self.options())
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME),
@@ -381,16 +399,26 @@ class GrpcServer:
         if self._server is None:
             self.bind()
         assert self._server is not None and self.port is not None
-        await self._server.start()
-        log.info("gRPC on %s", self._listening())
+        await self._start_server()
+        log.info("gRPC on %s (%s)", self._listening(), self._engine())
         return self.port
+
+    async def _start_server(self) -> None:
+        assert self._server is not None
+        if isinstance(self._server, grpc.aio.Server):
+            await self._server.start()
+        else:
+            self._server.start()
+
+    def _engine(self) -> str:
+        tuning = self.config.grpc
+        return f"{tuning.threads} threads" if tuning.engine == "threads" else "grpc.aio"
 
     def start_soon(self) -> int:
         """For a synchronous startup hook on the running loop: bind now (so a
         port in use fails the startup), serve from the loop's next turn."""
         port = self.bind()
-        assert self._server is not None
-        self._starting = asyncio.get_running_loop().create_task(self._server.start())
+        self._starting = asyncio.get_running_loop().create_task(self._start_server())
         self._starting.add_done_callback(self._started)
         return port
 
@@ -400,7 +428,7 @@ class GrpcServer:
         if task.exception() is not None:
             log.error("gRPC server on %s did not start", self.address, exc_info=task.exception())
         else:
-            log.info("gRPC on %s", self._listening())
+            log.info("gRPC on %s (%s)", self._listening(), self._engine())
 
     def _listening(self) -> str:
         return grpc_address(self.address.rsplit(":", 1)[0].strip("[]"), self.port or 0)
@@ -412,4 +440,11 @@ class GrpcServer:
             return
         if self._starting is not None and not self._starting.done():
             await self._starting
-        await server.stop(grace_s)
+        if isinstance(server, grpc.aio.Server):
+            await server.stop(grace_s)
+            return
+        # The threaded server's calls finish on this loop: wait off it.
+        stopped = server.stop(grace_s)
+        await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)

@@ -30,6 +30,13 @@ class GrpcServerConfig(Section):
     max_concurrent_streams: int = Field(1024, ge=1)  # per connection (HTTP/2)
     keepalive_time_ms: int = Field(60_000, ge=1000)  # ping an idle connection this often
     keepalive_timeout_ms: int = Field(20_000, ge=100)  # close it if the ping goes unanswered
+    # threads: gRPC's threaded server hands each call to the event loop (about
+    # twice grpc.aio's calls/s on one core); each open stream holds a thread.
+    # aio: grpc.aio on the event loop itself; streams hold no thread.
+    engine: Literal["threads", "aio"] = "threads"
+    # threads engine: calls served at once (more wait in gRPC's queue); open
+    # streams count against it.
+    threads: int = Field(64, ge=1, le=1024)
 
 
 class ServerConfig(Section):

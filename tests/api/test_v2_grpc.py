@@ -60,16 +60,21 @@ def long_rows_for(path) -> int:  # type: ignore[no-untyped-def]
     return max(64, int(LONG_RUN_S / ((time.perf_counter() - started) / 64)))
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    workdir = tmp_path_factory.mktemp("grpc")
+# Every test runs on both gRPC engines: the threaded server handing calls to the
+# loop (the default) and grpc.aio on the loop. The servicer is one; the engines
+# differ in how calls, streams, aborts and cancellations reach it.
+@pytest.fixture(scope="module", params=["threads", "aio"])
+def served(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    workdir = tmp_path_factory.mktemp(f"grpc-{request.param}")
     identity = identity_model(workdir / "identity.onnx", DATATYPES)
     typed_only = [dt for dt in DATATYPES if dt != "FP16"]
     identity_typed = identity_model(workdir / "identity_typed.onnx", typed_only)
     # Many layers per row: a long execution stays well under the request size limit.
     slow = slow_model(workdir / "slow.onnx", WIDTH, repeats=512)
     spec = lambda side, dt: {"name": f"{side}_{dt}", "datatype": dt, "shape": [-1, 3]}  # noqa: E731
-    config = digits_config(max_request_bytes=MAX_REQUEST_BYTES)
+    config = digits_config(max_request_bytes=MAX_REQUEST_BYTES,
+                           grpc={"engine": request.param, "threads": 8})
     config["backends"].update({
         "identity": {"type": "onnx", "path": str(identity), "max_concurrency": 1},
         "identity-typed": {"type": "onnx", "path": str(identity_typed), "max_concurrency": 1},
@@ -451,6 +456,30 @@ def test_a_deadline_shorter_than_the_queue_wait_is_deadline_exceeded_and_never_r
     assert value(port, "gateway_batch_size_count", backend="slow") == executions
     assert sum(value(port, "gateway_shed_total", backend="slow", reason=r)
                for r in ("deadline", "cancelled")) == dropped + 1
+
+
+def test_a_call_cancelled_by_its_client_while_queued_never_runs(served) -> None:
+    port = served.process.port
+    stub = pb_grpc.GRPCInferenceServiceStub(served.channel())
+    long = raw_request("slow", {"x": np.ones((served.long_rows, WIDTH), np.float32)}, "FP32")
+    holder = stub.ModelInfer.future(long, timeout=60)
+    deadline = time.monotonic() + 30
+    while value(port, "gateway_inflight_requests", backend="slow") != 1:
+        assert not holder.done(), holder.exception()
+        assert time.monotonic() < deadline, "the long execution never started"
+    executions = value(port, "gateway_batch_size_count", backend="slow")
+    cancelled = value(port, "gateway_shed_total", backend="slow", reason="cancelled")
+    queued = value(port, "gateway_queued_requests", backend="slow")
+    waiting = stub.ModelInfer.future(
+        raw_request("slow", {"x": np.ones((2, WIDTH), np.float32)}, "FP32"), timeout=60)
+    while value(port, "gateway_queued_requests", backend="slow") != queued + 1:
+        assert time.monotonic() < deadline, "the second call never queued"
+    waiting.cancel()
+    while value(port, "gateway_shed_total", backend="slow", reason="cancelled") != cancelled + 1:
+        assert time.monotonic() < deadline, "the cancelled call was not dropped"
+    assert len(holder.result().outputs) == 1
+    # Counted when an execution starts: the long run was, the cancelled call never ran.
+    assert value(port, "gateway_batch_size_count", backend="slow") == executions
 
 
 # -- health and reflection ---------------------------------------------------------------------
