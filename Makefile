@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test bench check proto redis-server clean
+.PHONY: run test bench check proto redis-server h2load clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ check: $(VENV)/.installed
 test: $(VENV)/.installed-dev redis-server
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev h2load
 	$(PY) loadtests/bench.py
 
 # The gRPC stubs are generated from gateway/api/proto/grpc_predict_v2.proto and
@@ -46,6 +46,12 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || \
 	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1 \
 	    || echo "warning: redis-server is not installed and could not be installed"; }
+
+# The gRPC benchmark loads with nghttp2's h2load (a Python client would be the bottleneck).
+h2load:
+	@command -v h2load >/dev/null 2>&1 || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client) >/dev/null 2>&1 \
+	    || echo "warning: h2load is not installed and could not be installed; gRPC load comes from a Python client"; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -7,14 +7,18 @@
               RSS (--overload-model digits: digits with batching instead)
     vendor    chat completions against the fake vendor (zero latency), directly and
               through one gateway worker: throughput at c=64, added latency at c=1
-    grpc      digits over gRPC (raw contents) and HTTP (binary) from one gateway
-              process with batching, and a bare grpc.aio floor: gRPC / HTTP ratio
+    grpc      digits over gRPC (raw contents, load from h2load) and HTTP (binary)
+              from one gateway process with batching, on both gRPC engines, and
+              bare threaded / grpc.aio floors: gRPC / HTTP ratio
+    observability  digits throughput bare (GATEWAY_METRICS=off), with metrics and
+              audit records, and with tracing too: alternating rounds, medians
+    cache     a miss, an in-process hit and a Redis hit on digits
     embedder  all-MiniLM-L6-v2: the in-process limit (tokenize + run, no HTTP) at
               several batch sizes, against the gateway with and without batching
 
 Servers (and the in-process limit) are pinned to the first allowed core, the
-load generator to the others. Scenarios run in the order above: the embedder
-comes last because it may have to wait for its model files. Results go to
+load generator to the others. Scenarios run in this order: digits, grpc,
+observability, cache, overload, vendor, embedder; the embedder comes last because it may have to wait for its model files. Results go to
 loadtests/results/bench-<time>.json with a latency/throughput plot beside it.
 
     python loadtests/bench.py [--scenarios digits,embedder,overload] [--duration 10]
@@ -48,12 +52,13 @@ from loadtests.scenarios.common import Settings, cpu_split  # noqa: E402
 from loadtests.scenarios.digits import run_digits  # noqa: E402
 from loadtests.scenarios.embedder import run_embedder  # noqa: E402
 from loadtests.scenarios.grpc import run_grpc  # noqa: E402
+from loadtests.scenarios.observability import run_observability  # noqa: E402
 from loadtests.scenarios.overload import run_overload  # noqa: E402
 from loadtests.scenarios.vendor import run_vendor  # noqa: E402
 from loadtests.scenarios.cache import run_cache  # noqa: E402
 
 RESULTS = ROOT / "loadtests" / "results"
-ORDER = ("digits", "grpc", "cache", "overload", "vendor", "embedder")
+ORDER = ("digits", "grpc", "observability", "cache", "overload", "vendor", "embedder")
 
 
 def int_list(text: str) -> list[int]:
@@ -74,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpc-channels", type=int, default=1,
                         help="grpc: channels (HTTP/2 connections) the closed loops share "
                              "(default %(default)s)")
+    parser.add_argument("--observability-rounds", type=int, default=3,
+                        help="observability: alternating rounds per variant (default %(default)s)")
+    parser.add_argument("--observability-duration", type=float, default=5.0,
+                        help="observability: measured seconds per round (default %(default)s)")
     parser.add_argument("--vendor-concurrency", type=int_list, default=[1, 64],
                         help="vendor passthrough: levels; added latency is read at the lowest, "
                              "throughput at the highest (default 1,64)")
@@ -108,6 +117,8 @@ def scenario_runners(args: argparse.Namespace, settings: Settings) -> dict[str, 
     return {
         "digits": lambda: run_digits(settings, args.concurrency),
         "grpc": lambda: run_grpc(settings, args.concurrency, args.grpc_channels),
+        "observability": lambda: run_observability(settings, args.observability_rounds,
+                                                   args.observability_duration),
         "overload": lambda: run_overload(settings, args.overload_factor, args.overload_duration,
                                          args.connections, args.overload_model),
         "vendor": lambda: run_vendor(settings, args.vendor_concurrency),

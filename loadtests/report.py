@@ -66,6 +66,18 @@ def grpc_summary(result: dict[str, Any]) -> str:
                         verdict])
 
 
+def observability_summary(result: dict[str, Any]) -> str:
+    rows = []
+    for mode, compared in result["modes"].items():
+        for variant, median in compared["medians"].items():
+            goal = compared["ratios"].get(variant, {})
+            rows.append([mode, variant, median["throughput_rps"], median["p50_ms"],
+                         median["p99_ms"], goal.get("throughput_vs_bare"), goal.get("goal"),
+                         _goal(goal["met"]) if goal else ""])
+    return "OBSERVABILITY COST (digits c=32, medians of alternating rounds)\n" + table(
+        ["mode", "variant", "req/s", "p50 ms", "p99 ms", "vs bare", "goal", ""], rows)
+
+
 def embedder_summary(result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"EMBEDDER skipped: {result['skipped']}"
@@ -160,7 +172,7 @@ def cache_summary(result: dict[str, Any]) -> str:
                         table(["", "value", "goal", ""], lines)])
 
 
-SUMMARIES = {"cache": cache_summary, "digits": digits_summary, "grpc": grpc_summary, "vendor": vendor_summary, "embedder": embedder_summary, "overload": overload_summary}
+SUMMARIES = {"observability": observability_summary, "cache": cache_summary, "digits": digits_summary, "grpc": grpc_summary, "vendor": vendor_summary, "embedder": embedder_summary, "overload": overload_summary}
 
 
 def summary(scenarios: dict[str, Any]) -> str:

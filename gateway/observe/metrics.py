@@ -8,10 +8,44 @@ from __future__ import annotations
 
 import os
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest, multiprocess
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+# GATEWAY_METRICS=off turns the metrics below into no-ops: not a production
+# setting, but the baseline against which `make bench` (observability) measures
+# what metrics, audit and tracing cost. Read once, at import.
+METRICS_ENV = "GATEWAY_METRICS"
+METRICS_ON = os.environ.get(METRICS_ENV, "on").strip().lower() != "off"
+
+
+class _NoMetric:
+    """A metric that records nothing, with the calls the gateway makes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def labels(self, *args: Any, **kwargs: Any) -> "_NoMetric":
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+if not METRICS_ON:
+    Counter = Gauge = Histogram = _NoMetric  # type: ignore[misc, assignment]  # noqa: N806
 
 # Sub-millisecond to tens of seconds.
 LATENCY_BUCKETS = (

@@ -13,6 +13,7 @@ gRPC load comes from h2load (C) when it is installed, else from a grpc.aio
 client, which saturates its own core near the rates measured here (the
 result says which). The goal is gRPC throughput >= HTTP's; the floors tell how
 much of a shortfall is the Python gRPC runtime itself rather than the gateway.
+"""
 
 from __future__ import annotations
 

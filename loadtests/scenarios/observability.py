@@ -1,0 +1,107 @@
+"""What metrics, audit records and tracing cost: digits throughput of one
+gateway worker (v2 HTTP binary, one sample per request, c=32), with and without
+batching, in three variants:
+
+    bare              GATEWAY_METRICS=off, no audit, tracing off: the baseline
+    metrics+audit     metrics on, an audit record per request to a file
+    +tracing          the same with every request traced, exported over OTLP to
+                      a stand-in collector (loadtests/otlp_sink.py)
+
+Rounds alternate the variants (bare, metrics+audit, +tracing, bare, ...) so
+that the machine's drift hits each alike; the medians are compared. Goals
+(issue 8): metrics+audit >= 0.90 x bare, +tracing >= 0.75 x bare.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from loadtests import otlp_sink
+from loadtests.gateway_process import free_port, start_gateway, start_server
+from loadtests.loadgen import closed_loop, run
+from loadtests.scenarios.common import Settings, print_level, ratio
+from loadtests.workloads import HOST, digits_config, digits_request
+
+BARE = "bare"
+AUDIT = "metrics+audit"
+TRACING = "+tracing"
+VARIANTS = (BARE, AUDIT, TRACING)
+GOALS = {AUDIT: 0.90, TRACING: 0.75}
+CONCURRENCY = 32
+BACKEND = "digits-cpu"
+
+
+def run_observability(settings: Settings, rounds: int = 3,
+                      duration_s: float = 5.0) -> dict[str, Any]:
+    print(f"observability: digits c={CONCURRENCY}, {rounds} alternating rounds of "
+          f"{duration_s:g} s per variant", flush=True)
+    sink_port = free_port()
+    sink = start_server("otlp sink", [sys.executable, "-m", "loadtests.otlp_sink", "--port",
+                                      str(sink_port)], sink_port, otlp_sink.READY_LINE.encode(),
+                        cpus=settings.client_cpus)
+    environments = {
+        BARE: {"GATEWAY_METRICS": "off", "OTEL_TRACES_EXPORTER": "none"},
+        AUDIT: {"OTEL_TRACES_EXPORTER": "none"},
+        TRACING: {"OTEL_TRACES_EXPORTER": "otlp",
+                  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces"},
+    }
+    modes: dict[str, Any] = {}
+    try:
+        for batching in (False, True):
+            mode = "batching" if batching else "no batching"
+            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+            for round_ in range(rounds):
+                for variant in VARIANTS:
+                    config = digits_config(batching=batching)
+                    if variant != BARE:
+                        workdir = settings.workdir / f"observability-{round_}"
+                        config["audit"] = {"sink": "file", "path": str(workdir / "audit.jsonl")}
+                    row = _measure(config, environments[variant], settings, duration_s,
+                                   f"{mode}/{variant}")
+                    runs[variant].append(row)
+            modes[mode] = _compare(runs)
+    finally:
+        sink.stop()
+    return {
+        "description": "digits v2 HTTP binary, c=32, one gateway worker pinned to one core; "
+                       "bare = GATEWAY_METRICS=off, no audit, no tracing; metrics+audit = "
+                       "metrics on and an audit record per request to a file; +tracing = "
+                       "also every request traced and exported over OTLP/HTTP to a "
+                       f"stand-in collector; medians of {rounds} alternating rounds",
+        "modes": modes,
+    }
+
+
+def _measure(config: dict[str, Any], env: dict[str, str], settings: Settings,
+             duration_s: float, label: str) -> dict[str, Any]:
+    name = label.replace(" ", "-").replace("/", "-").replace("+", "")
+    gateway = start_gateway(config, settings.workdir / name, cpus=settings.server_cpus,
+                            env={**settings.gateway_env, **env})
+    try:
+        result = run(closed_loop(HOST, gateway.port, digits_request(gateway.port), CONCURRENCY,
+                                 duration_s, min(settings.warmup_s, 2.0)))
+    finally:
+        gateway.stop()
+    row = result.summary()
+    print_level(label, row)
+    return row
+
+
+def _compare(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    medians = {v: _median(rows) for v, rows in runs.items()}
+    bare = medians[BARE]["throughput_rps"]
+    ratios = {}
+    for variant, goal in GOALS.items():
+        value = ratio(medians[variant]["throughput_rps"], bare)
+        ratios[variant] = {"throughput_vs_bare": value, "goal": goal,
+                           "met": None if value is None else value >= goal}
+    return {"medians": medians, "ratios": ratios,
+            "rounds": {v: [r["throughput_rps"] for r in rows] for v, rows in runs.items()}}
+
+
+def _median(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {key: round(statistics.median(r[key] for r in rows), 3)
+            for key in ("throughput_rps", "p50_ms", "p99_ms")}
