@@ -21,7 +21,14 @@ import numpy as np
 from gateway.core.errors import BackendFailed, DeadlineExceeded, GatewayError, Overloaded
 from gateway.core.types import RequestContext
 from gateway.observe import tracing
-from gateway.observe.metrics import BACKEND_DURATION, FALLBACKS, HEDGES, SHADOW
+from gateway.observe.metrics import (
+    BACKEND_DURATION,
+    FALLBACKS,
+    HEDGES,
+    SHADOW,
+    FastChildren,
+    fast_observe,
+)
 from gateway.routing.router import Attempt, Route, Shadow, fallback_class
 
 if TYPE_CHECKING:
@@ -34,6 +41,7 @@ T = TypeVar("T")
 # The failures a route may fall back on; anything else (invalid input, auth,
 # unknown model) would be the same on every backend.
 _BACKEND_ERRORS = (BackendFailed, Overloaded, DeadlineExceeded)
+_backend_duration = FastChildren(BACKEND_DURATION, fast_observe)
 
 
 async def run_plan(entry: ModelEntry, ctx: RequestContext,
@@ -135,7 +143,7 @@ async def _one_attempt(entry: ModelEntry, ctx: RequestContext,
     finally:
         took = time.perf_counter() - started
         ctx.backend_wait_s += took
-        BACKEND_DURATION.labels(entry.name, attempt.backend.name, outcome).observe(took)
+        _backend_duration(entry.name, attempt.backend.name, outcome)(took)
         if traced is not None:
             traced.end(outcome, failure)
     attempt.health.record(None)

@@ -34,6 +34,8 @@ log = logging.getLogger("gateway.observe.audit")
 
 # Past this many buffered bytes the buffer is handed to the writer at once.
 _FLUSH_BYTES = 256 * 1024
+_RENDER_ROWS = 128
+_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # a time's fraction, formatted once
 
 
 class AuditSink(Protocol):
@@ -124,6 +126,7 @@ class AuditLog:
         # A bytearray, not a list of the lines: orjson's output kept alive in a
         # list makes its next dumps ten times slower (allocator), copied it is not.
         self._pending = bytearray()
+        self._rows: list[tuple[Any, ...]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
         self._writing: Future[None] | None = None
@@ -143,53 +146,74 @@ class AuditLog:
     def record(self, ctx: Any, code: int, total_s: float, version: str | None,
                payload: bool) -> None:
         """Buffer the record of one answered request (`total_s`: its latency)."""
-        arrived = time.time() - total_s
-        record: dict[str, Any] = {
-            "time": self._time_text(arrived),
-            "request_id": ctx.request_id,
-            "trace_id": tracing.trace_id_of(ctx),
-            "tenant": ctx.tenant,
-            "model": ctx.model,
-            "version": version,
-            "protocol": ctx.protocol,
-            "backend": ctx.backend,
-            "backend_model": ctx.backend_model or self.backend_models.get(ctx.backend),
-            "cache": ctx.cache,
-            "attempts": ctx.attempts,
-            "fallbacks": [{"backend": name, "reason": getattr(error, "reason", "error")}
-                          for name, error in ctx.failures] if ctx.failures else [],
-            "status": code,
-            "latency_ms": round(total_s * 1000.0, 3),
-            "overhead_ms": round(max(0.0, total_s - ctx.backend_wait_s) * 1000.0, 3),
-            "cost_usd": ctx.cost_usd,
-        }
-        if payload:
-            record["request_bytes"] = _request_bytes(ctx)
-            if ctx.audit_messages is not None:
-                record["messages"] = ctx.audit_messages
-        self._append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        rows = self._rows
+        rows.append((time.time() - total_s, ctx.request_id, tracing.trace_id_of(ctx), ctx.tenant,
+                     ctx.model, version, ctx.protocol, ctx.backend, ctx.backend_model,
+                     ctx.cache, ctx.attempts, ctx.failures, code, total_s, ctx.backend_wait_s,
+                     ctx.cost_usd, (_request_bytes(ctx), ctx.audit_messages) if payload else None))
+        if self._closed:  # answered after shutdown began: write it in place
+            self._render()
+            self._write(self._take())
+        elif len(rows) >= _RENDER_ROWS:
+            self._render()
+            if len(self._pending) >= _FLUSH_BYTES:
+                self._hand_over()
+        if self._timer is None and not self._closed:
+            self._schedule()
+
+    def _render(self) -> None:
+        """Turn the buffered rows into JSON lines, in one pass (warm caches: about
+        a third of the cost of building each line as its request ends)."""
+        rows, self._rows = self._rows, []
+        dumps = orjson.dumps
+        newline = orjson.OPT_APPEND_NEWLINE
+        backend_models = self.backend_models
+        time_text = self._time_text
+        pending = self._pending
+        for (arrived, request_id, trace_id, tenant, model, version, protocol, backend,
+             backend_model, cache, attempts, failures, code, total_s, wait_s, cost,
+             payload) in rows:
+            own = total_s - wait_s
+            record: dict[str, Any] = {
+                "time": time_text(arrived),
+                "request_id": request_id,
+                "trace_id": trace_id,
+                "tenant": tenant,
+                "model": model,
+                "version": version,
+                "protocol": protocol,
+                "backend": backend,
+                "backend_model": backend_model or backend_models.get(backend),
+                "cache": cache,
+                "attempts": attempts,
+                "fallbacks": [{"backend": name, "reason": getattr(error, "reason", "error")}
+                              for name, error in failures] if failures else [],
+                "status": code,
+                # Microseconds as milliseconds: round(x, 3) costs three times as much.
+                "latency_ms": int(total_s * 1e6 + 0.5) / 1000.0,
+                "overhead_ms": int(own * 1e6 + 0.5) / 1000.0 if own > 0.0 else 0.0,
+                "cost_usd": cost,
+            }
+            if payload is not None:
+                record["request_bytes"] = payload[0]
+                if payload[1] is not None:
+                    record["messages"] = payload[1]
+            pending += dumps(record, option=newline)
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on an event loop: write now
+            self.flush()
+            return
+        self._timer = loop.call_later(self.flush_interval_s, self._hand_over)
 
     def _time_text(self, epoch: float) -> str:
         second = int(epoch)
         if second != self._second:  # formatted once per second, not per record
             self._second = second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((epoch - second) * 1000):03d}Z"
-
-    def _append(self, line: bytes) -> None:
-        self._pending += line
-        if self._closed:  # answered after shutdown began: write it in place
-            self._write(self._take())
-            return
-        if len(self._pending) >= _FLUSH_BYTES:
-            self._hand_over()
-        elif self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not on an event loop: write now
-                self.flush()
-                return
-            self._timer = loop.call_later(self.flush_interval_s, self._hand_over)
+        return self._second_text + _MILLIS[int((epoch - second) * 1000)]
 
     # -- the writer ----------------------------------------------------------------
 
@@ -201,6 +225,8 @@ class AuditLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._rows:
+            self._render()
         lines = self._take()
         if lines:
             self._writing = self._writer.submit(self._write, lines)

@@ -11,7 +11,7 @@ import time
 from collections import deque
 
 from gateway.core.errors import DeadlineExceeded, Overloaded
-from gateway.observe.metrics import INFLIGHT, QUEUE_DURATION, QUEUED, SHED
+from gateway.observe.metrics import INFLIGHT, QUEUE_DURATION, QUEUED, SHED, fast_observe
 
 
 class ConcurrencyLimiter:
@@ -29,7 +29,7 @@ class ConcurrencyLimiter:
         self._shed_full = SHED.labels(name, "queue_full")
         self._shed_deadline = SHED.labels(name, "deadline")
         self._shed_cancelled = SHED.labels(name, "cancelled")
-        self._queue_duration = QUEUE_DURATION.labels(name)
+        self._queue_duration = fast_observe(QUEUE_DURATION.labels(name))
         self._inflight = INFLIGHT.labels(name)
         self._queued = QUEUED.labels(name)
 
@@ -68,7 +68,7 @@ class ConcurrencyLimiter:
                     reason="deadline_queued") from None
             self._shed_cancelled.inc()
             raise
-        self._queue_duration.observe(time.monotonic() - enqueued)
+        self._queue_duration(time.monotonic() - enqueued)
 
     def release(self) -> None:
         """Hand the slot to the oldest waiter, or free it."""

@@ -33,7 +33,14 @@ from gateway.backends.base import Backend
 from gateway.core.errors import BackendFailed, DeadlineExceeded, GatewayError, Overloaded
 from gateway.core.signature import TensorSpec
 from gateway.observe import tracing
-from gateway.observe.metrics import BATCH_SIZE, INFLIGHT, QUEUE_DURATION, QUEUED, SHED
+from gateway.observe.metrics import (
+    BATCH_SIZE,
+    INFLIGHT,
+    QUEUE_DURATION,
+    QUEUED,
+    SHED,
+    fast_observe,
+)
 from gateway.routing.batching import (
     BatchPolicy,
     batch_key,
@@ -97,8 +104,8 @@ class QueuedBackend:
         self._shed_wait = SHED.labels(self.name, "queue_wait")
         self._shed_deadline = SHED.labels(self.name, "deadline")
         self._shed_cancelled = SHED.labels(self.name, "cancelled")
-        self._queue_duration = QUEUE_DURATION.labels(self.name)
-        self._batch_size = BATCH_SIZE.labels(self.name)
+        self._queue_duration = fast_observe(QUEUE_DURATION.labels(self.name))
+        self._batch_size = fast_observe(BATCH_SIZE.labels(self.name))
         self._inflight = INFLIGHT.labels(self.name)
         self._queued = QUEUED.labels(self.name)
 
@@ -294,7 +301,7 @@ class QueuedBackend:
         now = time.monotonic()
         for work in batch:
             work.state = _State.RUNNING
-            self._queue_duration.observe(now - work.enqueued)
+            self._queue_duration(now - work.enqueued)
             if work.trace is not None:
                 tracing.queue_waited(work.trace, self.name)
         self._waiting -= len(batch)
@@ -303,7 +310,7 @@ class QueuedBackend:
 
     async def _execute(self, batch: list[_Work]) -> None:
         rows = [w.rows for w in batch]
-        self._batch_size.observe(sum(rows))
+        self._batch_size(sum(rows))
         self._inflight.inc(len(batch))
         traced = tracing.ENABLED and any(w.trace is not None for w in batch)
         started_ns = time.time_ns() if traced else 0
