@@ -116,7 +116,8 @@ class V2HttpApi:
     ) -> InferResponse | None:
         """Run the pipeline, cancelling it if the client disconnects first, so that
         queued work of a caller who gave up is dropped rather than executed."""
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()  # once: each lookup is a getpid() on Python 3.11
+        task = asyncio.current_task(loop)
         assert task is not None
         disconnected = False
 
@@ -126,7 +127,7 @@ class V2HttpApi:
                 disconnected = True
                 task.cancel()
 
-        watcher = asyncio.get_running_loop().create_task(watch())
+        watcher = loop.create_task(watch())
         try:
             return await self.service.infer(request, ctx)
         except asyncio.CancelledError:

@@ -45,6 +45,7 @@ _MASK64 = (1 << 64) - 1
 # Trace id (field 1, 16 bytes) and span id (field 2, 8 bytes); parent span id (field 4).
 _IDS = struct.Struct(">2sQQ2sQ")
 _PARENT = struct.Struct(">2sQ")
+_IDS_PARENT = struct.Struct(">2sQQ2sQ2sQ")
 # Kind (field 6, varint), start and end times (fields 7 and 8, fixed64).
 _KIND_TIMES = struct.Struct("<BBBQBQ")
 # Status unset (field 15, empty), flags (field 16, fixed32).
@@ -136,11 +137,46 @@ def _described(name: str, items: Mapping[str, Any] | None) -> bytes:
     return encoded
 
 
+_REQUEST_ID = "gateway.request_id"
+
+
+def _server_attributes(attributes: Mapping[str, Any]) -> bytes:
+    """A request span's attributes: all but the request id are of bounded variety
+    (protocol, status, cache result, model, backend...), so they are encoded once
+    per combination, in their order, around the request id."""
+    key = tuple(item if item[0] != _REQUEST_ID else (_REQUEST_ID,) for item in attributes.items())
+    try:
+        halves = _cache.get(key)
+    except TypeError:  # an unhashable value
+        return b"".join([_attribute(k, v) for k, v in attributes.items()])
+    if halves is None:
+        encoded = [_attribute(k, v) if k != _REQUEST_ID else None for k, v in attributes.items()]
+        cut = encoded.index(None) if None in encoded else len(encoded)
+        halves = (b"".join(encoded[:cut]), b"".join(e for e in encoded[cut + 1:] if e))
+        if len(_cache) < _CACHE_SIZE:
+            _cache[key] = halves  # type: ignore[assignment]
+    request_id = attributes.get(_REQUEST_ID)
+    if request_id is None:
+        return halves[0] + halves[1]
+    return halves[0] + _attribute(_REQUEST_ID, request_id) + halves[1]
+
+
 def encode_span(record: tuple[Any, ...]) -> bytes:
     """One `Span` message, as a field of ScopeSpans (tag and length first), from
     a finished span's record (see tracing.Span.record)."""
     (name, trace_id, span_id, parent_id, remote_parent, kind, start_ns, end_ns, attributes,
      error, trace_state) = record
+    if parent_id and not trace_state and error is None and kind != KIND_SERVER:
+        # The common child span (validate, attempt, queue wait, batch execution):
+        # ids and parent in one pack, name and attributes from the cache.
+        body = b"".join((
+            _IDS_PARENT.pack(b"\x0a\x10", trace_id >> 64, trace_id & _MASK64, b"\x12\x08",
+                             span_id, b"\x22\x08", parent_id),
+            _described(name, attributes),
+            _KIND_TIMES.pack(0x30, kind, 0x39, start_ns, 0x41, end_ns),
+            _TAIL[remote_parent]))
+        size = len(body)
+        return b"\x12" + (_SMALL[size] if size < 0x80 else _varint(size)) + body
     parts = [_IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _MASK64, b"\x12\x08", span_id)]
     if trace_state:
         parts.append(_field(b"\x1a", trace_state.encode()))
@@ -149,7 +185,7 @@ def encode_span(record: tuple[Any, ...]) -> bytes:
     if kind == KIND_SERVER:  # a request's span: request id, status, timings...
         parts.append(_name(name))
         if attributes:
-            parts += [_attribute(k, v) for k, v in attributes.items()]
+            parts.append(_server_attributes(attributes))
     else:
         parts.append(_described(name, attributes))
     parts.append(_KIND_TIMES.pack(0x30, kind, 0x39, start_ns, 0x41, end_ns))

@@ -25,7 +25,7 @@ import enum
 import logging
 import time
 from collections import deque
-from typing import Hashable
+from typing import Any, Hashable
 
 import numpy as np
 
@@ -78,6 +78,13 @@ class _Work:
         self.state = _State.QUEUED
         self.abandoned = False  # the caller stopped waiting while it ran
         self.trace: tuple | None = None  # the caller's attempt span, while tracing is on
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    """A queued or running request's deadline passed: its waiter gets TimeoutError
+    (the execution, if any, finds the future done and drops its answer)."""
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class QueuedBackend:
@@ -146,16 +153,20 @@ class QueuedBackend:
                 )
         self._start()
         key = batch_key(inputs, outputs) if self.batching else None
-        work = _Work(inputs, outputs, key, rows_of(inputs),
-                     asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        work = _Work(inputs, outputs, key, rows_of(inputs), loop.create_future())
         if tracing.ENABLED:
             work.trace = tracing.queued()
         self._queue.append(work)
         self._waiting += 1
         self._queued.inc()
         self._arrived.set()  # type: ignore[union-attr]
+        # The deadline is a timer that fails the future; not asyncio.wait_for(shield()),
+        # which costs two more futures, a callback chain and several running-loop
+        # lookups (each a getpid() system call on Python 3.11) per request.
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, work.future)
         try:
-            return await asyncio.wait_for(asyncio.shield(work.future), timeout_s)
+            return await work.future
         except TimeoutError:
             if work.state is _State.QUEUED:
                 waited_ms = (time.monotonic() - work.enqueued) * 1000.0
@@ -174,6 +185,9 @@ class QueuedBackend:
             else:
                 work.abandoned = True
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def close(self) -> None:
         for slot in self._slots:
