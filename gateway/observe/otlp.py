@@ -46,6 +46,10 @@ _MASK64 = (1 << 64) - 1
 _IDS = struct.Struct(">2sQQ2sQ")
 _PARENT = struct.Struct(">2sQ")
 _IDS_PARENT = struct.Struct(">2sQQ2sQ2sQ")
+# A span link (Span field 13): trace id, span id and flags (local context), as
+# the SDK's encoder writes it.
+_LINK = struct.Struct(">4sQQ2sQ")
+_LINK_FLAGS = b"\x35" + struct.pack("<I", _FLAGS_HAS_IS_REMOTE)
 # Kind (field 6, varint), start and end times (fields 7 and 8, fixed64).
 _KIND_TIMES = struct.Struct("<BBBQBQ")
 # Status unset (field 15, empty), flags (field 16, fixed32).
@@ -165,8 +169,8 @@ def encode_span(record: tuple[Any, ...]) -> bytes:
     """One `Span` message, as a field of ScopeSpans (tag and length first), from
     a finished span's record (see tracing.Span.record)."""
     (name, trace_id, span_id, parent_id, remote_parent, kind, start_ns, end_ns, attributes,
-     error, trace_state) = record
-    if parent_id and not trace_state and error is None and kind != KIND_SERVER:
+     error, trace_state, links) = record
+    if parent_id and not trace_state and error is None and kind != KIND_SERVER and not links:
         # The common child span (validate, attempt, queue wait, batch execution):
         # ids and parent in one pack, name and attributes from the cache.
         body = b"".join((
@@ -189,6 +193,9 @@ def encode_span(record: tuple[Any, ...]) -> bytes:
     else:
         parts.append(_described(name, attributes))
     parts.append(_KIND_TIMES.pack(0x30, kind, 0x39, start_ns, 0x41, end_ns))
+    if links:
+        parts += [_LINK.pack(b"\x6a\x21\x0a\x10", t >> 64, t & _MASK64, b"\x12\x08", s)
+                  + _LINK_FLAGS for t, s in links]
     if error is None:
         parts.append(_TAIL[remote_parent])
     else:

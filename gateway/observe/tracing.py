@@ -1,6 +1,8 @@
 """Distributed tracing (OpenTelemetry): one span per request, with child spans
 for validation, the cache lookup, each backend attempt (so fallbacks show), the
-queue wait and the batch execution of local backends, and each vendor HTTP call.
+queue wait of local backends, and each vendor HTTP call. A batch execution is
+one span for all the requests it served (OpenTelemetry's model of batching):
+under the first traced request's attempt, linked to the others' attempts.
 
 Off unless `OTEL_TRACES_EXPORTER` says `otlp` or `console` (the standard
 variable; `none` and unset mean off), or a test hands `setup()` an exporter.
@@ -128,7 +130,7 @@ class Span:
         for export would be promoted to the old generation and cost collections)."""
         return (self.name, self.trace_id, self.span_id, self.parent_id, self.remote_parent,
                 self.kind, self.start_ns, self.end_ns, self.attributes, self.error,
-                self.trace_state)
+                self.trace_state, None)
 
     def traceparent(self) -> str:
         return f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
@@ -220,7 +222,15 @@ def _readable_spans(resource: Any, version: str) -> Callable[[list[Any]], list[A
     """Span records as the SDK's ReadableSpans, for an SDK exporter."""
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+    from opentelemetry.trace import (
+        Link,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+        TraceState,
+    )
 
     scope = InstrumentationScope(SCOPE, version)
     kinds = {KIND_INTERNAL: SpanKind.INTERNAL, KIND_SERVER: SpanKind.SERVER,
@@ -231,7 +241,7 @@ def _readable_spans(resource: Any, version: str) -> Callable[[list[Any]], list[A
 
     def readable(record: tuple[Any, ...]) -> ReadableSpan:
         (name, trace_id, span_id, parent_id, remote_parent, kind, start_ns, end_ns,
-         attributes, error, trace_state) = record
+         attributes, error, trace_state, links) = record
         state = states.get(trace_state)
         if state is None:
             if len(states) > 1024:  # callers' tracestates: keep the memo bounded
@@ -246,7 +256,9 @@ def _readable_spans(resource: Any, version: str) -> Callable[[list[Any]], list[A
             parent=parent, resource=resource, attributes=attributes or {},
             kind=kinds[kind], instrumentation_scope=scope,
             status=unset if error is None else Status(StatusCode.ERROR, error),
-            start_time=start_ns, end_time=end_ns)
+            start_time=start_ns, end_time=end_ns,
+            links=[Link(SpanContext(t, s, is_remote=False, trace_flags=sampled))
+                   for t, s in links] if links else ())
 
     def readables(records: list[tuple[Any, ...]]) -> list[ReadableSpan]:
         return [readable(r) for r in records]
@@ -542,13 +554,15 @@ def queued() -> tuple[Span, int] | None:
 
 
 def _child_record(name: str, parent: Span, start_ns: int, end_ns: int,
-                  attributes: dict[str, Any], error: str | None = None) -> None:
-    """Record a finished child span straight away (no Span object: these two
-    are recorded once per request on the local backends' hot path)."""
+                  attributes: dict[str, Any] | None, error: str | None = None,
+                  links: list[tuple[int, int]] | None = None) -> None:
+    """Record a finished child span straight away (no Span object: these are
+    recorded on the request path)."""
     recorder = _recorder
     if recorder is not None:
         recorder.add((name, parent.trace_id, _ids.getrandbits(64) or 1, parent.span_id, False,
-                      KIND_INTERNAL, start_ns, end_ns, attributes, error, parent.trace_state))
+                      KIND_INTERNAL, start_ns, end_ns, attributes, error, parent.trace_state,
+                      links))
 
 
 def queue_waited(handle: tuple[Span, int], backend: str) -> None:
@@ -559,18 +573,22 @@ def queue_waited(handle: tuple[Span, int], backend: str) -> None:
 
 def executed(handles: list[tuple[Span, int] | None], started_ns: int, backend: str,
              rows: int, error: Any = None) -> None:
-    """A batch ran from `started_ns` until now: one span under each traced
-    request's attempt, so every trace shows the execution it shared."""
-    ended = time.time_ns()
+    """A batch ran from `started_ns` until now: one span, as OpenTelemetry models
+    work done for many requests at once. Its parent is the attempt of the
+    first traced request in the batch; it links to the attempts of the others,
+    whose own traces show their queue wait ending where it starts."""
+    traced = [handle[0] for handle in handles if handle is not None]
+    if not traced:
+        return
     attributes = {"gateway.backend": backend, "gateway.batch.rows": rows,
                   "gateway.batch.requests": len(handles)}
     message = None
     if error is not None:
         attributes["gateway.error.reason"] = getattr(error, "reason", None) or "error"
         message = getattr(error, "message", None) or str(error)
-    for handle in handles:
-        if handle is not None:
-            _child_record("batch execution", handle[0], started_ns, ended, attributes, message)
+    links = [(span.trace_id, span.span_id) for span in traced[1:]] or None
+    _child_record("batch execution", traced[0], started_ns, time.time_ns(), attributes, message,
+                  links)
 
 
 # -- vendor calls ---------------------------------------------------------------------

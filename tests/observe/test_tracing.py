@@ -251,9 +251,50 @@ def test_the_sampler_is_the_one_the_standard_variables_choose(
     assert exporter.get_finished_spans() == ()
 
 
+BATCHED = 4
+
+
+def batch_of(size: int) -> dict[str, Any]:
+    """A digits backend whose batches close only when `size` requests are in
+    (or after 10 s): concurrent requests share one execution, deterministically."""
+    backend = digits_backend()
+    backend["batching"] = {"max_batch_size": size, "max_queue_delay_us": 10_000_000}
+    return backend
+
+
+def test_a_batch_is_one_execution_span_linked_from_every_request(
+        spans: InMemorySpanExporter) -> None:
+    config = {"backends": {"digits-batch": batch_of(BATCHED)},
+              "models": {"digits": digits_model(route={"backends": ["digits-batch"]})}}
+
+    async def run() -> list[Any]:
+        async with gateway(config) as gw:
+            return await asyncio.gather(*(
+                gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY)
+                for _ in range(BATCHED)))
+
+    assert [r.status_code for r in asyncio.run(run())] == [200] * BATCHED
+    named = by_name(spans.get_finished_spans())
+    attempts = named["attempt digits-batch"]
+    assert len(attempts) == len(named["queue wait"]) == len({a.context.trace_id for a in attempts}) \
+        == BATCHED  # a trace per request, each with its attempt and queue wait
+    [execution] = named["batch execution"]
+    assert execution.attributes["gateway.batch.requests"] == BATCHED
+    assert execution.attributes["gateway.batch.rows"] == BATCHED
+    by_span = {a.context.span_id: a for a in attempts}
+    assert execution.parent is not None and execution.parent.span_id in by_span
+    linked = {(link.context.trace_id, link.context.span_id) for link in execution.links}
+    others = {(a.context.trace_id, a.context.span_id) for a in attempts
+              if a.context.span_id != execution.parent.span_id}
+    assert linked == others and len(linked) == BATCHED - 1
+    for wait in named["queue wait"]:
+        assert wait.end_time <= execution.start_time + 1
+
+
 def spans_of_two_requests(spans: InMemorySpanExporter) -> list[tuple[Any, ...]]:
-    """The gateway's own span records of a cached tensor request and a chat
-    fallback (what the OTLP encoder receives), with the caller's tracestate."""
+    """The gateway's own span records of a cached tensor request, a chat
+    fallback and a batch of requests (what the OTLP encoder receives), with the
+    caller's tracestate and the batch's links."""
     recorded: list[tuple[Any, ...]] = []
     recorder = tracing._recorder
     assert recorder is not None
@@ -268,14 +309,18 @@ def spans_of_two_requests(spans: InMemorySpanExporter) -> list[tuple[Any, ...]]:
     async def run() -> None:
         async with fake_vendor(error_rate=1.0, error_kind="500") as bad, fake_vendor() as good:
             config = {"backends": {"digits-cpu": digits_backend(), "bad": vendor_backend(bad.url),
-                                   "good": vendor_backend(good.url)},
+                                   "good": vendor_backend(good.url),
+                                   "digits-batch": batch_of(BATCHED)},
                       "models": {"digits": digits_model(cache={"ttl_s": 60}),
+                                 "batched": digits_model(route={"backends": ["digits-batch"]}),
                                  "chat": {"kind": "chat", "route": {"backends": ["bad", "good"]}}}}
             async with gateway(config) as gw:
                 headers = {"traceparent": TRACEPARENT, "tracestate": "vendor=1,other=x"}
                 await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY, headers=headers)
                 await gw.client.post("/v1/chat/completions", json={
                     "model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+                await asyncio.gather(*(gw.client.post("/v2/models/batched/infer", json=DIGITS_BODY)
+                                       for _ in range(BATCHED)))
 
     asyncio.run(run())
     return recorded
@@ -291,7 +336,8 @@ def test_otlp_encoding_matches_the_sdk_encoder(spans: InMemorySpanExporter) -> N
     recorded = spans_of_two_requests(spans)
     readable = spans.get_finished_spans()
     assert len(recorded) == len(readable) > 10
-    assert any(r[9] for r in recorded) and any(r[10] for r in recorded)  # error, tracestate
+    # error, tracestate, links
+    assert any(r[9] for r in recorded) and any(r[10] for r in recorded) and any(r[11] for r in recorded)
     ours = ExportTraceServiceRequest.FromString(encode_request(
         recorded, readable[0].resource.attributes, tracing.SCOPE, __version__))
     assert ours == encode_spans(readable)
