@@ -9,6 +9,7 @@ decode and encode; they never skip or repeat a step.
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 import random
 from dataclasses import dataclass, field
@@ -200,16 +201,16 @@ class InferenceService:
         if prepared is not None:  # checked by cached_answer already
             batch, wanted, key = prepared
         else:
-            span = tracing.start(ctx, "validate") if tracing.ENABLED else None
+            started_ns = time.time_ns() if tracing.ENABLED else 0
             try:
                 batch = signature.validate_inputs(request.inputs)
                 wanted = self._output_names(signature, request)
             except GatewayError as exc:
-                if span is not None:
-                    tracing.end(span, exc)
+                if started_ns:
+                    tracing.step(ctx, "validate", started_ns, exc)
                 raise
-            if span is not None:
-                span.end()
+            if started_ns:
+                tracing.step(ctx, "validate", started_ns)
             key = None
         cache = self._cache_for(entry, ctx)
         if cache is None:

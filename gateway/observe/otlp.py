@@ -162,7 +162,24 @@ def _server_attributes(attributes: Mapping[str, Any]) -> bytes:
     request_id = attributes.get(_REQUEST_ID)
     if request_id is None:
         return halves[0] + halves[1]
-    return halves[0] + _attribute(_REQUEST_ID, request_id) + halves[1]
+    return halves[0] + _request_id_attribute(request_id) + halves[1]
+
+
+_REQUEST_ID_KEY = _field(b"\x0a", _REQUEST_ID.encode())
+
+
+def _request_id_attribute(value: Any) -> bytes:
+    """`_attribute("gateway.request_id", value)`, unrolled: it is the one
+    attribute encoded afresh for every request."""
+    if type(value) is not str:
+        return _attribute(_REQUEST_ID, value)
+    text = value.encode()
+    size = len(text)
+    any_value = b"\x0a" + (_SMALL[size] if size < 0x80 else _varint(size)) + text
+    size = len(any_value)
+    pair = _REQUEST_ID_KEY + b"\x12" + (_SMALL[size] if size < 0x80 else _varint(size)) + any_value
+    size = len(pair)
+    return b"\x4a" + (_SMALL[size] if size < 0x80 else _varint(size)) + pair
 
 
 def encode_span(record: tuple[Any, ...]) -> bytes:

@@ -447,6 +447,24 @@ def start(ctx: Any, name: str) -> Span:
     return Span(name, parent)
 
 
+def step(ctx: Any, name: str, start_ns: int, error: Any = None) -> None:
+    """Record a finished child span of the request's span that ran from
+    `start_ns` (time.time_ns()) until now: for steps with nothing beneath them
+    (validation), no Span object is made."""
+    parent = request_span(ctx)
+    if not parent.sampled:
+        return
+    attributes = message = None
+    if error is not None:
+        if isinstance(error, str):
+            reason = message = error
+        else:
+            reason = getattr(error, "reason", None) or type(error).__name__
+            message = getattr(error, "message", None) or str(error) or reason
+        attributes = {"gateway.error.reason": reason}
+    _child_record(name, parent, start_ns, time.time_ns(), attributes, message)
+
+
 def end(span: Span, error: Any = None) -> None:
     """End `span`; with `error` (a GatewayError or a reason word), marked failed."""
     if error is not None and span.sampled:
