@@ -70,10 +70,18 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _size(size: int) -> bytes:
+    """A length as a varint: one byte or two for nearly every span and field."""
+    if size < 0x80:
+        return _SMALL[size]
+    if size < 0x4000:
+        return bytes(((size & 0x7F) | 0x80, size >> 7))
+    return _varint(size)
+
+
 def _field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes, message) after its tag."""
-    size = len(payload)
-    return tag + (_SMALL[size] if size < 0x80 else _varint(size)) + payload
+    return tag + _size(len(payload)) + payload
 
 
 def _any_value(value: Any) -> bytes:
@@ -148,7 +156,12 @@ def _server_attributes(attributes: Mapping[str, Any]) -> bytes:
     """A request span's attributes: all but the request id are of bounded variety
     (protocol, status, cache result, model, backend...), so they are encoded once
     per combination, in their order, around the request id."""
-    key = tuple(item if item[0] != _REQUEST_ID else (_REQUEST_ID,) for item in attributes.items())
+    bounded = getattr(attributes, "bounded", None)  # tracing.RequestAttributes
+    if bounded is not None:
+        key: tuple[Any, ...] = (_REQUEST_ID, bounded)
+    else:
+        key = tuple(item if item[0] != _REQUEST_ID else (_REQUEST_ID,)
+                    for item in attributes.items())
     try:
         halves = _cache.get(key)
     except TypeError:  # an unhashable value
@@ -196,8 +209,7 @@ def encode_span(record: tuple[Any, ...]) -> bytes:
             _described(name, attributes),
             _KIND_TIMES.pack(0x30, kind, 0x39, start_ns, 0x41, end_ns),
             _TAIL[remote_parent]))
-        size = len(body)
-        return b"\x12" + (_SMALL[size] if size < 0x80 else _varint(size)) + body
+        return b"\x12" + _size(len(body)) + body
     parts = [_IDS.pack(b"\x0a\x10", trace_id >> 64, trace_id & _MASK64, b"\x12\x08", span_id)]
     if trace_state:
         parts.append(_field(b"\x1a", trace_state.encode()))

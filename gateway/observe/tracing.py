@@ -451,7 +451,7 @@ def step(ctx: Any, name: str, start_ns: int, error: Any = None) -> None:
     """Record a finished child span of the request's span that ran from
     `start_ns` (time.time_ns()) until now: for steps with nothing beneath them
     (validation), no Span object is made."""
-    parent = request_span(ctx)
+    parent = ctx.span or request_span(ctx)
     if not parent.sampled:
         return
     attributes = message = None
@@ -472,20 +472,29 @@ def end(span: Span, error: Any = None) -> None:
     span.end()
 
 
+class RequestAttributes(dict):  # type: ignore[type-arg]
+    """A request span's attributes, and `bounded`: the values of all but the
+    request id when they are of bounded variety (None when one is not, e.g. a
+    cost), the key under which the OTLP encoder keeps them encoded."""
+
+    __slots__ = ("bounded",)
+
+
 def finish_request(ctx: Any, code: int, kind: str | None) -> None:
     """Name, describe and end the request's span once the transport answered."""
-    span = request_span(ctx)
+    span = ctx.span or request_span(ctx)
     if not span.sampled:
         return
     operation = _OPERATIONS.get(kind or "") or ("openai" if ctx.protocol == "openai" else "infer")
     span.name = f"{operation} {ctx.model}" if ctx.model else operation
-    attributes = span.attributes = {
-        "gateway.protocol": ctx.protocol,
-        "gateway.request_id": ctx.request_id,
-        "gateway.status_code": code,
-        "gateway.cache": ctx.cache,
-        "gateway.attempts": ctx.attempts,
-    }
+    attributes = span.attributes = RequestAttributes()
+    attributes["gateway.protocol"] = ctx.protocol
+    attributes["gateway.request_id"] = ctx.request_id
+    attributes["gateway.status_code"] = code
+    attributes["gateway.cache"] = ctx.cache
+    attributes["gateway.attempts"] = ctx.attempts
+    attributes.bounded = None if ctx.cost_usd is not None else (
+        ctx.protocol, code, ctx.cache, ctx.attempts, ctx.model, ctx.backend, ctx.tenant)
     if ctx.model is not None:
         attributes["gateway.model"] = ctx.model
     if ctx.backend is not None:
@@ -506,7 +515,7 @@ class Attempt:
     __slots__ = ("span", "_token")
 
     def __init__(self, ctx: Any, backend: str) -> None:
-        parent = request_span(ctx)
+        parent = ctx.span or request_span(ctx)
         self.span = Span(f"attempt {backend}", parent, attributes={"gateway.backend": backend}) \
             if parent.sampled else parent
         self._token = _CURRENT.set(self.span)
