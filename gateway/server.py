@@ -1,7 +1,8 @@
 """Runs the servers: one process (on uvloop) or N uvicorn workers on the same ports.
 
-HTTP (uvicorn) and gRPC (grpc.aio) run in the same process and event loop and
-serve the same runtime. With N workers each worker runs both: uvicorn shares
+HTTP (uvicorn) and gRPC run in the same process and serve the same runtime on
+one event loop (gRPC's calls arrive on its own threads, or on the loop itself
+with `server.grpc.engine: aio`; see api/v2_grpc.py). With N workers each worker runs both: uvicorn shares
 the parent's HTTP socket, and each worker binds the gRPC port itself with
 SO_REUSEPORT, the kernel spreading connections across them.
 """
