@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.config.schema import ServerConfig
 from gateway.gcfreeze import freeze_long_lived
+from gateway.observe.logs import setup_logging
 from gateway.runtime import Runtime, build_runtime
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.core.errors import NotFound
@@ -99,10 +101,19 @@ class ConfigManager:
         self.loaded_at = time.time()
         kept = frozenset(n for n, b in new.backends.items() if old.backends.get(n) is b)
         self._retire(old, kept)
+        self._apply_logging(old.loaded.config.server, loaded.config.server)
         log.info("config %s applied (%s): version %d, %d model(s), %d backend(s) kept, %d new",
                  loaded.sha256[:12], trigger, self.version, len(new.service.models), len(kept),
                  len(new.backends) - len(kept))
         return self.describe()
+
+    @staticmethod
+    def _apply_logging(old: ServerConfig, new: ServerConfig) -> None:
+        """`server.log_level` and `log_format` take effect on reload (the other
+        server settings, ports and sizes, need a restart)."""
+        if (old.log_level, old.log_format) != (new.log_level, new.log_format):
+            setup_logging(new.log_level, new.log_format)
+            log.info("logging now %s at level %s", new.log_format, new.log_level)
 
     def _retire(self, old: Runtime, kept: frozenset[str]) -> None:
         """Close the old runtime's other backends once no request uses them."""

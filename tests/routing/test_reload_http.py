@@ -229,6 +229,19 @@ def test_the_running_config_is_shown_without_secrets(gateway: tuple[GatewayProce
     assert SECRET not in json.dumps(admin(process.port, "GET", "/admin/config")[1])
 
 
+def test_log_format_and_level_follow_a_reload(gateway: tuple[GatewayProcess, Path]) -> None:
+    process, path = gateway
+    write_config(path, render(config(0, log_format="json", log_level="debug")))
+    status, doc = admin(process.port, "POST", "/admin/reload")
+    assert status == 200, doc
+    # The reload's own closing line is already written as JSON, by the new level.
+    wait_for(lambda: any(line.startswith("{") and "logging now json at level debug" in line
+                         for line in process.logs().splitlines()), what="a JSON log line")
+    line = next(line for line in process.logs().splitlines()
+                if "logging now json" in line)
+    assert json.loads(line)["message"] == "logging now json at level debug"
+
+
 def test_a_refused_config_does_not_show_the_values_of_its_variables(
         gateway: tuple[GatewayProcess, Path]) -> None:
     """The reasons for refusing a config name the YAML path and the problem; a value
