@@ -122,30 +122,43 @@ class LoopContext:
         raise _Abort(code, details, trailing_metadata)
 
 
-class _RequestStream:
+class RequestStream:
     """A client stream read by a thread of its own, consumed on the loop.
 
     At most `window` requests are read ahead of the consumer: past that the
-    reader stops, and HTTP/2 flow control pushes back on the client."""
+    reader stops, and HTTP/2 flow control pushes back on the client. `close()`
+    (the servicer is done with the stream) lets a reader waiting for room go.
+    """
 
     def __init__(self, requests: Iterator[Any], loop: asyncio.AbstractEventLoop,
                  window: int) -> None:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._room = threading.Semaphore(window)
         self._loop = loop
-        threading.Thread(target=self._read, args=(requests,), name="grpc-stream-reader",
-                         daemon=True).start()
+        self._closed = False
+        self.reader = threading.Thread(target=self._read, args=(requests,),
+                                       name="grpc-stream-reader", daemon=True)
+        self.reader.start()
 
     def _read(self, requests: Iterator[Any]) -> None:
         put = self._queue.put_nowait
         try:
             for request in requests:
                 self._room.acquire()
+                if self._closed:
+                    return
                 self._loop.call_soon_threadsafe(put, request)
         except Exception:  # noqa: BLE001 - the call was cancelled or broke: the stream ends
             pass
         finally:
-            self._loop.call_soon_threadsafe(put, _END)
+            try:
+                self._loop.call_soon_threadsafe(put, _END)
+            except RuntimeError:  # the loop is closed: nobody reads any more
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._room.release()  # a reader waiting for room wakes, sees `closed` and ends
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
@@ -218,10 +231,13 @@ class ThreadedBridge:
     def bidi_stream(self, method: Callable[[AsyncIterator[Any], LoopContext], Awaitable[None]]
                     ) -> Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]]:
         def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-            stream = _RequestStream(requests, self.handoff.loop, self.stream_window)
+            stream = RequestStream(requests, self.handoff.loop, self.stream_window)
 
             async def start(replies: queue.SimpleQueue[Any]) -> None:
-                await method(stream, LoopContext(context, replies))
+                try:
+                    await method(stream, LoopContext(context, replies))
+                finally:
+                    stream.close()
 
             return self._stream_out(start, context)
 
