@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from gateway.api.http_app import InferFastPath, create_http_app
-from gateway.api.v2_grpc import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
+from gateway.api.grpc_server import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.gcfreeze import freeze_long_lived
 from gateway.observe import tracing

@@ -2,9 +2,10 @@
 
 HTTP (uvicorn) and gRPC run in the same process and serve the same runtime on
 one event loop (gRPC's calls arrive on its own threads, or on the loop itself
-with `server.grpc.engine: aio`; see api/v2_grpc.py). With N workers each worker runs both: uvicorn shares
-the parent's HTTP socket, and each worker binds the gRPC port itself with
-SO_REUSEPORT, the kernel spreading connections across them.
+with `server.grpc.engine: aio`; see api/grpc_server.py). With N workers each
+worker runs both: uvicorn shares the parent's HTTP socket, and each worker
+binds the gRPC port itself with SO_REUSEPORT, the kernel spreading connections
+across them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.api.v2_grpc import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
+from gateway.api.grpc_server import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
 from gateway.app import CONFIG_ENV, READY_LINE, Runtime, build_runtime, create_app
 from gateway.config.loader import LoadedConfig
 

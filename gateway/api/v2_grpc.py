@@ -10,8 +10,8 @@ per input, little-endian; BYTES elements each prefixed by a 4-byte
 little-endian length). The answer uses `raw_output_contents` when the request
 used raw inputs, as Triton does, and typed contents otherwise.
 
-Beside it the server carries `grpc.health.v1.Health` (overall and per model
-name, computed live from backend readiness) and server reflection.
+The servicer is written against grpc.aio's ServicerContext; api/grpc_server.py
+serves it (with health and reflection) on either engine.
 """
 
 from __future__ import annotations
@@ -21,23 +21,17 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gateway import __version__
-from gateway.api.grpc_threads import LoopHandoff, ThreadedBridge, bridge_servicer
 from gateway.api.http_errors import HTTP_STATUS, error_headers
 from gateway.api.http_request import gateway_headers, new_request_id
 from gateway.api.proto import grpc_predict_v2_pb2 as pb
 from gateway.api.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.api.v2_grpc_codec import decode_infer_request, encode_infer_response
 from gateway.api.v2_http import EXTENSIONS, PLATFORM
-from gateway.config.schema import ServerConfig
 from gateway.core.errors import ErrorKind, GatewayError
 from gateway.core.service import InferenceService, ModelEntry
 from gateway.observe import tracing
@@ -62,24 +56,10 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.BACKEND_FAILED: grpc.StatusCode.UNAVAILABLE,
 }
 
-# Our messages live in a descriptor pool of their own (see `make proto`):
-# tritonclient defines the same `inference.*` names in protobuf's default pool,
-# and both must load in one process. Reflection answers from this pool, so the
-# health and reflection services are described there too.
-_POOL = pb.DESCRIPTOR.pool
-for _file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
-    _POOL.AddSerializedFile(_file.serialized_pb)
-
-# How `gateway serve --workers N` hands its gRPC address ("host:port", empty:
-# none) to the worker processes, which build their servers in app_from_env.
-GRPC_ADDRESS_ENV = "GATEWAY_GRPC_ADDRESS"
-
 _MAX_REQUEST_ID = 128
 # Requests of one stream in flight at once; past it the stream is not read,
 # so HTTP/2 flow control pushes back on the client.
 STREAM_WINDOW = 64
-UNARY_RPCS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata",
-              "ModelInfer")
 
 # -- the request's context: metadata in, metadata out -----------------------------------
 
@@ -271,180 +251,3 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
             infer_response=pb.ModelInferResponse(
                 model_name=request.model_name, model_version=request.model_version, id=request.id),
         )
-
-
-class ModelHealth(health_pb2_grpc.HealthServicer):
-    """grpc.health.v1, computed on each call from backend readiness.
-
-    Service "" (and the v2 service name): SERVING when every model has a ready
-    backend. A model's name: SERVING when that model has one. Anything else:
-    NOT_FOUND on Check, SERVICE_UNKNOWN on Watch, as the health protocol says.
-    """
-
-    WATCH_POLL_S = 1.0
-    _Status = health_pb2.HealthCheckResponse.ServingStatus
-
-    def __init__(self, service: InferenceService) -> None:
-        self.service = service
-
-    def status(self, name: str) -> int | None:
-        if name in ("", SERVICE_NAME):
-            ready = self.service.ready()
-        else:
-            try:
-                ready = self.service.model(name).ready()
-            except GatewayError:
-                return None
-        return self._Status.SERVING if ready else self._Status.NOT_SERVING
-
-    async def Check(self, request: health_pb2.HealthCheckRequest,
-                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
-        status = self.status(request.service)
-        if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"unknown service or model '{request.service}'")
-        return health_pb2.HealthCheckResponse(status=status)
-
-    async def Watch(self, request: health_pb2.HealthCheckRequest,
-                    context: grpc.aio.ServicerContext
-                    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        last = None
-        while True:
-            status = self.status(request.service)
-            if status is None:
-                status = self._Status.SERVICE_UNKNOWN
-            if status != last:
-                last = status
-                yield health_pb2.HealthCheckResponse(status=status)
-            await asyncio.sleep(self.WATCH_POLL_S)
-
-
-# -- the server ----------------------------------------------------------------------
-
-
-def grpc_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-class GrpcServer:
-    """One process's gRPC endpoint beside the HTTP server, serving the same
-    InferenceService on the running event loop: gRPC's threaded server handing
-    each call to the loop (engine "threads", see api/grpc_threads.py), or a
-    grpc.aio server on the loop itself (engine "aio").
-
-    `reuse_port` lets N worker processes bind the same port (SO_REUSEPORT, the
-    kernel spreads connections across them); a single process leaves it off so
-    that a port already in use fails loudly instead of being shared.
-    """
-
-    def __init__(self, service: InferenceService, config: ServerConfig, address: str,
-                 reuse_port: bool = False) -> None:
-        self.service = service
-        self.config = config
-        self.address = address
-        self.reuse_port = reuse_port
-        self.port: int | None = None
-        self._server: grpc.Server | grpc.aio.Server | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._starting: asyncio.Task[None] | None = None
-
-    def options(self) -> list[tuple[str, Any]]:
-        tuning = self.config.grpc
-        return [
-            # Oversized requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
-            ("grpc.max_receive_message_length", self.config.max_request_bytes),
-            # Answers are not capped (HTTP does not cap them either).
-            ("grpc.max_send_message_length", -1),
-            ("grpc.max_concurrent_streams", tuning.max_concurrent_streams),
-            ("grpc.keepalive_time_ms", tuning.keepalive_time_ms),
-            ("grpc.keepalive_timeout_ms", tuning.keepalive_timeout_ms),
-            ("grpc.keepalive_permit_without_calls", 1),
-            # Accept client keep-alive pings down to every 10 s (the default
-            # policy answers anything under 5 min with GOAWAY too_many_pings).
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.so_reuseport", 1 if self.reuse_port else 0),
-        ]
-
-    def bind(self) -> int:
-        """Build the server on the running loop and bind its port; raises if it cannot."""
-        servicer, health = V2GrpcServicer(self.service), ModelHealth(self.service)
-        server: grpc.Server | grpc.aio.Server
-        if self.config.grpc.engine == "threads":
-            self._pool = ThreadPoolExecutor(self.config.grpc.threads,
-                                            thread_name_prefix="grpc-call")
-            server = grpc.server(self._pool, options=self.options())
-            bridge = ThreadedBridge(LoopHandoff(asyncio.get_running_loop()), STREAM_WINDOW)
-            servicer = bridge_servicer(bridge, servicer, unary=UNARY_RPCS,
-                                       bidi_stream=("ModelStreamInfer",))
-            health = bridge_servicer(bridge, health, unary=("Check",), server_stream=("Watch",))
-        else:
-            server = grpc.aio.server(options=self.options())
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            server, pool=_POOL,
-        )
-        try:
-            self.port = server.add_insecure_port(self.address)
-        except RuntimeError as exc:
-            raise OSError(f"gRPC cannot listen on {self.address}: {exc}") from exc
-        self._server = server
-        return self.port
-
-    async def start(self) -> int:
-        """Bind (unless done) and serve; returns the port."""
-        if self._server is None:
-            self.bind()
-        assert self._server is not None and self.port is not None
-        await self._start_server()
-        log.info("gRPC on %s (%s)", self._listening(), self._engine())
-        return self.port
-
-    async def _start_server(self) -> None:
-        assert self._server is not None
-        if isinstance(self._server, grpc.aio.Server):
-            await self._server.start()
-        else:
-            self._server.start()
-
-    def _engine(self) -> str:
-        tuning = self.config.grpc
-        return f"{tuning.threads} threads" if tuning.engine == "threads" else "grpc.aio"
-
-    def start_soon(self) -> int:
-        """For a synchronous startup hook on the running loop: bind now (so a
-        port in use fails the startup), serve from the loop's next turn."""
-        port = self.bind()
-        self._starting = asyncio.get_running_loop().create_task(self._start_server())
-        self._starting.add_done_callback(self._started)
-        return port
-
-    def _started(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        if task.exception() is not None:
-            log.error("gRPC server on %s did not start", self.address, exc_info=task.exception())
-        else:
-            log.info("gRPC on %s (%s)", self._listening(), self._engine())
-
-    def _listening(self) -> str:
-        return grpc_address(self.address.rsplit(":", 1)[0].strip("[]"), self.port or 0)
-
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Refuse new calls, let those in flight finish for up to `grace_s`."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        if self._starting is not None and not self._starting.done():
-            await self._starting
-        if isinstance(server, grpc.aio.Server):
-            await server.stop(grace_s)
-            return
-        # The threaded server's calls finish on this loop: wait off it.
-        stopped = server.stop(grace_s)
-        await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)

@@ -27,26 +27,24 @@ span is a small object (`Span`) while it runs and a plain tuple once it ends;
 the request's span is parented explicitly through `RequestContext.span` (a
 transport runs the pipeline in a task of its own) and only an attempt is made
 current (a ContextVar) for the backend code beneath it. Finished spans are
-batched; a batch becomes the SDK's `ReadableSpan`s for an SDK exporter
-(console, in-memory) or is encoded straight to OTLP protobuf (`otlp`, see
-otlp.py), and one thread sends it.
+batched (trace_export.Recorder); a batch becomes the SDK's `ReadableSpan`s for
+an SDK exporter (console, in-memory) or is encoded straight to OTLP protobuf
+(`otlp`, see otlp.py), and one thread sends it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import random
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from gateway.observe.otlp import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER
+from gateway.observe.trace_export import Recorder, readable_spans
 
 log = logging.getLogger("gateway.observe.tracing")
 
@@ -63,7 +61,7 @@ _OPERATIONS = {"tensor": "infer", "chat": "chat.completions", "embeddings": "emb
 
 V = TypeVar("V")
 
-_recorder: "_Recorder | None" = None
+_recorder: Recorder | None = None
 _sampler: Any = None
 _follows_parent = False  # the sampler is the default parentbased_always_on
 _propagator: Any = None
@@ -185,7 +183,7 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
             # One line per span, so log collectors keep each span whole.
             exporter = ConsoleSpanExporter(
                 out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
-        encode = _readable_spans(resource, __version__)
+        encode = readable_spans(resource, SCOPE, __version__)
         send, close = exporter.export, exporter.shutdown
         described = type(exporter).__name__
     # The SDK's sampler, as OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG say.
@@ -196,7 +194,7 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
     _propagator = TraceContextTextMapPropagator()
     _get_span = trace.get_current_span
     _SERVER_KIND = trace.SpanKind.SERVER
-    _recorder = _Recorder(encode, send, close, bool(batch))
+    _recorder = Recorder(encode, send, close, bool(batch))
     ENABLED = True
     log.info("tracing on: service %s, exporter %s, sampler %s", name, described,
              _sampler.get_description())
@@ -216,150 +214,6 @@ def shutdown() -> None:
     recorder, _recorder = _recorder, None
     if recorder is not None:
         recorder.shutdown()
-
-
-def _readable_spans(resource: Any, version: str) -> Callable[[list[Any]], list[Any]]:
-    """Span records as the SDK's ReadableSpans, for an SDK exporter."""
-    from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import (
-        Link,
-        SpanContext,
-        SpanKind,
-        Status,
-        StatusCode,
-        TraceFlags,
-        TraceState,
-    )
-
-    scope = InstrumentationScope(SCOPE, version)
-    kinds = {KIND_INTERNAL: SpanKind.INTERNAL, KIND_SERVER: SpanKind.SERVER,
-             KIND_CLIENT: SpanKind.CLIENT}
-    sampled = TraceFlags(TraceFlags.SAMPLED)
-    unset = Status(StatusCode.UNSET)
-    states: dict[str, Any] = {"": TraceState()}
-
-    def readable(record: tuple[Any, ...]) -> ReadableSpan:
-        (name, trace_id, span_id, parent_id, remote_parent, kind, start_ns, end_ns,
-         attributes, error, trace_state, links) = record
-        state = states.get(trace_state)
-        if state is None:
-            if len(states) > 1024:  # callers' tracestates: keep the memo bounded
-                states.clear()
-            state = states[trace_state] = TraceState.from_header([trace_state])
-        parent = None if not parent_id else SpanContext(
-            trace_id, parent_id, is_remote=remote_parent, trace_flags=sampled, trace_state=state)
-        return ReadableSpan(
-            name=name,
-            context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=sampled,
-                                trace_state=state),
-            parent=parent, resource=resource, attributes=attributes or {},
-            kind=kinds[kind], instrumentation_scope=scope,
-            status=unset if error is None else Status(StatusCode.ERROR, error),
-            start_time=start_ns, end_time=end_ns,
-            links=[Link(SpanContext(t, s, is_remote=False, trace_flags=sampled))
-                   for t, s in links] if links else ())
-
-    def readables(records: list[tuple[Any, ...]]) -> list[ReadableSpan]:
-        return [readable(r) for r in records]
-
-    return readables
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return max(1, int(os.environ.get(name) or default))
-    except ValueError:
-        log.warning("%s: expected an integer, using %d", name, default)
-        return default
-
-
-class _Recorder:
-    """Where finished spans go. Batched (the SDK's BatchSpanProcessor rules: sent
-    every OTEL_BSP_SCHEDULE_DELAY ms, or as soon as OTEL_BSP_MAX_EXPORT_BATCH_SIZE
-    wait, at most OTEL_BSP_MAX_QUEUE_SIZE), a batch is encoded on the event loop
-    between requests and sent by one thread that only does I/O: the gateway
-    serves from one core, where a thread that held the GIL to encode would cost
-    more in GIL hand-offs than the encoding itself. Unbatched (tests), each span
-    is exported as it ends."""
-
-    def __init__(self, encode: Callable[[list[Any]], Any], send: Callable[[Any], Any],
-                 close: Callable[[], None], batch: bool) -> None:
-        self._encode = encode
-        self._send = send
-        self._close = close
-        self._batch = batch
-        self._queue: list[tuple[Any, ...]] = []
-        self._max_queue = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
-        self._max_batch = min(self._max_queue, _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
-        self._delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000.0
-        self._timer: Any = None  # the loop's handle of the next hand-over
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-export")
-        self._sending: list[Future[Any]] = []
-        self._lock = threading.Lock()
-        self.dropped = 0
-
-    def add(self, record: tuple[Any, ...]) -> None:
-        if not self._batch:
-            self._export(self._encode([record]))
-            return
-        queue = self._queue
-        if len(queue) >= self._max_queue:
-            if not self.dropped:
-                log.warning("tracing: the export queue is full (OTEL_BSP_MAX_QUEUE_SIZE %d): "
-                            "dropping spans", self._max_queue)
-            self.dropped += 1
-            return
-        queue.append(record)
-        if self._timer is None or len(queue) == self._max_batch:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # ended off the event loop: send what is full now
-                if len(queue) >= self._max_batch:
-                    self._hand_over()
-                return
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = loop.call_later(0 if len(queue) >= self._max_batch else self._delay_s,
-                                          self._drain)
-
-    def _drain(self) -> None:
-        self._timer = None
-        self._hand_over()
-
-    def flush(self) -> None:
-        """Export everything queued, and wait until it is sent."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for future in self._hand_over():
-            future.result()
-
-    def _hand_over(self) -> list[Future[Any]]:
-        """Encode what is queued, in batches, for the sender; returns what is being sent."""
-        with self._lock:
-            queue, self._queue = self._queue, []
-            size = self._max_batch
-            self._sending = [f for f in self._sending if not f.done()]
-            for i in range(0, len(queue), size):
-                try:
-                    payload = self._encode(queue[i:i + size])
-                except Exception:
-                    log.exception("tracing: encoding %d span(s) failed", len(queue[i:i + size]))
-                    continue
-                self._sending.append(self._sender.submit(self._export, payload))
-            return list(self._sending)
-
-    def _export(self, payload: Any) -> None:
-        try:
-            self._send(payload)
-        except Exception:  # an exporter's failure must not reach a request
-            log.exception("tracing: exporting spans failed")
-
-    def shutdown(self) -> None:
-        self.flush()
-        self._sender.shutdown(wait=True)
-        self._close()
 
 
 # -- context in and out ----------------------------------------------------------------
