@@ -68,7 +68,6 @@ import hashlib
 import itertools
 import json
 import random
-import signal
 import sys
 import time
 import urllib.error
@@ -81,6 +80,8 @@ from typing import Any, get_type_hints
 import numpy as np
 import orjson
 from aiohttp import web
+
+from loadtests.aio_serving import serve_until_signalled
 
 from loadtests.gateway_process import GatewayProcess, free_port, start_server
 
@@ -766,20 +767,8 @@ def build_app(config: FakeVendorConfig | None = None) -> web.Application:
 
 async def serve(config: FakeVendorConfig, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM; prints READY_LINE once the socket listens."""
-    runner = web.AppRunner(build_app(config), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
-    await site.start()
-    bound_port = runner.addresses[0][1]
-    print(f"{READY_LINE} on http://{host}:{bound_port}", flush=True)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopped.set)
-    try:
-        await stopped.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signalled(build_app(config), host, port, READY_LINE, backlog=2048,
+                                reuse_address=True)
 
 
 def _flag(name: str) -> str:

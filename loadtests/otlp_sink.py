@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
 from aiohttp import web
+
+from loadtests.aio_serving import serve_until_signalled
 
 READY_LINE = "otlp sink ready"
 
@@ -36,18 +37,7 @@ def build_app() -> web.Application:
 
 
 async def serve(host: str, port: int) -> None:
-    runner = web.AppRunner(build_app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    print(f"{READY_LINE} on http://{host}:{runner.addresses[0][1]}", flush=True)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopped.set)
-    try:
-        await stopped.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signalled(build_app(), host, port, READY_LINE)
 
 
 def main() -> None:

@@ -72,3 +72,21 @@ def slow_model(path: Path, width: int = 256, repeats: int = 64) -> Path:
     graph = helper.make_graph(nodes, "slow", [x], [y],
                               initializer=[numpy_helper.from_array(weight, "w")])
     return _save(graph, path)
+
+
+def rows_lasting(path: Path, width: int, seconds: float) -> int:
+    """Rows of a `slow_model` input that keep one ONNX Runtime thread busy for
+    about `seconds` on this machine (at least 64), calibrated by a timed run."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    probe = np.ones((64, width), np.float32)
+    session.run(None, {"x": probe})  # warm-up
+    started = time.perf_counter()
+    session.run(None, {"x": probe})
+    return max(64, int(seconds / ((time.perf_counter() - started) / 64)))

@@ -51,10 +51,14 @@ from gateway.routing.cache import (
     json_key,
     tensor_key,
 )
-from gateway.observe.metrics import COST, TOKENS
+from gateway.observe.metrics import COST, TOKENS, FastChildren, fast_inc
 from gateway.routing.router import Route
 
 T = TypeVar("T")
+
+# Counted once per vendor answer: bound per label set (tenants are configured names).
+_tokens = FastChildren(TOKENS, fast_inc)
+_cost = FastChildren(COST, fast_inc)
 
 
 log = logging.getLogger("gateway.service")
@@ -367,8 +371,8 @@ class InferenceService:
     def _account(self, entry: ModelEntry, ctx: RequestContext, usage: Usage | None) -> None:
         backend = ctx.backend or ""
         if usage is not None:
-            TOKENS.labels(entry.name, backend, "input").inc(usage.prompt_tokens)
-            TOKENS.labels(entry.name, backend, "output").inc(usage.completion_tokens)
+            _tokens(entry.name, backend, "input")(usage.prompt_tokens)
+            _tokens(entry.name, backend, "output")(usage.completion_tokens)
             if self.ratelimit is not None and ctx.tenant is not None and usage.total_tokens:
                 # Off the caller's path: the answer is ready, the quota catches up.
                 task = asyncio.get_running_loop().create_task(
@@ -379,7 +383,7 @@ class InferenceService:
         if price is not None:
             cost = price.of(usage)
             ctx.cost_usd = cost
-            COST.labels(entry.name, backend, ctx.tenant or "").inc(cost)
+            _cost(entry.name, backend, ctx.tenant or "")(cost)
 
 
 # Fields that change how an answer is delivered or billed, not what it says.

@@ -26,7 +26,7 @@ import orjson
 import xxhash
 
 from gateway.core.datatypes import NUMPY_DTYPES, datatype_of
-from gateway.observe.metrics import CACHE_LOCAL_BYTES, CACHE_REQUESTS
+from gateway.observe.metrics import CACHE_LOCAL_BYTES, CACHE_REQUESTS, FastChildren, fast_inc
 
 V = TypeVar("V")
 
@@ -195,8 +195,11 @@ class ResponseCache:
         return None
 
 
+_lookups = FastChildren(CACHE_REQUESTS, fast_inc)  # on every lookup: bound per label set
+
+
 def _count(model: str, tier: str, result: str) -> None:
-    CACHE_REQUESTS.labels(model, tier, result).inc()
+    _lookups(model, tier, result)(1)
 
 
 def count_local_hit(model: str) -> None:
@@ -204,7 +207,7 @@ def count_local_hit(model: str) -> None:
 
 
 def count_bypass(model: str) -> None:
-    CACHE_REQUESTS.labels(model, "none", "bypass").inc()
+    _count(model, "none", "bypass")
 
 
 # -- keys ------------------------------------------------------------------------

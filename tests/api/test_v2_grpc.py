@@ -28,7 +28,7 @@ from gateway.api.proto import grpc_predict_v2_pb2 as pb
 from gateway.api.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.conftest import DIGITS_MODEL, GatewayProcess, digits_config, free_port, start_gateway
 from tests.metrics_reader import value
-from tests.onnx_models import ONNX_ELEMENT, identity_model, slow_model
+from tests.onnx_models import ONNX_ELEMENT, identity_model, rows_lasting, slow_model
 
 DATATYPES = sorted(ONNX_ELEMENT)
 WIDTH = 256  # the slow model's row width
@@ -46,18 +46,6 @@ class Served:
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.grpc_url)
-
-
-def long_rows_for(path) -> int:  # type: ignore[no-untyped-def]
-    """Rows that keep the slow model busy for about LONG_RUN_S on this machine."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    probe = np.ones((64, WIDTH), np.float32)
-    session.run(None, {"x": probe})
-    started = time.perf_counter()
-    session.run(None, {"x": probe})
-    return max(64, int(LONG_RUN_S / ((time.perf_counter() - started) / 64)))
 
 
 # Every test runs on both gRPC engines: the threaded server handing calls to the
@@ -96,7 +84,7 @@ def served(request: pytest.FixtureRequest,
     grpc_port = free_port()
     # start_gateway passes --grpc-port 0 first; argparse keeps the last one.
     process = start_gateway(config, workdir, "--grpc-port", str(grpc_port))
-    yield Served(process, grpc_port, long_rows_for(slow))
+    yield Served(process, grpc_port, rows_lasting(slow, WIDTH, LONG_RUN_S))
     alive = process.process.poll() is None
     process.stop()
     assert alive, f"the gateway died during the tests:\n{process.logs()}"

@@ -17,7 +17,7 @@ import pytest
 from tests.api.http_helpers import Reply, post
 from tests.conftest import DIGITS_MODEL, GatewayProcess, start_gateway
 from tests.metrics_reader import value
-from tests.onnx_models import slow_model
+from tests.onnx_models import rows_lasting, slow_model
 
 WIDTH = 256
 LONG_RUN_S = 1.5  # how long the "long batch" holds the only execution slot
@@ -36,16 +36,7 @@ def digits_backend(**extra: object) -> dict:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, int]]:
     workdir = tmp_path_factory.mktemp("limits")
     path = slow_model(workdir / "slow.onnx", WIDTH)
-    # Calibrate on this machine: rows that keep the model busy for LONG_RUN_S.
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    probe = np.ones((64, WIDTH), np.float32)
-    session.run(None, {"x": probe})
-    started = time.perf_counter()
-    session.run(None, {"x": probe})
-    per_row = (time.perf_counter() - started) / 64
-    long_rows = max(64, int(LONG_RUN_S / per_row))
+    long_rows = rows_lasting(path, WIDTH, LONG_RUN_S)  # calibrated on this machine
     config = {
         "server": {"max_request_bytes": 64 << 20},
         "backends": {
