@@ -68,7 +68,9 @@ def create_app(runtime: Runtime, on_startup: Callable[[], None] | None = None,
             await grpc.stop()
         await manager.stop()
         await manager.runtime.close()  # the running config's, whichever reload it came from
-        tracing.flush()  # now: uvicorn ends the process by re-raising SIGTERM, so no atexit
+        # Now, on the loop its last batches are posted from: uvicorn ends the process
+        # by re-raising SIGTERM, so there is no atexit.
+        await tracing.flush_async()
 
     return create_http_app(
         runtime.service,

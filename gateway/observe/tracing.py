@@ -18,18 +18,19 @@ apply: `OTEL_SERVICE_NAME` (default "inference-gateway") and
 sampler (the SDK's, asked once per request: children follow their request),
 `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE` and
 `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` the batching, `OTEL_EXPORTER_OTLP_*` the OTLP
-exporter (see otlp.py).
+exporter (see otlp_export.py).
 
 Why not the SDK's Tracer: its spans cost about 20 us each to create and 30 us
 each to encode for OTLP (its exporter), on the one core that also serves
 requests, and a request has five or six: tracing cut throughput by 60%. Here a
-span is a small object (`Span`) while it runs and a plain tuple once it ends;
-the request's span is parented explicitly through `RequestContext.span` (a
+span is a small object (`Span`) while it runs and a plain tuple once it ends
+(span_record.py), whose bounded parts are shared: the request path gathers
+values and leaves names and attributes to the encoder. The request's span is parented explicitly through `RequestContext.span` (a
 transport runs the pipeline in a task of its own) and only an attempt is made
 current (a ContextVar) for the backend code beneath it. Finished spans are
 batched (trace_export.Recorder); a batch becomes the SDK's `ReadableSpan`s for
 an SDK exporter (console, in-memory) or is encoded straight to OTLP protobuf
-(`otlp`, see otlp.py), and one thread sends it.
+(`otlp`, see otlp.py) and posted from the event loop (otlp_export.py).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from gateway.observe.otlp import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER
+from gateway.observe.span_record import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER
 from gateway.observe.trace_export import Recorder, readable_spans
 
 log = logging.getLogger("gateway.observe.tracing")
@@ -55,9 +56,6 @@ DEFAULT_SERVICE_NAME = "inference-gateway"
 EXPORTER_ENV = "OTEL_TRACES_EXPORTER"
 SERVICE_NAME_ENV = "OTEL_SERVICE_NAME"
 SCOPE = "gateway"
-
-# Request span names per model kind: "infer digits", "chat.completions chat".
-_OPERATIONS = {"tensor": "infer", "chat": "chat.completions", "embeddings": "embeddings"}
 
 V = TypeVar("V")
 
@@ -76,42 +74,43 @@ _CURRENT: ContextVar["Span | None"] = ContextVar("gateway_trace_span", default=N
 class Span:
     """A span being recorded: what OTLP carries and nothing more. Only sampled
     spans are recorded; a request that is not sampled keeps one unsampled span
-    so that its trace id and decision still reach logs and vendors."""
+    so that its trace id and decision still reach logs and vendors. Ids are
+    bytes, as span_record.py says."""
 
     __slots__ = ("name", "trace_id", "span_id", "parent_id", "remote_parent", "kind",
                  "start_ns", "end_ns", "attributes", "error", "trace_state", "sampled")
 
-    def __init__(self, name: str, parent: "Span", kind: int = KIND_INTERNAL,
-                 attributes: dict[str, Any] | None = None, start_ns: int = 0) -> None:
+    def __init__(self, name: str | None, trace_id: bytes, parent_id: bytes | None,
+                 trace_state: str, sampled: bool, kind: int = KIND_INTERNAL,
+                 attributes: Any = None, start_ns: int = 0) -> None:
         self.name = name
-        self.trace_id = parent.trace_id
-        self.span_id = _ids.getrandbits(64) or 1
-        self.parent_id = parent.span_id
+        self.trace_id = trace_id
+        self.span_id = (_ids.getrandbits(64) or 1).to_bytes(8, "big")
+        self.parent_id = parent_id
         self.remote_parent = False
         self.kind = kind
         self.start_ns = start_ns or time.time_ns()
         self.end_ns = 0
         self.attributes = attributes
         self.error: str | None = None
-        self.trace_state = parent.trace_state
-        self.sampled = parent.sampled
+        self.trace_state = trace_state
+        self.sampled = sampled
 
     def is_recording(self) -> bool:
         return self.sampled
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if self.attributes is None:
+        attributes = self.attributes
+        if attributes is None:
             self.attributes = {key: value}
         else:
-            self.attributes[key] = value
+            if type(attributes) is tuple:  # bounded pairs: now one more value
+                attributes = self.attributes = dict(attributes)
+            attributes[key] = value
 
     def fail(self, error: Any) -> None:
         """Mark the span failed: `error` is a GatewayError or a reason word."""
-        if isinstance(error, str):
-            reason, message = error, error
-        else:
-            reason = getattr(error, "reason", None) or type(error).__name__
-            message = getattr(error, "message", None) or str(error) or reason
+        reason, message = _reason(error)
         self.set_attribute("gateway.error.reason", reason)
         self.error = message
 
@@ -123,15 +122,57 @@ class Span:
                 recorder.add(self.record())
 
     def record(self) -> tuple[Any, ...]:
-        """The finished span as the exporters take it: a plain tuple of plain
-        values, which the garbage collector stops tracking (a Span object waiting
-        for export would be promoted to the old generation and cost collections)."""
+        """The finished span as the exporters take it (span_record.py): a plain
+        tuple of plain values, which the garbage collector stops tracking (a Span
+        object waiting for export would be promoted to the old generation and
+        cost collections)."""
         return (self.name, self.trace_id, self.span_id, self.parent_id, self.remote_parent,
                 self.kind, self.start_ns, self.end_ns, self.attributes, self.error,
                 self.trace_state, None)
 
     def traceparent(self) -> str:
-        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
+        return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-{'01' if self.sampled else '00'}"
+
+
+def _child(name: str, parent: Span, kind: int = KIND_INTERNAL, attributes: Any = None) -> Span:
+    return Span(name, parent.trace_id, parent.span_id, parent.trace_state, parent.sampled, kind,
+                attributes)
+
+
+def _reason(error: Any) -> tuple[str, str]:
+    """The reason word and status message of a GatewayError, an exception or a
+    reason word."""
+    if isinstance(error, str):
+        return error, error
+    reason = getattr(error, "reason", None) or type(error).__name__
+    return reason, getattr(error, "message", None) or str(error) or reason
+
+
+class _Bounded:
+    """Attribute pairs of bounded variety (a backend, an outcome), made once per
+    combination of values: span_record.py lets an encoder keep the encoding of
+    such a tuple, and a span waiting for export holds no pairs of its own."""
+
+    __slots__ = ("keys", "made")
+
+    def __init__(self, *keys: str) -> None:
+        self.keys = keys
+        self.made: dict[tuple[Any, ...], tuple[tuple[str, Any], ...]] = {}
+
+    def __call__(self, *values: Any) -> tuple[tuple[str, Any], ...]:
+        pairs = self.made.get(values)
+        if pairs is None:
+            pairs = tuple(zip(self.keys, values))
+            if len(self.made) < 4096:  # new names after reloads: bounded all the same
+                self.made[values] = pairs
+        return pairs
+
+
+_backend_pairs = _Bounded("gateway.backend")
+_attempt_pairs = _Bounded("gateway.backend", "gateway.outcome")
+_failed_attempt_pairs = _Bounded("gateway.backend", "gateway.outcome", "gateway.error.reason")
+_cache_pairs = _Bounded("gateway.cache")
+_reason_pairs = _Bounded("gateway.error.reason")
 
 
 # -- set-up ---------------------------------------------------------------------------
@@ -168,13 +209,16 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
     name = service_name or os.environ.get(SERVICE_NAME_ENV) or DEFAULT_SERVICE_NAME
     resource = Resource.create({"service.name": name})  # + OTEL_RESOURCE_ATTRIBUTES
     if choice == "otlp":
-        from gateway.observe.otlp import Encoder, OtlpHttpExporter
+        from gateway.observe.otlp import Encoder, encode_span
+        from gateway.observe.otlp_export import OtlpHttpExporter
 
         otlp = OtlpHttpExporter()
-        encode: Callable[[list[Any]], Any] = Encoder(resource.attributes, SCOPE,
-                                                     __version__).encode
+        # Spans are encoded as they end; a batch is their bytes, wrapped.
+        encode: Callable[[Any], Any] = Encoder(resource.attributes, SCOPE, __version__).wrap
+        each: Callable[[tuple[Any, ...]], bytes] | None = encode_span
         send: Callable[[Any], Any] = otlp.send
         close: Callable[[], None] = otlp.close
+        post: Callable[[Any], Awaitable[Any]] | None = otlp.post
         described = f"otlp to {otlp.endpoint}"
     else:
         if choice == "console":
@@ -184,7 +228,7 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
             exporter = ConsoleSpanExporter(
                 out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
         encode = readable_spans(resource, SCOPE, __version__)
-        send, close = exporter.export, exporter.shutdown
+        send, close, post, each = exporter.export, exporter.shutdown, None, None
         described = type(exporter).__name__
     # The SDK's sampler, as OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG say.
     from opentelemetry.sdk.trace.sampling import DEFAULT_ON
@@ -194,7 +238,7 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
     _propagator = TraceContextTextMapPropagator()
     _get_span = trace.get_current_span
     _SERVER_KIND = trace.SpanKind.SERVER
-    _recorder = Recorder(encode, send, close, bool(batch))
+    _recorder = Recorder(encode, send, close, bool(batch), post, each)
     ENABLED = True
     log.info("tracing on: service %s, exporter %s, sampler %s", name, described,
              _sampler.get_description())
@@ -202,9 +246,16 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
 
 
 def flush() -> None:
-    """Export the spans still pending (a no-op while off)."""
+    """Export the spans still pending (a no-op while off), blocking."""
     if _recorder is not None:
         _recorder.flush()
+
+
+async def flush_async() -> None:
+    """Export the spans still pending and those in flight, on the serving loop:
+    what the gateway does as it stops (a no-op while off)."""
+    if _recorder is not None:
+        await _recorder.flush_async()
 
 
 def shutdown() -> None:
@@ -243,7 +294,7 @@ def trace_id_of(ctx: Any) -> str | None:
     the gateway exports none), else None."""
     span = ctx.span
     if span is not None:
-        return f"{span.trace_id:032x}"
+        return span.trace_id.hex()
     headers = ctx.headers
     if headers is None:
         return None
@@ -261,44 +312,38 @@ def trace_id_of(ctx: Any) -> str | None:
 # -- the request span and its children (call only when ENABLED) ---------------------
 
 
-class _Root:
-    """The parent of a request span: the caller's span context, or nothing."""
-
-    __slots__ = ("trace_id", "span_id", "trace_state", "sampled")
-
-
 def request_span(ctx: Any) -> Span:
     """The request's span, started (back at the request's arrival) on first use."""
     span = ctx.span
     if span is not None:
         return span
-    parent = _Root()
     context = ctx.trace_parent
     caller = _get_span(context).get_span_context() if context is not None else None
     if caller is not None and caller.is_valid:
-        parent.trace_id, parent.span_id = caller.trace_id, caller.span_id
+        trace_id, parent_id = caller.trace_id, caller.span_id.to_bytes(8, "big")
     else:
-        parent.trace_id, parent.span_id, caller = _ids.getrandbits(128) or 1, 0, None
+        trace_id, parent_id, caller = _ids.getrandbits(128) or 1, None, None
     if _follows_parent:  # the default sampler: no need to ask it
-        parent.sampled = caller is None or caller.trace_flags.sampled
+        sampled = caller is None or caller.trace_flags.sampled
         state = caller.trace_state if caller is not None else None
     else:
-        decision = _sampler.should_sample(context, parent.trace_id, ctx.protocol, _SERVER_KIND)
-        parent.sampled = decision.decision.is_sampled()
+        decision = _sampler.should_sample(context, trace_id, ctx.protocol, _SERVER_KIND)
+        sampled = decision.decision.is_sampled()
         state = decision.trace_state
-    parent.trace_state = state.to_header() if state else ""
-    span = ctx.span = Span(ctx.protocol, parent, KIND_SERVER,  # type: ignore[arg-type]
-                           start_ns=time.time_ns() - int((time.perf_counter() - ctx.started) * 1e9))
+    span = ctx.span = Span(
+        None, trace_id.to_bytes(16, "big"), parent_id, state.to_header() if state else "",
+        sampled, KIND_SERVER,
+        start_ns=time.time_ns() - int((time.perf_counter() - ctx.started) * 1e9))
     span.remote_parent = caller is not None and caller.is_remote
     return span
 
 
 def start(ctx: Any, name: str) -> Span:
     """A child span of the request's span; end it with `end` (or its `end()`)."""
-    parent = request_span(ctx)
+    parent = ctx.span or request_span(ctx)
     if not parent.sampled:
         return parent  # nothing to record; its end() records nothing
-    return Span(name, parent)
+    return _child(name, parent)
 
 
 def step(ctx: Any, name: str, start_ns: int, error: Any = None) -> None:
@@ -308,15 +353,11 @@ def step(ctx: Any, name: str, start_ns: int, error: Any = None) -> None:
     parent = ctx.span or request_span(ctx)
     if not parent.sampled:
         return
-    attributes = message = None
-    if error is not None:
-        if isinstance(error, str):
-            reason = message = error
-        else:
-            reason = getattr(error, "reason", None) or type(error).__name__
-            message = getattr(error, "message", None) or str(error) or reason
-        attributes = {"gateway.error.reason": reason}
-    _child_record(name, parent, start_ns, time.time_ns(), attributes, message)
+    if error is None:
+        _child_record(name, parent, start_ns, time.time_ns(), None)
+    else:
+        reason, message = _reason(error)
+        _child_record(name, parent, start_ns, time.time_ns(), _reason_pairs(reason), message)
 
 
 def end(span: Span, error: Any = None) -> None:
@@ -326,63 +367,43 @@ def end(span: Span, error: Any = None) -> None:
     span.end()
 
 
-class RequestAttributes(dict):  # type: ignore[type-arg]
-    """A request span's attributes, and `bounded`: the values of all but the
-    request id when they are of bounded variety (None when one is not, e.g. a
-    cost), the key under which the OTLP encoder keeps them encoded."""
-
-    __slots__ = ("bounded",)
-
-
 def finish_request(ctx: Any, code: int, kind: str | None) -> None:
-    """Name, describe and end the request's span once the transport answered."""
+    """End the request's span once the transport answered. Its name and
+    attributes are left to the encoder (span_record.describe_request): here
+    they are only gathered."""
     span = ctx.span or request_span(ctx)
-    if not span.sampled:
+    recorder = _recorder
+    if not span.sampled or recorder is None or span.end_ns:
         return
-    operation = _OPERATIONS.get(kind or "") or ("openai" if ctx.protocol == "openai" else "infer")
-    span.name = f"{operation} {ctx.model}" if ctx.model else operation
-    attributes = span.attributes = RequestAttributes()
-    attributes["gateway.protocol"] = ctx.protocol
-    attributes["gateway.request_id"] = ctx.request_id
-    attributes["gateway.status_code"] = code
-    attributes["gateway.cache"] = ctx.cache
-    attributes["gateway.attempts"] = ctx.attempts
-    attributes.bounded = None if ctx.cost_usd is not None else (
-        ctx.protocol, code, ctx.cache, ctx.attempts, ctx.model, ctx.backend, ctx.tenant)
-    if ctx.model is not None:
-        attributes["gateway.model"] = ctx.model
-    if ctx.backend is not None:
-        attributes["gateway.backend"] = ctx.backend
-    if ctx.tenant is not None:
-        attributes["gateway.tenant"] = ctx.tenant
-    if ctx.cost_usd is not None:
-        attributes["gateway.cost_usd"] = ctx.cost_usd
-    if code >= 500:
-        span.error = f"answered {code}"
-    span.end()
+    span.end_ns = time.time_ns()
+    recorder.add((None, span.trace_id, span.span_id, span.parent_id, span.remote_parent,
+                  KIND_SERVER, span.start_ns, span.end_ns,
+                  (kind, ctx.protocol, code, ctx.cache, ctx.attempts, ctx.model, ctx.backend,
+                   ctx.tenant, ctx.request_id, ctx.cost_usd),
+                  f"answered {code}" if code >= 500 else None, span.trace_state, None))
 
 
 class Attempt:
     """One backend attempt's span, current while the backend works (so the queue,
     the batcher and vendor calls below it find their parent)."""
 
-    __slots__ = ("span", "_token")
+    __slots__ = ("span", "backend", "_token")
 
     def __init__(self, ctx: Any, backend: str) -> None:
         parent = ctx.span or request_span(ctx)
-        self.span = Span(f"attempt {backend}", parent, attributes={"gateway.backend": backend}) \
-            if parent.sampled else parent
+        self.span = _child(f"attempt {backend}", parent) if parent.sampled else parent
+        self.backend = backend
         self._token = _CURRENT.set(self.span)
 
     def end(self, outcome: str, error: Any = None) -> None:
         _CURRENT.reset(self._token)
         span = self.span
         if span.sampled:
-            span.set_attribute("gateway.outcome", outcome)
-            if error is not None:
-                span.fail(error)
-            elif outcome != "ok":
-                span.fail(outcome)
+            if error is None and outcome == "ok":
+                span.attributes = _attempt_pairs(self.backend, outcome)
+            else:
+                reason, span.error = _reason(outcome if error is None else error)
+                span.attributes = _failed_attempt_pairs(self.backend, outcome, reason)
             span.end()
 
 
@@ -406,7 +427,7 @@ class CacheLookup:
             nonlocal open_
             if open_:
                 open_ = False
-                span.set_attribute("gateway.cache", "miss")
+                span.attributes = _cache_pairs("miss")
                 span.end()
             return await compute()
 
@@ -417,7 +438,7 @@ class CacheLookup:
                 end(span, exc if hasattr(exc, "message") else type(exc).__name__)
             raise
         if open_:
-            span.set_attribute("gateway.cache", result)
+            span.attributes = _cache_pairs(result)
             span.end()
         return value, result
 
@@ -434,22 +455,20 @@ def queued() -> tuple[Span, int] | None:
     return parent, time.time_ns()
 
 
-def _child_record(name: str, parent: Span, start_ns: int, end_ns: int,
-                  attributes: dict[str, Any] | None, error: str | None = None,
-                  links: list[tuple[int, int]] | None = None) -> None:
+def _child_record(name: str, parent: Span, start_ns: int, end_ns: int, attributes: Any,
+                  error: str | None = None, links: list[tuple[bytes, bytes]] | None = None) -> None:
     """Record a finished child span straight away (no Span object: these are
     recorded on the request path)."""
     recorder = _recorder
     if recorder is not None:
-        recorder.add((name, parent.trace_id, _ids.getrandbits(64) or 1, parent.span_id, False,
-                      KIND_INTERNAL, start_ns, end_ns, attributes, error, parent.trace_state,
-                      links))
+        recorder.add((name, parent.trace_id, (_ids.getrandbits(64) or 1).to_bytes(8, "big"),
+                      parent.span_id, False, KIND_INTERNAL, start_ns, end_ns, attributes, error,
+                      parent.trace_state, links))
 
 
 def queue_waited(handle: tuple[Span, int], backend: str) -> None:
     """The request left the queue for execution: record its wait."""
-    _child_record("queue wait", handle[0], handle[1], time.time_ns(),
-                  {"gateway.backend": backend})
+    _child_record("queue wait", handle[0], handle[1], time.time_ns(), _backend_pairs(backend))
 
 
 def executed(handles: list[tuple[Span, int] | None], started_ns: int, backend: str,
@@ -461,6 +480,7 @@ def executed(handles: list[tuple[Span, int] | None], started_ns: int, backend: s
     traced = [handle[0] for handle in handles if handle is not None]
     if not traced:
         return
+    # A dict: batch sizes vary too much for the encoder to keep each combination.
     attributes = {"gateway.backend": backend, "gateway.batch.rows": rows,
                   "gateway.batch.requests": len(handles)}
     message = None
@@ -489,7 +509,7 @@ class VendorCall:
             return  # not within a request's attempt: nothing to continue
         carried = parent
         if parent.sampled:
-            carried = self.span = Span(f"POST {path}", parent, KIND_CLIENT, attributes={
+            carried = self.span = _child(f"POST {path}", parent, KIND_CLIENT, attributes={
                 "gateway.backend": backend, "http.request.method": "POST", "url.path": path})
         self.headers["traceparent"] = carried.traceparent()
         if carried.trace_state:

@@ -292,7 +292,7 @@ def test_a_batch_is_one_execution_span_linked_from_every_request(
 
 
 def spans_of_two_requests(spans: InMemorySpanExporter) -> list[tuple[Any, ...]]:
-    """The gateway's own span records of a cached tensor request, a chat
+    """The gateway's own span records of a cached tensor request (twice), a chat
     fallback and a batch of requests (what the OTLP encoder receives), with the
     caller's tracestate and the batch's links."""
     recorded: list[tuple[Any, ...]] = []
@@ -317,6 +317,9 @@ def spans_of_two_requests(spans: InMemorySpanExporter) -> list[tuple[Any, ...]]:
             async with gateway(config) as gw:
                 headers = {"traceparent": TRACEPARENT, "tracestate": "vendor=1,other=x"}
                 await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY, headers=headers)
+                await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY,
+                                     headers={"traceparent": TRACEPARENT,
+                                              "x-request-id": "caller-chosen-id"})
                 await gw.client.post("/v1/chat/completions", json={
                     "model": "chat", "messages": [{"role": "user", "content": "hi"}]})
                 await asyncio.gather(*(gw.client.post("/v2/models/batched/infer", json=DIGITS_BODY)
@@ -338,6 +341,11 @@ def test_otlp_encoding_matches_the_sdk_encoder(spans: InMemorySpanExporter) -> N
     assert len(recorded) == len(readable) > 10
     # error, tracestate, links
     assert any(r[9] for r in recorded) and any(r[10] for r in recorded) and any(r[11] for r in recorded)
+    # request spans: with and without a caller's span, with a cost, of two request id lengths
+    requests = [r for r in recorded if r[0] is None]
+    assert any(r[3] is None for r in requests) and any(r[3] and not r[10] for r in requests)
+    assert any(r[8][-1] is not None for r in requests)
+    assert len({len(r[8][-2]) for r in requests}) > 1
     ours = ExportTraceServiceRequest.FromString(encode_request(
         recorded, readable[0].resource.attributes, tracing.SCOPE, __version__))
     assert ours == encode_spans(readable)
@@ -379,7 +387,7 @@ def test_otlp_export_reaches_a_collector(monkeypatch: pytest.MonkeyPatch) -> Non
                 reply = await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY,
                                              headers={"traceparent": TRACEPARENT})
                 assert reply.status_code == 200
-            tracing.flush()  # what a served gateway does as it stops
+            await tracing.flush_async()  # what a served gateway does as it stops
 
     try:
         asyncio.run(run())
