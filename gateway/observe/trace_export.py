@@ -80,32 +80,39 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+# Answered requests are turned into span records this many at a time: in one
+# pass the code and data stay in the CPU's caches, which a request's own path
+# does not leave them in.
+_RENDER_ITEMS = 32
+
+
 class Recorder:
     """Where finished spans go.
 
+    It is given answered request spans (with their descendants) and lone span
+    records; `expand` turns those into records (span_record.py), 32 at a time.
     Batched as the SDK's BatchSpanProcessor batches: a batch is sent after
     OTEL_BSP_SCHEDULE_DELAY ms or as soon as it holds
     OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans; at most OTEL_BSP_MAX_QUEUE_SIZE spans
-    wait, the excess is dropped. With `encode_span` (OTLP) each span is encoded
-    as it ends, into its batch's bytes: a record then lives for microseconds
-    instead of until its batch is sent, which spares the garbage collector and
-    keeps the encoding cache-warm (about a fifth of tracing's cost on the
-    digits benchmark). Otherwise (the SDK's exporters) a batch keeps the
-    records and `encode` turns them into what the exporter takes.
+    wait, the excess is dropped. With `encode_span` (OTLP) records are encoded
+    as they are made, into their batch's bytes, and `encode` wraps those;
+    otherwise (the SDK's exporters) a batch keeps the records and `encode`
+    turns them into what the exporter takes.
 
     An exporter that can post from the loop (`post`: OTLP) sends there, one
     batch at a time. Otherwise (the SDK's exporters, spans ended off the loop,
     a synchronous flush) one thread sends. The gateway serves from one core,
     where a thread that did more than wait on I/O would cost more in GIL
-    hand-offs than its work. Unbatched (tests), each span is exported as it
-    ends.
+    hand-offs than its work. Unbatched (tests), each is exported as it comes.
     """
 
     def __init__(self, encode: Callable[[Any], Any], send: Callable[[Any], Any],
-                 close: Callable[[], None], batch: bool,
+                 close: Callable[[], None], batch: bool, *,
+                 expand: Callable[[list[Any]], list[tuple[Any, ...]]] = list,
                  post: Callable[[Any], Awaitable[Any]] | None = None,
                  encode_span: Callable[[tuple[Any, ...]], bytes] | None = None) -> None:
         self._encode = encode
+        self._expand = expand
         self._encode_span = encode_span
         self._send = send
         self._close = close
@@ -114,11 +121,14 @@ class Recorder:
         self._max_queue = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
         self._max_batch = min(self._max_queue, _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
         self._delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000.0
+        self._items: list[Any] = []  # as given, not expanded yet
+        self._items_spans = 0  # how many spans they make
         self._open: Any = self._new_batch()  # records, or their encoding (encode_span)
         self._open_count = 0
         self._full: list[Any] = []  # closed batches waiting to be sent
-        self._waiting = 0  # spans in the open and the full batches
+        self._waiting = 0  # spans given and not sent yet
         self._timer: Any = None  # the loop's handle of the next hand-over
+        self._due_now = False  # that hand-over is for full batches, without delay
         self._posting: asyncio.Task[None] | None = None  # the batches in flight on the loop
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-export")
         self._sending: list[Future[Any]] = []
@@ -128,40 +138,69 @@ class Recorder:
     def _new_batch(self) -> Any:
         return bytearray() if self._encode_span is not None else []
 
-    def add(self, record: tuple[Any, ...]) -> None:
+    def add(self, item: Any, spans: int = 1) -> None:
+        """Take an answered request span (`spans`: it and its descendants) or a
+        span record."""
         if not self._batch:
-            self._export(self._encode([record] if self._encode_span is None
-                                      else self._encode_span(record)))
+            records = self._expand([item])
+            if self._encode_span is not None:
+                self._export(self._encode(b"".join(map(self._encode_span, records))))
+            else:
+                self._export(self._encode(records))
             return
-        if self._waiting >= self._max_queue:
+        if self._waiting + spans > self._max_queue:
             if not self.dropped:
                 log.warning("tracing: the export queue is full (OTEL_BSP_MAX_QUEUE_SIZE %d): "
                             "dropping spans", self._max_queue)
-            self.dropped += 1
+            self.dropped += spans
             return
-        if self._encode_span is not None:
-            try:
-                self._open += self._encode_span(record)
-            except Exception:  # a span that cannot be encoded must not fail its request
-                log.exception("tracing: encoding a span failed: %r", record[0])
+        items = self._items
+        items.append(item)
+        self._waiting += spans
+        self._items_spans += spans
+        if len(items) >= _RENDER_ITEMS or self._items_spans + self._open_count >= self._max_batch:
+            self._render()
+        full = bool(self._full)
+        if (self._timer is not None and not full) or (full and self._posting is not None):
+            return  # due in time, or the batches in flight take the full ones next
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # ended off the event loop: send what is full now
+            if full:
+                self._hand_over(everything=False)
+            return
+        if self._timer is not None:
+            if self._due_now:
                 return
-        else:
-            self._open.append(record)
-        self._waiting += 1
-        self._open_count += 1
-        full = self._open_count >= self._max_batch
-        if full:
-            self._close_open()
-        if self._timer is None or full:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # ended off the event loop: send what is full now
-                if full:
-                    self._hand_over()
-                return
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = loop.call_later(0 if full else self._delay_s, self._drain)
+            self._timer.cancel()
+        self._due_now = full
+        self._timer = loop.call_later(0 if full else self._delay_s, self._drain)
+
+    def _render(self) -> None:
+        """Expand the items given so far into the open batch, closing it each
+        time it is full."""
+        items, self._items, self._items_spans = self._items, [], 0
+        try:
+            records = self._expand(items)
+        except Exception:
+            log.exception("tracing: %d answered request(s) could not be recorded", len(items))
+            return
+        encode_span = self._encode_span
+        start = 0
+        while start < len(records):
+            chunk = records[start:start + self._max_batch - self._open_count]
+            start += len(chunk)
+            if encode_span is None:
+                self._open.extend(chunk)
+            else:
+                try:
+                    self._open += b"".join([encode_span(r) for r in chunk])
+                except Exception:
+                    log.exception("tracing: encoding %d span(s) failed", len(chunk))
+                    continue
+            self._open_count += len(chunk)
+            if self._open_count >= self._max_batch:
+                self._close_open()
 
     def _close_open(self) -> None:
         if self._open_count:
@@ -169,11 +208,12 @@ class Recorder:
             self._open, self._open_count = self._new_batch(), 0
 
     def _drain(self) -> None:
-        self._timer = None
+        everything = not self._due_now  # the delay is over; else only full batches go
+        self._timer, self._due_now = None, False
         if self._post is None:
-            self._hand_over()
+            self._hand_over(everything)
         elif self._posting is None:
-            payloads = self._take(all_=True)
+            payloads = self._take(all_=everything)
             if payloads:
                 self._posting = asyncio.get_running_loop().create_task(self._post_all(payloads))
         # else the batches in flight take the full ones when they are done
@@ -201,7 +241,7 @@ class Recorder:
         batches in flight on the loop are not waited for: see `flush_async`)."""
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+            self._timer, self._due_now = None, False
         for future in self._hand_over():
             future.result()
 
@@ -212,7 +252,7 @@ class Recorder:
             await self._posting
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+            self._timer, self._due_now = None, False
         if self._post is None:
             for future in self._hand_over():
                 await asyncio.wrap_future(future)
@@ -221,12 +261,13 @@ class Recorder:
                 await self._post_one(payload)
 
     def _take(self, all_: bool) -> list[Any]:
-        """The full batches (and with `all_` the open one too), as payloads."""
+        """The full batches as payloads; with `all_` everything waiting."""
         with self._lock:
             if all_:
+                self._render()
                 self._close_open()
             batches, self._full = self._full, []
-            self._waiting = self._open_count
+            self._waiting = self._items_spans + self._open_count
         payloads = []
         for batch in batches:
             try:
@@ -235,9 +276,10 @@ class Recorder:
                 log.exception("tracing: encoding a batch of spans failed")
         return payloads
 
-    def _hand_over(self) -> list[Future[Any]]:
-        """Everything waiting, for the sender thread; returns what is being sent."""
-        payloads = self._take(all_=True)
+    def _hand_over(self, everything: bool = True) -> list[Future[Any]]:
+        """The full batches (and with `everything` the rest too) for the sender
+        thread; returns what is being sent."""
+        payloads = self._take(all_=everything)
         with self._lock:
             self._sending = [f for f in self._sending if not f.done()]
             self._sending += [self._sender.submit(self._export, p) for p in payloads]

@@ -68,21 +68,29 @@ _SERVER_KIND: Any = None
 _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)  # a forked worker draws its own ids
 # The attempt span the current task works for (read by queues and vendor calls).
-_CURRENT: ContextVar["Span | None"] = ContextVar("gateway_trace_span", default=None)
+_CURRENT: ContextVar[Any] = ContextVar("gateway_trace_span", default=None)
 
 
 class Span:
     """A span being recorded: what OTLP carries and nothing more. Only sampled
     spans are recorded; a request that is not sampled keeps one unsampled span
     so that its trace id and decision still reach logs and vendors. Ids are
-    bytes, as span_record.py says."""
+    bytes, as span_record.py says.
+
+    A request's span gathers the rows of its finished descendants
+    (`children`) and goes to the recorder once, as it ends: the request path
+    only appends small tuples, and the recorder turns whole requests into span
+    records in batches (`expand`), where the work runs with warm caches. A
+    descendant that ends after its request is recorded on its own."""
 
     __slots__ = ("name", "trace_id", "span_id", "parent_id", "remote_parent", "kind",
-                 "start_ns", "end_ns", "attributes", "error", "trace_state", "sampled")
+                 "start_ns", "end_ns", "attributes", "error", "trace_state", "sampled",
+                 "request", "children")
 
     def __init__(self, name: str | None, trace_id: bytes, parent_id: bytes | None,
                  trace_state: str, sampled: bool, kind: int = KIND_INTERNAL,
-                 attributes: Any = None, start_ns: int = 0) -> None:
+                 attributes: Any = None, start_ns: int = 0,
+                 request: "Span | None" = None) -> None:
         self.name = name
         self.trace_id = trace_id
         self.span_id = (_ids.getrandbits(64) or 1).to_bytes(8, "big")
@@ -95,6 +103,8 @@ class Span:
         self.error: str | None = None
         self.trace_state = trace_state
         self.sampled = sampled
+        self.request = request  # the request span gathering this one (None: it is one)
+        self.children: list[tuple[Any, ...]] | None = None
 
     def is_recording(self) -> bool:
         return self.sampled
@@ -117,15 +127,17 @@ class Span:
     def end(self, end_ns: int = 0) -> None:
         if self.sampled and not self.end_ns:
             self.end_ns = end_ns or time.time_ns()
-            recorder = _recorder
-            if recorder is not None:
-                recorder.add(self.record())
+            request = self.request
+            if request is not None:
+                _gather(request, (self.name, self.span_id, self.parent_id, self.kind,
+                                  self.start_ns, self.end_ns, self.attributes, self.error, None))
+            else:  # a request span ended before it was answered: alone
+                recorder = _recorder
+                if recorder is not None:
+                    recorder.add(self.record())
 
     def record(self) -> tuple[Any, ...]:
-        """The finished span as the exporters take it (span_record.py): a plain
-        tuple of plain values, which the garbage collector stops tracking (a Span
-        object waiting for export would be promoted to the old generation and
-        cost collections)."""
+        """The span as the exporters take it (span_record.py)."""
         return (self.name, self.trace_id, self.span_id, self.parent_id, self.remote_parent,
                 self.kind, self.start_ns, self.end_ns, self.attributes, self.error,
                 self.trace_state, None)
@@ -134,9 +146,59 @@ class Span:
         return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-{'01' if self.sampled else '00'}"
 
 
-def _child(name: str, parent: Span, kind: int = KIND_INTERNAL, attributes: Any = None) -> Span:
+def _child(name: str, parent: Any, kind: int = KIND_INTERNAL, attributes: Any = None) -> Span:
     return Span(name, parent.trace_id, parent.span_id, parent.trace_state, parent.sampled, kind,
-                attributes)
+                attributes, request=parent.request or parent)
+
+
+# A descendant's row, as its request span gathers it:
+#   (name, span_id or None (drawn when expanded), parent_id, kind, start_ns, end_ns,
+#    attributes, error, links)
+
+
+def _gather(request: Span, row: tuple[Any, ...]) -> None:
+    """Keep a finished descendant's row with its request span, or record it at
+    once when the request has been answered already (a hedged attempt, a
+    vendor call that outlived its caller)."""
+    if not request.end_ns:
+        children = request.children
+        if children is None:
+            request.children = [row]
+        else:
+            children.append(row)
+        return
+    recorder = _recorder
+    if recorder is not None:
+        recorder.add(_row_record(request, row))
+
+
+def _row_record(request: Span, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    name, span_id, parent_id, kind, start_ns, end_ns, attributes, error, links = row
+    return (name, request.trace_id, span_id or (_ids.getrandbits(64) or 1).to_bytes(8, "big"),
+            parent_id, False, kind, start_ns, end_ns, attributes, error, request.trace_state,
+            links)
+
+
+def expand(items: list[Any]) -> list[tuple[Any, ...]]:
+    """Span records (span_record.py) of what the recorder was given: answered
+    request spans, each with its descendants, and records."""
+    records: list[tuple[Any, ...]] = []
+    append = records.append
+    draw = _ids.getrandbits
+    for item in items:
+        if type(item) is tuple:
+            append(item)
+            continue
+        trace_id, state = item.trace_id, item.trace_state
+        append((None, trace_id, item.span_id, item.parent_id, item.remote_parent, KIND_SERVER,
+                item.start_ns, item.end_ns, item.attributes, item.error, state, None))
+        if item.children:
+            for name, span_id, parent_id, kind, start_ns, end_ns, attributes, error, links \
+                    in item.children:
+                append((name, trace_id, span_id or (draw(64) or 1).to_bytes(8, "big"),
+                        parent_id, False, kind, start_ns, end_ns, attributes, error, state,
+                        links))
+    return records
 
 
 def _reason(error: Any) -> tuple[str, str]:
@@ -238,7 +300,8 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
     _propagator = TraceContextTextMapPropagator()
     _get_span = trace.get_current_span
     _SERVER_KIND = trace.SpanKind.SERVER
-    _recorder = Recorder(encode, send, close, bool(batch), post, each)
+    _recorder = Recorder(encode, send, close, bool(batch), expand=expand, post=post,
+                         encode_span=each)
     ENABLED = True
     log.info("tracing on: service %s, exporter %s, sampler %s", name, described,
              _sampler.get_description())
@@ -335,6 +398,7 @@ def request_span(ctx: Any) -> Span:
         sampled, KIND_SERVER,
         start_ns=time.time_ns() - int((time.perf_counter() - ctx.started) * 1e9))
     span.remote_parent = caller is not None and caller.is_remote
+    span.children = []
     return span
 
 
@@ -350,14 +414,20 @@ def step(ctx: Any, name: str, start_ns: int, error: Any = None) -> None:
     """Record a finished child span of the request's span that ran from
     `start_ns` (time.time_ns()) until now: for steps with nothing beneath them
     (validation), no Span object is made."""
-    parent = ctx.span or request_span(ctx)
-    if not parent.sampled:
+    request = ctx.span or request_span(ctx)
+    if not request.sampled:
         return
     if error is None:
-        _child_record(name, parent, start_ns, time.time_ns(), None)
+        row = (name, None, request.span_id, KIND_INTERNAL, start_ns, time.time_ns(), None, None,
+               None)
     else:
         reason, message = _reason(error)
-        _child_record(name, parent, start_ns, time.time_ns(), _reason_pairs(reason), message)
+        row = (name, None, request.span_id, KIND_INTERNAL, start_ns, time.time_ns(),
+               _reason_pairs(reason), message, None)
+    if request.end_ns:
+        _gather(request, row)
+    else:
+        request.children.append(row)  # type: ignore[union-attr]
 
 
 def end(span: Span, error: Any = None) -> None:
@@ -368,43 +438,77 @@ def end(span: Span, error: Any = None) -> None:
 
 
 def finish_request(ctx: Any, code: int, kind: str | None) -> None:
-    """End the request's span once the transport answered. Its name and
-    attributes are left to the encoder (span_record.describe_request): here
-    they are only gathered."""
+    """End the request's span once the transport answered, and hand it to the
+    recorder with its descendants. Its name and attributes are left to the
+    encoder (span_record.describe_request): here they are only gathered."""
     span = ctx.span or request_span(ctx)
     recorder = _recorder
     if not span.sampled or recorder is None or span.end_ns:
         return
     span.end_ns = time.time_ns()
-    recorder.add((None, span.trace_id, span.span_id, span.parent_id, span.remote_parent,
-                  KIND_SERVER, span.start_ns, span.end_ns,
-                  (kind, ctx.protocol, code, ctx.cache, ctx.attempts, ctx.model, ctx.backend,
-                   ctx.tenant, ctx.request_id, ctx.cost_usd),
-                  f"answered {code}" if code >= 500 else None, span.trace_state, None))
+    span.attributes = (kind, ctx.protocol, code, ctx.cache, ctx.attempts, ctx.model, ctx.backend,
+                       ctx.tenant, ctx.request_id, ctx.cost_usd)
+    if code >= 500:
+        span.error = f"answered {code}"
+    children = span.children
+    recorder.add(span, 1 + len(children) if children else 1)
 
 
 class Attempt:
     """One backend attempt's span, current while the backend works (so the queue,
-    the batcher and vendor calls below it find their parent)."""
+    the batcher and vendor calls below it find their parent). It is its own
+    span-in-progress: an attempt is on every request's path, so it is kept to
+    the few fields a parent needs and one row at its end."""
 
-    __slots__ = ("span", "backend", "_token")
+    __slots__ = ("trace_id", "span_id", "trace_state", "sampled", "request", "start_ns",
+                 "backend", "_token")
 
     def __init__(self, ctx: Any, backend: str) -> None:
-        parent = ctx.span or request_span(ctx)
-        self.span = _child(f"attempt {backend}", parent) if parent.sampled else parent
+        request = ctx.span or request_span(ctx)
+        self.request = request
+        self.trace_id = request.trace_id
+        self.trace_state = request.trace_state
+        self.sampled = request.sampled
         self.backend = backend
-        self._token = _CURRENT.set(self.span)
+        if request.sampled:
+            self.span_id = (_ids.getrandbits(64) or 1).to_bytes(8, "big")
+            self.start_ns = time.time_ns()
+            self._token = _CURRENT.set(self)
+        else:  # below it, the request's unsampled span carries the decision on
+            self._token = _CURRENT.set(request)
+
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-01"
 
     def end(self, outcome: str, error: Any = None) -> None:
         _CURRENT.reset(self._token)
-        span = self.span
-        if span.sampled:
-            if error is None and outcome == "ok":
-                span.attributes = _attempt_pairs(self.backend, outcome)
-            else:
-                reason, span.error = _reason(outcome if error is None else error)
-                span.attributes = _failed_attempt_pairs(self.backend, outcome, reason)
-            span.end()
+        if not self.sampled:
+            return
+        backend = self.backend
+        message = None
+        if error is None and outcome == "ok":
+            attributes = _attempt_pairs(backend, outcome)
+        else:
+            reason, message = _reason(outcome if error is None else error)
+            attributes = _failed_attempt_pairs(backend, outcome, reason)
+        name = _attempt_names.get(backend) or _attempt_name(backend)
+        request = self.request
+        row = (name, self.span_id, request.span_id, KIND_INTERNAL, self.start_ns, time.time_ns(),
+               attributes, message, None)
+        if request.end_ns:
+            _gather(request, row)
+        else:
+            request.children.append(row)  # type: ignore[union-attr]
+
+
+_attempt_names: dict[str, str] = {}
+
+
+def _attempt_name(backend: str) -> str:
+    name = f"attempt {backend}"
+    if len(_attempt_names) < 4096:
+        _attempt_names[backend] = name
+    return name
 
 
 class CacheLookup:
@@ -446,7 +550,7 @@ class CacheLookup:
 # -- local backends: queue wait and batch execution -----------------------------------
 
 
-def queued() -> tuple[Span, int] | None:
+def queued() -> tuple[Any, int] | None:
     """Called as a request joins a backend's queue: its attempt's span and the
     time, or None when nothing is recorded for it."""
     parent = _CURRENT.get()
@@ -455,23 +559,19 @@ def queued() -> tuple[Span, int] | None:
     return parent, time.time_ns()
 
 
-def _child_record(name: str, parent: Span, start_ns: int, end_ns: int, attributes: Any,
-                  error: str | None = None, links: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Record a finished child span straight away (no Span object: these are
-    recorded on the request path)."""
-    recorder = _recorder
-    if recorder is not None:
-        recorder.add((name, parent.trace_id, (_ids.getrandbits(64) or 1).to_bytes(8, "big"),
-                      parent.span_id, False, KIND_INTERNAL, start_ns, end_ns, attributes, error,
-                      parent.trace_state, links))
-
-
-def queue_waited(handle: tuple[Span, int], backend: str) -> None:
+def queue_waited(handle: tuple[Any, int], backend: str) -> None:
     """The request left the queue for execution: record its wait."""
-    _child_record("queue wait", handle[0], handle[1], time.time_ns(), _backend_pairs(backend))
+    attempt = handle[0]
+    request = attempt.request or attempt
+    row = ("queue wait", None, attempt.span_id, KIND_INTERNAL, handle[1], time.time_ns(),
+           _backend_pairs(backend), None, None)
+    if request.end_ns:
+        _gather(request, row)
+    else:
+        request.children.append(row)
 
 
-def executed(handles: list[tuple[Span, int] | None], started_ns: int, backend: str,
+def executed(handles: list[tuple[Any, int] | None], started_ns: int, backend: str,
              rows: int, error: Any = None) -> None:
     """A batch ran from `started_ns` until now: one span, as OpenTelemetry models
     work done for many requests at once. Its parent is the attempt of the
@@ -488,8 +588,9 @@ def executed(handles: list[tuple[Span, int] | None], started_ns: int, backend: s
         attributes["gateway.error.reason"] = getattr(error, "reason", None) or "error"
         message = getattr(error, "message", None) or str(error)
     links = [(span.trace_id, span.span_id) for span in traced[1:]] or None
-    _child_record("batch execution", traced[0], started_ns, time.time_ns(), attributes, message,
-                  links)
+    first = traced[0]
+    _gather(first.request or first, ("batch execution", None, first.span_id, KIND_INTERNAL,
+                                     started_ns, time.time_ns(), attributes, message, links))
 
 
 # -- vendor calls ---------------------------------------------------------------------
