@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpc-channels", type=int, default=1,
                         help="grpc: channels (HTTP/2 connections) the closed loops share "
                              "(default %(default)s)")
-    parser.add_argument("--observability-rounds", type=int, default=3,
+    parser.add_argument("--observability-rounds", type=int, default=5,
                         help="observability: alternating rounds per variant (default %(default)s)")
     parser.add_argument("--observability-duration", type=float, default=5.0,
                         help="observability: measured seconds per round (default %(default)s)")

@@ -99,6 +99,7 @@ class InferenceService:
         self.audit = audit
         self.ratelimit = ratelimit
         self._rng = random.Random()
+        self._observe_failures = 0
         # Shadow calls run detached; held here so they are not collected mid-flight.
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
@@ -124,11 +125,17 @@ class InferenceService:
             self.slo.record(ctx.model, total, availability_of(code))
         if tracing.ENABLED or self.audit is not None:
             entry = self.models.get(ctx.model) if ctx.model is not None else None
-            if tracing.ENABLED:
-                tracing.finish_request(ctx, code, entry.kind if entry else None)
-            if self.audit is not None:
-                self.audit.record(ctx, code, total, entry.version if entry else None,
-                                  entry is not None and entry.audit_payload)
+            try:
+                if tracing.ENABLED:
+                    tracing.finish_request(ctx, code, entry.kind if entry else None)
+                if self.audit is not None:
+                    self.audit.record(ctx, code, total, entry.version if entry else None,
+                                      entry is not None and entry.audit_payload)
+            except Exception:  # the answer stands; its trace or record is what is lost
+                self._observe_failures += 1
+                if self._observe_failures & (self._observe_failures - 1) == 0:  # 1, 2, 4...
+                    log.exception("recording the trace or audit record of a request failed "
+                                  "(%d time(s) so far)", self._observe_failures)
 
     def model(self, name: str, version: str | None = None) -> ModelEntry:
         """The model called `name` (at `version`, if given), or NotFound."""

@@ -37,7 +37,7 @@ CONCURRENCY = 32
 BACKEND = "digits-cpu"
 
 
-def run_observability(settings: Settings, rounds: int = 3,
+def run_observability(settings: Settings, rounds: int = 5,
                       duration_s: float = 5.0) -> dict[str, Any]:
     print(f"observability: digits c={CONCURRENCY}, {rounds} alternating rounds of "
           f"{duration_s:g} s per variant", flush=True)
