@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,6 +71,34 @@ def readable_spans(resource: Any, scope_name: str, version: str) -> Callable[[li
         return [readable(r) for r in records]
 
     return readables
+
+
+def build_recorder(choice: str, exporter: Any, service_name: str, scope: str, batch: bool,
+                   expand: Callable[[list[Any]], list[tuple[Any, ...]]]) -> tuple["Recorder", str]:
+    """The recorder for `choice` ("otlp", "console", or "given": `exporter`, any
+    SDK SpanExporter), and a description of where it sends, for the log."""
+    from opentelemetry.sdk.resources import Resource
+
+    from gateway import __version__
+
+    resource = Resource.create({"service.name": service_name})  # + OTEL_RESOURCE_ATTRIBUTES
+    if choice == "otlp":
+        from gateway.observe.otlp import Encoder, encode_span
+        from gateway.observe.otlp_export import OtlpHttpExporter
+
+        otlp = OtlpHttpExporter()
+        # Spans are encoded as they are expanded; a batch is their bytes, wrapped.
+        wrap = Encoder(resource.attributes, scope, __version__).wrap
+        return Recorder(wrap, otlp.send, otlp.close, batch, expand=expand, post=otlp.post,
+                        encode_span=encode_span), f"otlp to {otlp.endpoint}"
+    if choice == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        # One line per span, so log collectors keep each span whole.
+        exporter = ConsoleSpanExporter(
+            out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
+    return Recorder(readable_spans(resource, scope, __version__), exporter.export,
+                    exporter.shutdown, batch, expand=expand), type(exporter).__name__
 
 
 def _env_int(name: str, default: int) -> int:

@@ -38,14 +38,13 @@ from __future__ import annotations
 import logging
 import os
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from gateway.observe.span_record import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER
-from gateway.observe.trace_export import Recorder, readable_spans
+from gateway.observe.trace_export import Recorder, build_recorder
 
 log = logging.getLogger("gateway.observe.tracing")
 
@@ -261,37 +260,12 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
             return False
         batch = True if batch is None else batch
     from opentelemetry import trace
-    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    from gateway import __version__
-
     shutdown()
     name = service_name or os.environ.get(SERVICE_NAME_ENV) or DEFAULT_SERVICE_NAME
-    resource = Resource.create({"service.name": name})  # + OTEL_RESOURCE_ATTRIBUTES
-    if choice == "otlp":
-        from gateway.observe.otlp import Encoder, encode_span
-        from gateway.observe.otlp_export import OtlpHttpExporter
-
-        otlp = OtlpHttpExporter()
-        # Spans are encoded as they end; a batch is their bytes, wrapped.
-        encode: Callable[[Any], Any] = Encoder(resource.attributes, SCOPE, __version__).wrap
-        each: Callable[[tuple[Any, ...]], bytes] | None = encode_span
-        send: Callable[[Any], Any] = otlp.send
-        close: Callable[[], None] = otlp.close
-        post: Callable[[Any], Awaitable[Any]] | None = otlp.post
-        described = f"otlp to {otlp.endpoint}"
-    else:
-        if choice == "console":
-            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-            # One line per span, so log collectors keep each span whole.
-            exporter = ConsoleSpanExporter(
-                out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
-        encode = readable_spans(resource, SCOPE, __version__)
-        send, close, post, each = exporter.export, exporter.shutdown, None, None
-        described = type(exporter).__name__
+    recorder, described = build_recorder(choice, exporter, name, SCOPE, bool(batch), expand)
     # The SDK's sampler, as OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG say.
     from opentelemetry.sdk.trace.sampling import DEFAULT_ON
 
@@ -300,8 +274,7 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
     _propagator = TraceContextTextMapPropagator()
     _get_span = trace.get_current_span
     _SERVER_KIND = trace.SpanKind.SERVER
-    _recorder = Recorder(encode, send, close, bool(batch), expand=expand, post=post,
-                         encode_span=each)
+    _recorder = recorder
     ENABLED = True
     log.info("tracing on: service %s, exporter %s, sampler %s", name, described,
              _sampler.get_description())
