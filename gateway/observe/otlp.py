@@ -91,7 +91,6 @@ def _key_value(key: str, value: Any) -> bytes:
 # only fill it once (request ids and costs are never kept):
 #   (key, value, type)               -> one attribute (field 9)
 #   (name,)                          -> a span name (field 5)
-#   (name, pairs, kind)              -> a child span's packer (see _child_packer)
 #   (RequestSummary's bounded part)  -> a request span's name and bounded attributes
 _cache: dict[tuple[Any, ...], Any] = {}
 _CACHE_SIZE = 4096
@@ -190,21 +189,27 @@ def _request_id_attribute(value: str) -> bytes:
     return b"\x4a" + (_SMALL[size] if size < 0x80 else _varint(size)) + pair
 
 
+# Child span packers by (name, id of the attributes, kind): the attribute pairs
+# of common spans are shared objects (tracing._Bounded), so their identity is
+# a cheaper key than their value. Each entry keeps its pairs alive, so an id
+# in use here is never another object's; `is` checks it is this one.
+_packers: dict[tuple[str, int, int], tuple[Any, ...]] = {}
+
+
 def _child_packer(name: str, pairs: tuple[tuple[str, Any], ...] | None, kind: int) -> Any:
     """The common child span (validate, attempt, queue wait, cache lookup: a
     parent, bounded attributes, no error, tracestate or links) is of a fixed
     layout per (name, attributes, kind): one struct packs the whole field, its
     tag, length, name and attributes included, from the ids and times."""
-    key = (name, pairs, kind)
-    packer = _cache.get(key)
-    if packer is None:
-        middle = _name(name) + _attributes(pairs) + bytes((0x30, kind, 0x39))
-        tail = _TAIL[False]
-        # ids 2+16, 2+8, 2+8; the middle; start 8; end 1+8; the tail
-        size = 38 + len(middle) + 17 + len(tail)
-        head = b"\x12" + _size(size) + b"\x0a\x10"
-        layout = struct.Struct(f"<{len(head)}s16s2s8s2s8s{len(middle)}sQBQ{len(tail)}s")
-        packer = _keep(key, (layout.pack, head, middle, tail))
+    middle = _name(name) + _attributes(pairs) + bytes((0x30, kind, 0x39))
+    tail = _TAIL[False]
+    # ids 2+16, 2+8, 2+8; the middle; start 8; end 1+8; the tail
+    size = 38 + len(middle) + 17 + len(tail)
+    head = b"\x12" + _size(size) + b"\x0a\x10"
+    layout = struct.Struct(f"<{len(head)}s16s2s8s2s8s{len(middle)}sQBQ{len(tail)}s")
+    packer = (layout.pack, head, middle, tail, pairs)
+    if len(_packers) < _CACHE_SIZE:
+        _packers[(name, id(pairs), kind)] = packer
     return packer
 
 
@@ -215,7 +220,10 @@ def encode_span(record: tuple[Any, ...]) -> bytes:
      error, trace_state, links) = record
     if parent_id is not None and name is not None and error is None and not trace_state \
             and links is None and (attributes is None or type(attributes) is tuple):
-        pack, head, middle, tail = _child_packer(name, attributes, kind)
+        packer = _packers.get((name, id(attributes), kind))
+        if packer is None or packer[4] is not attributes:
+            packer = _child_packer(name, attributes, kind)
+        pack, head, middle, tail, _ = packer
         return pack(head, trace_id, b"\x12\x08", span_id, b"\x22\x08", parent_id, middle,
                     start_ns, 0x41, end_ns, tail)
     if name is None and error is None and not trace_state and attributes[BOUNDED + 1] is None \
