@@ -271,12 +271,16 @@ class Encoder:
         self._scope = _field(b"\x0a", scope)
 
     def encode(self, records: Iterable[tuple[Any, ...]]) -> bytes:
-        return self.wrap(b"".join([encode_span(r) for r in records]))
+        return self.wrap([encode_span(r) for r in records])
 
-    def wrap(self, spans: bytes | bytearray) -> bytes:
-        """The request around spans encoded already (`encode_span`, concatenated)."""
-        scope_spans = self._scope + spans
-        return _field(b"\x0a", self._resource + _field(b"\x12", scope_spans))
+    def wrap(self, spans: list[bytes]) -> bytes:
+        """The request around spans encoded already (`encode_span`), in pieces:
+        the whole is copied once (a batch is tens of kilobytes)."""
+        scope_spans = len(self._scope) + sum(map(len, spans))
+        inner = _size(scope_spans)
+        resource_spans = len(self._resource) + 1 + len(inner) + scope_spans
+        return b"".join([b"\x0a", _size(resource_spans), self._resource, b"\x12", inner,
+                         self._scope, *spans])
 
 
 def encode_request(records: Iterable[tuple[Any, ...]], resource: Mapping[str, Any],

@@ -124,7 +124,7 @@ class Recorder:
     OTEL_BSP_SCHEDULE_DELAY ms or as soon as it holds
     OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans; at most OTEL_BSP_MAX_QUEUE_SIZE spans
     wait, the excess is dropped. With `encode_span` (OTLP) records are encoded
-    as they are made, into their batch's bytes, and `encode` wraps those;
+    as they are made, and `encode` wraps a batch's pieces of encoding;
     otherwise (the SDK's exporters) a batch keeps the records and `encode`
     turns them into what the exporter takes.
 
@@ -152,7 +152,7 @@ class Recorder:
         self._delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000.0
         self._items: list[Any] = []  # as given, not expanded yet
         self._items_spans = 0  # how many spans they make
-        self._open: Any = self._new_batch()  # records, or their encoding (encode_span)
+        self._open: list[Any] = []  # records, or pieces of their encoding
         self._open_count = 0
         self._full: list[Any] = []  # closed batches waiting to be sent
         self._waiting = 0  # spans given and not sent yet
@@ -164,16 +164,13 @@ class Recorder:
         self._lock = threading.Lock()
         self.dropped = 0
 
-    def _new_batch(self) -> Any:
-        return bytearray() if self._encode_span is not None else []
-
     def add(self, item: Any, spans: int = 1) -> None:
         """Take an answered request span (`spans`: it and its descendants) or a
         span record."""
         if not self._batch:
             records = self._expand([item])
             if self._encode_span is not None:
-                self._export(self._encode(b"".join(map(self._encode_span, records))))
+                self._export(self._encode([self._encode_span(r) for r in records]))
             else:
                 self._export(self._encode(records))
             return
@@ -223,7 +220,7 @@ class Recorder:
                 self._open.extend(chunk)
             else:
                 try:
-                    self._open += b"".join([encode_span(r) for r in chunk])
+                    self._open.append(b"".join([encode_span(r) for r in chunk]))
                 except Exception:
                     log.exception("tracing: encoding %d span(s) failed", len(chunk))
                     continue
@@ -234,7 +231,7 @@ class Recorder:
     def _close_open(self) -> None:
         if self._open_count:
             self._full.append(self._open)
-            self._open, self._open_count = self._new_batch(), 0
+            self._open, self._open_count = [], 0
 
     def _drain(self) -> None:
         everything = not self._due_now  # the delay is over; else only full batches go
