@@ -98,6 +98,7 @@ class OtlpHttpExporter:
         ).encode("latin-1")
         self._connection: http.client.HTTPConnection | None = None
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._stream_loop: asyncio.AbstractEventLoop | None = None
         self._failing = False
 
     # -- the retry policy, shared by both ways ------------------------------------------
@@ -148,9 +149,13 @@ class OtlpHttpExporter:
             raise
 
     async def _exchange(self, body: bytes) -> int:
+        loop = asyncio.get_running_loop()
+        if self._stream is not None and self._stream_loop is not loop:
+            self._drop_stream()  # opened on a loop that has ended (tests run several)
         if self._stream is None:
             self._stream = await asyncio.open_connection(
                 self._host, self._port, ssl=self._ssl, limit=_MAX_RESPONSE_HEAD)
+            self._stream_loop = loop
         reader, writer = self._stream
         writer.writelines((self._request_head, b"content-length: %d\r\n\r\n" % len(body), body))
         await writer.drain()
