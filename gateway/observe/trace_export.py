@@ -247,20 +247,31 @@ class Recorder:
     async def _post_all(self, payloads: list[Any]) -> None:
         try:
             while payloads:
-                for payload in payloads:
-                    await self._post_one(payload)
+                if not await self._post_each(payloads):
+                    break  # the collector is not taking them: what waits goes next time
                 payloads = self._take(all_=False)
         finally:
             self._posting = None
             if self._waiting and self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(self._delay_s, self._drain)
 
-    async def _post_one(self, payload: Any) -> None:
+    async def _post_each(self, payloads: list[Any]) -> bool:
+        """Post the payloads in turn; after one that could not be delivered (the
+        exporter has retried it within its timeout) the rest are dropped, so that
+        a collector that is down holds neither memory nor a stopping gateway."""
         assert self._post is not None
-        try:
-            await self._post(payload)
-        except Exception:  # an exporter's failure must not reach a request
-            log.exception("tracing: exporting spans failed")
+        for sent, payload in enumerate(payloads):
+            try:
+                delivered = await self._post(payload)
+            except Exception:  # an exporter's failure must not reach a request
+                log.exception("tracing: exporting spans failed")
+                delivered = False
+            if delivered is False:
+                if len(payloads) > sent + 1:
+                    log.warning("tracing: %d more batch(es) of spans dropped with it",
+                                len(payloads) - sent - 1)
+                return False
+        return True
 
     def flush(self) -> None:
         """Export everything waiting, and wait until it is sent (blocking;
@@ -283,8 +294,7 @@ class Recorder:
             for future in self._hand_over():
                 await asyncio.wrap_future(future)
         else:
-            for payload in self._take(all_=True):
-                await self._post_one(payload)
+            await self._post_each(self._take(all_=True))
 
     def _take(self, all_: bool) -> list[Any]:
         """The full batches as payloads; with `all_` everything waiting."""

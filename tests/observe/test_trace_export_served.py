@@ -91,3 +91,27 @@ def test_a_served_gateway_posts_its_spans_in_batches_and_at_shutdown(tmp_path: P
     for request in requests:
         children = {s.name for s in spans if s.parent_span_id == request.span_id}
         assert {"validate", "attempt digits-cpu"} <= children
+
+
+def test_a_collector_that_is_down_costs_one_warning_and_no_answer(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens there once closed
+    env = {"OTEL_TRACES_EXPORTER": "otlp",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+           "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(BATCH)}
+    gateway = start_gateway(digits_config(), tmp_path, env=env)
+    requests = 80  # some 50 batches: posting each at shutdown would take half a minute
+    try:
+        statuses = [infer(gateway.port) for _ in range(requests)]
+    finally:
+        gateway.stop()
+    assert statuses == [200] * requests
+    logs = gateway.logs()
+    assert "Traceback" not in logs
+    assert logs.count("OTLP export to") == 1 and "failed" in logs
+    # It stopped by itself on SIGTERM (killed after 10 s it would read -9).
+    assert gateway.process.returncode != -9
