@@ -82,7 +82,8 @@ def decode_infer_request(
                     f"input '{name}': binary_data_size {size} runs past the end of the body "
                     f"({len(binary) - offset} bytes of binary data left)"
                 )
-            inputs[name] = _decode_binary(name, datatype, shape, binary[offset : offset + size])
+            inputs[name] = decode_buffer(name, datatype, shape, binary[offset : offset + size],
+                                         _BINARY_SIZE)
             offset += size
         elif "data" in item:
             inputs[name] = _decode_json(name, datatype, shape, item["data"])
@@ -148,17 +149,24 @@ def _tensor_header(item: Any, index: int) -> tuple[str, str, tuple[int, ...], di
     return name, datatype, tuple(shape), _parameters(item, f"input '{name}'")
 
 
-def _decode_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
+_BINARY_SIZE = "binary_data_size is {size}"
+
+
+def decode_buffer(name: str, datatype: str, shape: tuple[int, ...], data: bytes | memoryview,
+                  mismatch: str, index: int = 0) -> np.ndarray:
+    """One input's tensor from its raw bytes (binary extension, gRPC raw contents).
+    `mismatch` says where the size came from when it is wrong, formatted with
+    `index` and `size` (e.g. "binary_data_size is {size}")."""
     count = math.prod(shape)
     if datatype == "BYTES":
-        return decode_bytes_elements(name, shape, count, raw)
+        return decode_bytes_elements(name, shape, count, memoryview(data))
     dtype = NUMPY_DTYPES[datatype]
-    if len(raw) != count * dtype.itemsize:
+    if len(data) != count * dtype.itemsize:
         raise InvalidInput(
-            f"input '{name}': {datatype} {format_shape(shape)} needs "
-            f"{count * dtype.itemsize} bytes, binary_data_size is {len(raw)}"
+            f"input '{name}': {datatype} {format_shape(shape)} needs {count * dtype.itemsize} "
+            f"bytes, {mismatch.format(index=index, size=len(data))}"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def decode_bytes_elements(

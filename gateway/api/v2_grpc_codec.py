@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from gateway.api.proto import grpc_predict_v2_pb2 as pb
-from gateway.api.v2_codec import decode_bytes_elements, encode_binary
+from gateway.api.v2_codec import decode_buffer, encode_binary
 from gateway.core.datatypes import DATATYPES, NUMPY_DTYPES, datatype_of
 from gateway.core.errors import InvalidInput
 from gateway.core.signature import format_shape
@@ -29,6 +29,7 @@ CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 _ALL_CONTENTS = tuple(sorted(set(CONTENTS_FIELD.values())))
+_RAW_SIZE = "raw_input_contents[{index}] has {size}"
 # What numpy reads each contents field as, before narrowing to the datatype.
 _FIELD_DTYPE = {
     "bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int32),
@@ -75,7 +76,8 @@ def decode_infer_request(request: pb.ModelInferRequest) -> tuple[InferRequest, b
                     f"input '{name}': has both 'contents' and raw_input_contents[{index}]: "
                     "send one of them"
                 )
-            inputs[name] = decode_raw(name, datatype, shape, raw_contents[index], index)
+            inputs[name] = decode_buffer(name, datatype, shape, raw_contents[index],
+                                         _RAW_SIZE, index)
         else:
             inputs[name] = decode_contents(name, datatype, shape, tensor)
     outputs = tuple(RequestedOutput(o.name) for o in request.outputs) if request.outputs else None
@@ -86,20 +88,6 @@ def decode_infer_request(request: pb.ModelInferRequest) -> tuple[InferRequest, b
         outputs=outputs, id=request.id or None, parameters=parameters,
     )
     return core, raw
-
-
-def decode_raw(name: str, datatype: str, shape: tuple[int, ...], data: bytes,
-               index: int) -> np.ndarray:
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        return decode_bytes_elements(name, shape, count, memoryview(data))
-    dtype = NUMPY_DTYPES[datatype]
-    if len(data) != count * dtype.itemsize:
-        raise InvalidInput(
-            f"input '{name}': {datatype} {format_shape(shape)} needs {count * dtype.itemsize} "
-            f"bytes, raw_input_contents[{index}] has {len(data)}"
-        )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def decode_contents(name: str, datatype: str, shape: tuple[int, ...],
