@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from gateway.observe.otlp_export import OtlpHttpExporter
+from tests.observe.collector import ThreadedCollector
 
 
 class Collector:
@@ -199,32 +200,11 @@ def test_a_header_that_cannot_be_sent_is_refused_at_start(
 
 
 def test_each_event_loop_gets_its_own_connection(endpoint: Callable[[int], None]) -> None:
-    import http.server
-    import threading
-
-    bodies: list[bytes] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            bodies.append(self.rfile.read(int(self.headers["content-length"])))
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        endpoint(server.server_port)
+    with ThreadedCollector() as collector:  # on a thread: it outlives both loops
+        endpoint(collector.port)
         exporter = OtlpHttpExporter()
         # The connection opened on the first loop cannot serve the second.
         assert asyncio.run(exporter.post(b"first loop")) is True
         assert asyncio.run(exporter.post(b"second loop")) is True
         exporter.close()
-    finally:
-        server.shutdown()
-    assert bodies == [b"first loop", b"second loop"]
+    assert collector.bodies == [b"first loop", b"second loop"]

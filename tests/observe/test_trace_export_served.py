@@ -4,8 +4,6 @@ serves, the rest as it stops, none lost and none answered with an error."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.conftest import digits_config, start_gateway
+from tests.observe.collector import ThreadedCollector
 
 BATCH = 8
 REQUESTS = 20
@@ -21,38 +20,9 @@ BODY = orjson.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": 
                                  "data": [0.5] * 64}]})
 
 
-class Collector:
-    """An OTLP/HTTP collector on a thread: keeps each export's spans."""
-
-    def __init__(self) -> None:
-        self.exports: list[list[Any]] = []
-        self.changed = threading.Condition()
-        collector = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as the exporter expects
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["content-length"]))
-                spans = [span for rs in ExportTraceServiceRequest.FromString(body).resource_spans
-                         for ss in rs.scope_spans for span in ss.spans]
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-                with collector.changed:
-                    collector.exports.append(spans)
-                    collector.changed.notify_all()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_port
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, exports: int, timeout_s: float = 30.0) -> bool:
-        with self.changed:
-            return self.changed.wait_for(lambda: len(self.exports) >= exports, timeout_s)
+def spans_of(body: bytes) -> list[Any]:
+    return [span for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+            for ss in rs.scope_spans for span in ss.spans]
 
 
 def infer(port: int) -> int:
@@ -64,7 +34,7 @@ def infer(port: int) -> int:
 
 
 def test_a_served_gateway_posts_its_spans_in_batches_and_at_shutdown(tmp_path: Path) -> None:
-    collector = Collector()
+    collector = ThreadedCollector()
     env = {"OTEL_TRACES_EXPORTER": "otlp",
            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(BATCH),
@@ -73,16 +43,17 @@ def test_a_served_gateway_posts_its_spans_in_batches_and_at_shutdown(tmp_path: P
     try:
         statuses = [infer(gateway.port) for _ in range(REQUESTS)]
         # Each request makes at least 4 spans: 20 requests fill more than 8 batches.
-        assert collector.wait_for(exports=8), gateway.logs()
-        while_serving = len(collector.exports)
+        assert collector.wait_for(posts=8), gateway.logs()
+        while_serving = len(collector.received)
     finally:
         gateway.stop()
-        collector.server.shutdown()
+        collector.close()
+    exports = [spans_of(body) for body in collector.bodies]
     assert statuses == [200] * REQUESTS
     assert "Traceback" not in gateway.logs()
-    assert all(len(spans) == BATCH for spans in collector.exports[:while_serving])
-    assert all(len(spans) <= BATCH for spans in collector.exports)
-    spans = [span for export in collector.exports for span in export]
+    assert all(len(spans) == BATCH for spans in exports[:while_serving])
+    assert all(len(spans) <= BATCH for spans in exports)
+    spans = [span for export in exports for span in export]
     requests = [span for span in spans if span.name == "infer digits"]
     assert len(requests) == REQUESTS
     traces = {span.trace_id for span in requests}

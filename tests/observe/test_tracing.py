@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.api.http_request import request_context
 from gateway.observe import tracing
+from tests.observe.collector import ThreadedCollector
 from tests.observe.inprocess import (
     DIGITS_BODY,
     VENDOR_KEY,
@@ -353,28 +354,12 @@ def test_otlp_encoding_matches_the_sdk_encoder(spans: InMemorySpanExporter) -> N
 
 def test_otlp_export_reaches_a_collector(monkeypatch: pytest.MonkeyPatch) -> None:
     import gzip
-    import http.server
-    import threading
 
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    received: list[tuple[str, dict[str, str], bytes]] = []
-
-    class Collector(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers["content-length"]))
-            received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    collector = ThreadedCollector()
     monkeypatch.setenv(tracing.EXPORTER_ENV, "otlp")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}/")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}/")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=gw%20test,authorization=Basic abc")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
     monkeypatch.setenv(tracing.SERVICE_NAME_ENV, "gw-under-test")
@@ -393,7 +378,8 @@ def test_otlp_export_reaches_a_collector(monkeypatch: pytest.MonkeyPatch) -> Non
         asyncio.run(run())
     finally:
         tracing.shutdown()
-        server.shutdown()
+        collector.close()
+    received = collector.received
     assert received
     path, headers, body = received[0]
     assert path == "/v1/traces"
