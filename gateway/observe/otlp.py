@@ -190,7 +190,7 @@ def _request_id_attribute(value: str) -> bytes:
 
 
 # Child span packers by (name, id of the attributes, kind): the attribute pairs
-# of common spans are shared objects (tracing._Bounded), so their identity is
+# of common spans are shared objects (spans.Bounded), so their identity is
 # a cheaper key than their value. Each entry keeps its pairs alive, so an id
 # in use here is never another object's; `is` checks it is this one.
 _packers: dict[tuple[str, int, int], tuple[Any, ...]] = {}

@@ -23,28 +23,38 @@ exporter (see otlp_export.py).
 Why not the SDK's Tracer: its spans cost about 20 us each to create and 30 us
 each to encode for OTLP (its exporter), on the one core that also serves
 requests, and a request has five or six: tracing cut throughput by 60%. Here a
-span is a small object (`Span`) while it runs and a plain tuple once it ends
-(span_record.py), whose bounded parts are shared: the request path gathers
-values and leaves names and attributes to the encoder. The request's span is parented explicitly through `RequestContext.span` (a
-transport runs the pipeline in a task of its own) and only an attempt is made
-current (a ContextVar) for the backend code beneath it. Finished spans are
-batched (trace_export.Recorder); a batch becomes the SDK's `ReadableSpan`s for
-an SDK exporter (console, in-memory) or is encoded straight to OTLP protobuf
-(`otlp`, see otlp.py) and posted from the event loop (otlp_export.py).
+request's span (spans.py) gathers small rows for its descendants and becomes
+plain tuples (span_record.py) in batches; the request path gathers values and
+leaves names and attributes to the encoder. The request's span is parented
+explicitly through `RequestContext.span` (a transport runs the pipeline in a
+task of its own) and only an attempt is made current (a ContextVar) for the
+backend code beneath it. Finished spans are batched (trace_export.Recorder);
+a batch becomes the SDK's `ReadableSpan`s for an SDK exporter (console,
+in-memory) or is encoded straight to OTLP protobuf (`otlp`, see otlp.py) and
+posted from the event loop (otlp_export.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from gateway.observe.span_record import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER
-from gateway.observe.trace_export import Recorder, build_recorder
+from gateway.observe import spans
+from gateway.observe.spans import (
+    Bounded,
+    Span,
+    child,
+    expand,
+    gather,
+    ids,
+    reason_of,
+)
+from gateway.observe.trace_export import build_recorder
 
 log = logging.getLogger("gateway.observe.tracing")
 
@@ -58,182 +68,20 @@ SCOPE = "gateway"
 
 V = TypeVar("V")
 
-_recorder: Recorder | None = None
 _sampler: Any = None
 _follows_parent = False  # the sampler is the default parentbased_always_on
 _propagator: Any = None
 _get_span: Any = None  # opentelemetry.trace.get_current_span
 _SERVER_KIND: Any = None
-_ids = random.Random()
-os.register_at_fork(after_in_child=_ids.seed)  # a forked worker draws its own ids
 # The attempt span the current task works for (read by queues and vendor calls).
 _CURRENT: ContextVar[Any] = ContextVar("gateway_trace_span", default=None)
 
 
-class Span:
-    """A span being recorded: what OTLP carries and nothing more. Only sampled
-    spans are recorded; a request that is not sampled keeps one unsampled span
-    so that its trace id and decision still reach logs and vendors. Ids are
-    bytes, as span_record.py says.
-
-    A request's span gathers the rows of its finished descendants
-    (`children`) and goes to the recorder once, as it ends: the request path
-    only appends small tuples, and the recorder turns whole requests into span
-    records in batches (`expand`), where the work runs with warm caches. A
-    descendant that ends after its request is recorded on its own."""
-
-    __slots__ = ("name", "trace_id", "span_id", "parent_id", "remote_parent", "kind",
-                 "start_ns", "end_ns", "attributes", "error", "trace_state", "sampled",
-                 "request", "children")
-
-    def __init__(self, name: str | None, trace_id: bytes, parent_id: bytes | None,
-                 trace_state: str, sampled: bool, kind: int = KIND_INTERNAL,
-                 attributes: Any = None, start_ns: int = 0,
-                 request: "Span | None" = None) -> None:
-        self.name = name
-        self.trace_id = trace_id
-        self.span_id = (_ids.getrandbits(64) or 1).to_bytes(8, "big")
-        self.parent_id = parent_id
-        self.remote_parent = False
-        self.kind = kind
-        self.start_ns = start_ns or time.time_ns()
-        self.end_ns = 0
-        self.attributes = attributes
-        self.error: str | None = None
-        self.trace_state = trace_state
-        self.sampled = sampled
-        self.request = request  # the request span gathering this one (None: it is one)
-        self.children: list[tuple[Any, ...]] | None = None
-
-    def is_recording(self) -> bool:
-        return self.sampled
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        attributes = self.attributes
-        if attributes is None:
-            self.attributes = {key: value}
-        else:
-            if type(attributes) is tuple:  # bounded pairs: now one more value
-                attributes = self.attributes = dict(attributes)
-            attributes[key] = value
-
-    def fail(self, error: Any) -> None:
-        """Mark the span failed: `error` is a GatewayError or a reason word."""
-        reason, message = _reason(error)
-        self.set_attribute("gateway.error.reason", reason)
-        self.error = message
-
-    def end(self, end_ns: int = 0) -> None:
-        if self.sampled and not self.end_ns:
-            self.end_ns = end_ns or time.time_ns()
-            request = self.request
-            if request is not None:
-                _gather(request, (self.name, self.span_id, self.parent_id, self.kind,
-                                  self.start_ns, self.end_ns, self.attributes, self.error, None))
-            else:  # a request span ended before it was answered: alone
-                recorder = _recorder
-                if recorder is not None:
-                    recorder.add(self.record())
-
-    def record(self) -> tuple[Any, ...]:
-        """The span as the exporters take it (span_record.py)."""
-        return (self.name, self.trace_id, self.span_id, self.parent_id, self.remote_parent,
-                self.kind, self.start_ns, self.end_ns, self.attributes, self.error,
-                self.trace_state, None)
-
-    def traceparent(self) -> str:
-        return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-{'01' if self.sampled else '00'}"
-
-
-def _child(name: str, parent: Any, kind: int = KIND_INTERNAL, attributes: Any = None) -> Span:
-    return Span(name, parent.trace_id, parent.span_id, parent.trace_state, parent.sampled, kind,
-                attributes, request=parent.request or parent)
-
-
-# A descendant's row, as its request span gathers it:
-#   (name, span_id or None (drawn when expanded), parent_id, kind, start_ns, end_ns,
-#    attributes, error, links)
-
-
-def _gather(request: Span, row: tuple[Any, ...]) -> None:
-    """Keep a finished descendant's row with its request span, or record it at
-    once when the request has been answered already (a hedged attempt, a
-    vendor call that outlived its caller)."""
-    if not request.end_ns:
-        children = request.children
-        if children is None:
-            request.children = [row]
-        else:
-            children.append(row)
-        return
-    recorder = _recorder
-    if recorder is not None:
-        recorder.add(_row_record(request, row))
-
-
-def _row_record(request: Span, row: tuple[Any, ...]) -> tuple[Any, ...]:
-    name, span_id, parent_id, kind, start_ns, end_ns, attributes, error, links = row
-    return (name, request.trace_id, span_id or (_ids.getrandbits(64) or 1).to_bytes(8, "big"),
-            parent_id, False, kind, start_ns, end_ns, attributes, error, request.trace_state,
-            links)
-
-
-def expand(items: list[Any]) -> list[tuple[Any, ...]]:
-    """Span records (span_record.py) of what the recorder was given: answered
-    request spans, each with its descendants, and records."""
-    records: list[tuple[Any, ...]] = []
-    append = records.append
-    draw = _ids.getrandbits
-    for item in items:
-        if type(item) is tuple:
-            append(item)
-            continue
-        trace_id, state = item.trace_id, item.trace_state
-        append((None, trace_id, item.span_id, item.parent_id, item.remote_parent, KIND_SERVER,
-                item.start_ns, item.end_ns, item.attributes, item.error, state, None))
-        if item.children:
-            for name, span_id, parent_id, kind, start_ns, end_ns, attributes, error, links \
-                    in item.children:
-                append((name, trace_id, span_id or (draw(64) or 1).to_bytes(8, "big"),
-                        parent_id, False, kind, start_ns, end_ns, attributes, error, state,
-                        links))
-    return records
-
-
-def _reason(error: Any) -> tuple[str, str]:
-    """The reason word and status message of a GatewayError, an exception or a
-    reason word."""
-    if isinstance(error, str):
-        return error, error
-    reason = getattr(error, "reason", None) or type(error).__name__
-    return reason, getattr(error, "message", None) or str(error) or reason
-
-
-class _Bounded:
-    """Attribute pairs of bounded variety (a backend, an outcome), made once per
-    combination of values: span_record.py lets an encoder keep the encoding of
-    such a tuple, and a span waiting for export holds no pairs of its own."""
-
-    __slots__ = ("keys", "made")
-
-    def __init__(self, *keys: str) -> None:
-        self.keys = keys
-        self.made: dict[tuple[Any, ...], tuple[tuple[str, Any], ...]] = {}
-
-    def __call__(self, *values: Any) -> tuple[tuple[str, Any], ...]:
-        pairs = self.made.get(values)
-        if pairs is None:
-            pairs = tuple(zip(self.keys, values))
-            if len(self.made) < 4096:  # new names after reloads: bounded all the same
-                self.made[values] = pairs
-        return pairs
-
-
-_backend_pairs = _Bounded("gateway.backend")
-_attempt_pairs = _Bounded("gateway.backend", "gateway.outcome")
-_failed_attempt_pairs = _Bounded("gateway.backend", "gateway.outcome", "gateway.error.reason")
-_cache_pairs = _Bounded("gateway.cache")
-_reason_pairs = _Bounded("gateway.error.reason")
+_backend_pairs = Bounded("gateway.backend")
+_attempt_pairs = Bounded("gateway.backend", "gateway.outcome")
+_failed_attempt_pairs = Bounded("gateway.backend", "gateway.outcome", "gateway.error.reason")
+_cache_pairs = Bounded("gateway.cache")
+_reason_pairs = Bounded("gateway.error.reason")
 
 
 # -- set-up ---------------------------------------------------------------------------
@@ -249,7 +97,7 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
     on stdout) or `none`. Calling it again replaces the previous set-up (whose
     spans are exported first).
     """
-    global ENABLED, _recorder, _sampler, _propagator, _get_span, _SERVER_KIND, _follows_parent
+    global ENABLED, _sampler, _propagator, _get_span, _SERVER_KIND, _follows_parent
     choice = "given"
     if exporter is None:
         choice = (os.environ.get(EXPORTER_ENV) or "none").strip().lower()
@@ -274,7 +122,7 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
     _propagator = TraceContextTextMapPropagator()
     _get_span = trace.get_current_span
     _SERVER_KIND = trace.SpanKind.SERVER
-    _recorder = recorder
+    spans.recorder = recorder
     ENABLED = True
     log.info("tracing on: service %s, exporter %s, sampler %s", name, described,
              _sampler.get_description())
@@ -283,22 +131,22 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
 
 def flush() -> None:
     """Export the spans still pending (a no-op while off), blocking."""
-    if _recorder is not None:
-        _recorder.flush()
+    if spans.recorder is not None:
+        spans.recorder.flush()
 
 
 async def flush_async() -> None:
     """Export the spans still pending and those in flight, on the serving loop:
     what the gateway does as it stops (a no-op while off)."""
-    if _recorder is not None:
-        await _recorder.flush_async()
+    if spans.recorder is not None:
+        await spans.recorder.flush_async()
 
 
 def shutdown() -> None:
     """Export what is pending and turn tracing off."""
-    global ENABLED, _recorder
+    global ENABLED
     ENABLED = False
-    recorder, _recorder = _recorder, None
+    recorder, spans.recorder = spans.recorder, None
     if recorder is not None:
         recorder.shutdown()
 
@@ -358,7 +206,7 @@ def request_span(ctx: Any) -> Span:
     if caller is not None and caller.is_valid:
         trace_id, parent_id = caller.trace_id, caller.span_id.to_bytes(8, "big")
     else:
-        trace_id, parent_id, caller = _ids.getrandbits(128) or 1, None, None
+        trace_id, parent_id, caller = ids.getrandbits(128) or 1, None, None
     if _follows_parent:  # the default sampler: no need to ask it
         sampled = caller is None or caller.trace_flags.sampled
         state = caller.trace_state if caller is not None else None
@@ -380,7 +228,7 @@ def start(ctx: Any, name: str) -> Span:
     parent = ctx.span or request_span(ctx)
     if not parent.sampled:
         return parent  # nothing to record; its end() records nothing
-    return _child(name, parent)
+    return child(name, parent)
 
 
 def step(ctx: Any, name: str, start_ns: int, error: Any = None) -> None:
@@ -394,11 +242,11 @@ def step(ctx: Any, name: str, start_ns: int, error: Any = None) -> None:
         row = (name, None, request.span_id, KIND_INTERNAL, start_ns, time.time_ns(), None, None,
                None)
     else:
-        reason, message = _reason(error)
+        reason, message = reason_of(error)
         row = (name, None, request.span_id, KIND_INTERNAL, start_ns, time.time_ns(),
                _reason_pairs(reason), message, None)
     if request.end_ns:
-        _gather(request, row)
+        gather(request, row)
     else:
         request.children.append(row)  # type: ignore[union-attr]
 
@@ -415,7 +263,7 @@ def finish_request(ctx: Any, code: int, kind: str | None) -> None:
     recorder with its descendants. Its name and attributes are left to the
     encoder (span_record.describe_request): here they are only gathered."""
     span = ctx.span or request_span(ctx)
-    recorder = _recorder
+    recorder = spans.recorder
     if not span.sampled or recorder is None or span.end_ns:
         return
     span.end_ns = time.time_ns()
@@ -444,7 +292,7 @@ class Attempt:
         self.sampled = request.sampled
         self.backend = backend
         if request.sampled:
-            self.span_id = (_ids.getrandbits(64) or 1).to_bytes(8, "big")
+            self.span_id = (ids.getrandbits(64) or 1).to_bytes(8, "big")  # new_span_id(), inlined
             self.start_ns = time.time_ns()
             self._token = _CURRENT.set(self)
         else:  # below it, the request's unsampled span carries the decision on
@@ -462,14 +310,14 @@ class Attempt:
         if error is None and outcome == "ok":
             attributes = _attempt_pairs(backend, outcome)
         else:
-            reason, message = _reason(outcome if error is None else error)
+            reason, message = reason_of(outcome if error is None else error)
             attributes = _failed_attempt_pairs(backend, outcome, reason)
         name = _attempt_names.get(backend) or _attempt_name(backend)
         request = self.request
         row = (name, self.span_id, request.span_id, KIND_INTERNAL, self.start_ns, time.time_ns(),
                attributes, message, None)
         if request.end_ns:
-            _gather(request, row)
+            gather(request, row)
         else:
             request.children.append(row)  # type: ignore[union-attr]
 
@@ -539,7 +387,7 @@ def queue_waited(handle: tuple[Any, int], backend: str) -> None:
     row = ("queue wait", None, attempt.span_id, KIND_INTERNAL, handle[1], time.time_ns(),
            _backend_pairs(backend), None, None)
     if request.end_ns:
-        _gather(request, row)
+        gather(request, row)
     else:
         request.children.append(row)
 
@@ -562,7 +410,7 @@ def executed(handles: list[tuple[Any, int] | None], started_ns: int, backend: st
         message = getattr(error, "message", None) or str(error)
     links = [(span.trace_id, span.span_id) for span in traced[1:]] or None
     first = traced[0]
-    _gather(first.request or first, ("batch execution", None, first.span_id, KIND_INTERNAL,
+    gather(first.request or first, ("batch execution", None, first.span_id, KIND_INTERNAL,
                                      started_ns, time.time_ns(), attributes, message, links))
 
 
@@ -583,7 +431,7 @@ class VendorCall:
             return  # not within a request's attempt: nothing to continue
         carried = parent
         if parent.sampled:
-            carried = self.span = _child(f"POST {path}", parent, KIND_CLIENT, attributes={
+            carried = self.span = child(f"POST {path}", parent, KIND_CLIENT, attributes={
                 "gateway.backend": backend, "http.request.method": "POST", "url.path": path})
         self.headers["traceparent"] = carried.traceparent()
         if carried.trace_state:

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.api.http_request import request_context
+from gateway.observe import spans as span_model
 from gateway.observe import tracing
 from tests.observe.collector import ThreadedCollector
 from tests.observe.inprocess import (
@@ -297,7 +298,7 @@ def spans_of_two_requests(spans: InMemorySpanExporter) -> list[tuple[Any, ...]]:
     fallback and a batch of requests (what the OTLP encoder receives), with the
     caller's tracestate and the batch's links."""
     recorded: list[tuple[Any, ...]] = []
-    recorder = tracing._recorder
+    recorder = span_model.recorder
     assert recorder is not None
     encode = recorder._encode
 
