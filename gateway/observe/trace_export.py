@@ -137,7 +137,7 @@ class Recorder:
 
     def __init__(self, encode: Callable[[Any], Any], send: Callable[[Any], Any],
                  close: Callable[[], None], batch: bool, *,
-                 expand: Callable[[list[Any]], list[tuple[Any, ...]]] = list,
+                 expand: Callable[[list[Any]], list[tuple[Any, ...]]],
                  post: Callable[[Any], Awaitable[Any]] | None = None,
                  encode_span: Callable[[tuple[Any, ...]], bytes] | None = None) -> None:
         self._encode = encode
