@@ -45,13 +45,6 @@ def datatype_of(array: np.ndarray) -> str:
     return name
 
 
-def element_size(datatype: str) -> int:
-    """Bytes per element of a fixed-width datatype (0 for BYTES)."""
-    if datatype == "BYTES":
-        return 0
-    return NUMPY_DTYPES[datatype].itemsize
-
-
 # ONNX Runtime's type strings (NodeArg.type) -> v2 names.
 ONNX_TYPES: dict[str, str] = {
     "tensor(bool)": "BOOL",

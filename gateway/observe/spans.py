@@ -64,9 +64,6 @@ class Span:
         self.request = request  # the request span gathering this one (None: it is one)
         self.children: list[tuple[Any, ...]] | None = None
 
-    def is_recording(self) -> bool:
-        return self.sampled
-
     def set_attribute(self, key: str, value: Any) -> None:
         attributes = self.attributes
         if attributes is None:

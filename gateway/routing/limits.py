@@ -124,10 +124,6 @@ class QueuedBackend:
     def ready(self) -> bool:
         return self.backend.ready()
 
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
     def busy(self) -> bool:
         """Requests waiting or executing: not yet safe to close."""
         return self._waiting > 0 or any(s is not None for s in self._running_since)

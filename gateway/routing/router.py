@@ -55,7 +55,6 @@ class Route:
         if weights is not None and len(weights) != len(attempts):
             raise ValueError("one weight per backend")
         self.attempts = tuple(attempts)
-        self._weights = weights
         self._cumulative = None
         if weights is not None:
             total, running = sum(weights), 0.0
