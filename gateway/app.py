@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from gateway.api.http_app import InferFastPath, create_http_app
 from gateway.api.grpc_server import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
+from gateway.api.http_app import InferFastPath, create_http_app
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.gcfreeze import freeze_long_lived
 from gateway.observe import tracing
+
 # The runtime is built in gateway.runtime; Runtime and build_runtime stay importable here.
 from gateway.runtime import Runtime, build_runtime
 
@@ -45,8 +46,9 @@ def check_config(path: str | os.PathLike[str]) -> tuple[LoadedConfig | None, lis
 READY_LINE = "gateway ready"
 
 
-def create_app(runtime: Runtime, on_startup: Callable[[], None] | None = None,
-               grpc: GrpcServer | None = None) -> InferFastPath:
+def create_app(
+    runtime: Runtime, on_startup: Callable[[], None] | None = None, grpc: GrpcServer | None = None
+) -> InferFastPath:
     """The ASGI app over `runtime`; with `grpc`, its lifespan also starts that
     gRPC server (on the app's event loop) and stops it before the backends close."""
     from gateway.reload import ConfigManager

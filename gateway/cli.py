@@ -18,10 +18,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve a config over HTTP (and gRPC)")
-    serve.add_argument("--config", help="config file (default: $GATEWAY_CONFIG, else config/gateway.yaml)")
+    serve.add_argument(
+        "--config", help="config file (default: $GATEWAY_CONFIG, else config/gateway.yaml)"
+    )
     serve.add_argument("--host", help="address to bind (default: server.host)")
     serve.add_argument("--http-port", type=int, help="HTTP port (default: server.http_port)")
-    serve.add_argument("--grpc-port", type=int, help="gRPC port, 0 disables (default: server.grpc_port)")
+    serve.add_argument(
+        "--grpc-port", type=int, help="gRPC port, 0 disables (default: server.grpc_port)"
+    )
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
 
     check = commands.add_parser("check", help="validate a config without serving")
@@ -29,9 +33,13 @@ def _parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="model artifacts")
     model_commands = models.add_subparsers(dest="models_command", required=True)
-    build = model_commands.add_parser("build", help="rebuild models/ artifacts (needs the train extra)")
+    build = model_commands.add_parser(
+        "build", help="rebuild models/ artifacts (needs the train extra)"
+    )
     build.add_argument("name", nargs="?", help="one model (default: all)")
-    build.add_argument("--models-dir", default=None, help="default: ./models, else beside the package")
+    build.add_argument(
+        "--models-dir", default=None, help="default: ./models, else beside the package"
+    )
     return parser
 
 
@@ -85,8 +93,10 @@ def _check(file: str) -> int:
         return 1
     assert loaded is not None
     config = loaded.config
-    print(f"{file}: ok ({len(config.models)} model(s), {len(config.backends)} backend(s), "
-          f"sha256 {loaded.sha256[:12]})")
+    print(
+        f"{file}: ok ({len(config.models)} model(s), {len(config.backends)} backend(s), "
+        f"sha256 {loaded.sha256[:12]})"
+    )
     return 0
 
 
@@ -104,7 +114,9 @@ def _build_models(name: str | None, models_dir: str | None) -> int:
         scripts = [s for s in scripts if s.parent.name == name]
         if not scripts:
             known = sorted(s.parent.name for s in root.glob("*/build.py"))
-            print(f"no build script for model '{name}' under {root} (known: {known})", file=sys.stderr)
+            print(
+                f"no build script for model '{name}' under {root} (known: {known})", file=sys.stderr
+            )
             return 1
     for script in scripts:
         log.info("building %s with %s", script.parent.name, script)
@@ -112,6 +124,9 @@ def _build_models(name: str | None, models_dir: str | None) -> int:
         # each script own its arguments.
         result = subprocess.run([sys.executable, str(script)], check=False)
         if result.returncode != 0:
-            print(f"building '{script.parent.name}' failed (exit {result.returncode})", file=sys.stderr)
+            print(
+                f"building '{script.parent.name}' failed (exit {result.returncode})",
+                file=sys.stderr,
+            )
             return result.returncode
     return 0

@@ -31,5 +31,8 @@ def freeze_long_lived() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-    log.debug("froze %d long-lived objects in %.1f ms", gc.get_freeze_count(),
-              (time.perf_counter() - started) * 1e3)
+    log.debug(
+        "froze %d long-lived objects in %.1f ms",
+        gc.get_freeze_count(),
+        (time.perf_counter() - started) * 1e3,
+    )

@@ -11,7 +11,8 @@ import asyncio
 import enum
 import logging
 import time
-from typing import Any, Awaitable, Callable, Literal, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -28,12 +29,16 @@ from gateway.observe.metrics import REGISTRY
 log = logging.getLogger("gateway.redis")
 
 REDIS_UP = Gauge(
-    "gateway_redis_up", "1 while the shared Redis answers, 0 while calls to it are skipped",
-    registry=REGISTRY, multiprocess_mode="livemin",
+    "gateway_redis_up",
+    "1 while the shared Redis answers, 0 while calls to it are skipped",
+    registry=REGISTRY,
+    multiprocess_mode="livemin",
 )
 REDIS_ERRORS = Counter(
-    "gateway_redis_errors_total", "Calls to the shared Redis that failed or ran out of time",
-    ["op"], registry=REGISTRY,
+    "gateway_redis_errors_total",
+    "Calls to the shared Redis that failed or ran out of time",
+    ["op"],
+    registry=REGISTRY,
 )
 
 T = TypeVar("T")
@@ -103,10 +108,17 @@ class SharedRedis:
     `clock` (seconds, monotonic) is injectable so tests can step the back-off.
     """
 
-    def __init__(self, url: str, *, timeout_ms: float = 5.0, probe_timeout_ms: float = 250.0,
-                 max_connections: int = 16, backoff_s: float = 1.0,
-                 max_backoff_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_ms: float = 5.0,
+        probe_timeout_ms: float = 250.0,
+        max_connections: int = 16,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         parse_url(url)  # a malformed URL is a config error, raised now, not per call
         self.url = url
         self.timeout_s = timeout_ms / 1000.0
@@ -153,17 +165,19 @@ class SharedRedis:
             await self._open_pool()
         return self._up is True
 
-    async def get(self, key: str) -> bytes | None | MaybeUnavailable:
+    async def get(self, key: str) -> bytes | MaybeUnavailable | None:
         """The value, None if the key does not exist, or UNAVAILABLE."""
         return await self._call("get", lambda r: r.get(key))
 
-    async def set(self, key: str, value: bytes | str | int | float,
-                  ttl_ms: int | None = None) -> bool | MaybeUnavailable:
+    async def set(
+        self, key: str, value: bytes | str | int | float, ttl_ms: int | None = None
+    ) -> bool | MaybeUnavailable:
         """Store `value` (expiring after `ttl_ms` if given): True, or UNAVAILABLE."""
         return await self._call("set", lambda r: _as_bool(r.set(key, value, px=ttl_ms)))
 
-    async def set_nx(self, key: str, value: bytes | str | int | float,
-                     ttl_ms: int) -> bool | MaybeUnavailable:
+    async def set_nx(
+        self, key: str, value: bytes | str | int | float, ttl_ms: int
+    ) -> bool | MaybeUnavailable:
         """Store only if `key` is absent — a lock that expires after `ttl_ms`.
 
         True: the caller holds it; False: someone else does; UNAVAILABLE: nobody
@@ -175,14 +189,16 @@ class SharedRedis:
         """Remove keys: how many existed, or UNAVAILABLE."""
         return await self._call("delete", lambda r: r.delete(*keys))
 
-    async def eval_script(self, script: str, keys: Sequence[str],
-                          args: Sequence[bytes | str | int | float]) -> Any | MaybeUnavailable:
+    async def eval_script(
+        self, script: str, keys: Sequence[str], args: Sequence[bytes | str | int | float]
+    ) -> Any | MaybeUnavailable:
         """Run a Lua script atomically: its reply, or UNAVAILABLE.
 
         Sent as EVALSHA (the script text only once per server: redis-py loads
         it again after a NOSCRIPT reply, e.g. when Redis restarted). Pass the
         same `script` string each time: it is the cache key.
         """
+
         def run(client: aioredis.Redis) -> Awaitable[Any]:
             registered = self._scripts.get(script)
             if registered is None:
@@ -204,8 +220,9 @@ class SharedRedis:
             await asyncio.gather(*self._closing, return_exceptions=True)
         self._up, self._retry_at = None, 0.0
 
-    async def _call(self, op: str, command: Callable[[aioredis.Redis], Awaitable[T]]
-                    ) -> T | MaybeUnavailable:
+    async def _call(
+        self, op: str, command: Callable[[aioredis.Redis], Awaitable[T]]
+    ) -> T | MaybeUnavailable:
         if not self._up:
             if not self.probing and self._clock() >= self._retry_at:
                 self._start_probe()
@@ -244,8 +261,12 @@ class SharedRedis:
             if self._up is False:  # a retry after the back-off
                 self._backoff = min(self._backoff * 2, self.max_backoff_s)
                 self._retry_at = self._clock() + self._backoff
-                log.debug("redis %s still unavailable (%s); next try in %.1f s",
-                          self._where, type(exc).__name__, self._backoff)
+                log.debug(
+                    "redis %s still unavailable (%s); next try in %.1f s",
+                    self._where,
+                    type(exc).__name__,
+                    self._backoff,
+                )
                 client = self._detach()
                 if client is not None:
                     await _close_quietly(client)
@@ -273,8 +294,9 @@ class SharedRedis:
         client = self._connection()
         try:
             async with asyncio.timeout(self.probe_timeout_s):
-                await asyncio.gather(*(client.ping() for _ in range(self.max_connections)),
-                                     return_exceptions=True)
+                await asyncio.gather(
+                    *(client.ping() for _ in range(self.max_connections)), return_exceptions=True
+                )
         except TimeoutError:
             pass  # the calls open what is missing
 
@@ -283,8 +305,13 @@ class SharedRedis:
         self._backoff = self.backoff_s
         self._retry_at = self._clock() + self._backoff
         REDIS_UP.set(0)
-        log.warning("redis %s unavailable (%s): shared state is per-replica until it "
-                    "answers again; next try in %.1f s", self._where, why, self._backoff)
+        log.warning(
+            "redis %s unavailable (%s): shared state is per-replica until it "
+            "answers again; next try in %.1f s",
+            self._where,
+            why,
+            self._backoff,
+        )
         # Its sockets may be half-dead (a restarted server, a timed-out read):
         # the probe starts afresh. Closing is awaited off the caller's path.
         client = self._detach()

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.config.schema import ServerConfig
+from gateway.core.errors import NotFound
 from gateway.gcfreeze import freeze_long_lived
 from gateway.observe.logs import setup_logging
 from gateway.runtime import Runtime, build_runtime
-from gateway.config.loader import ConfigError, LoadedConfig, load_config
-from gateway.core.errors import NotFound
 
 log = logging.getLogger("gateway.reload")
 
@@ -79,7 +79,9 @@ class ConfigManager:
             self._history.pop()
             return result
 
-    async def _apply(self, loaded: LoadedConfig, trigger: str, keep_history: bool) -> dict[str, Any]:
+    async def _apply(
+        self, loaded: LoadedConfig, trigger: str, keep_history: bool
+    ) -> dict[str, Any]:
         old = self.runtime
         loop = asyncio.get_running_loop()
         try:
@@ -102,9 +104,15 @@ class ConfigManager:
         kept = frozenset(n for n, b in new.backends.items() if old.backends.get(n) is b)
         self._retire(old, kept)
         self._apply_logging(old.loaded.config.server, loaded.config.server)
-        log.info("config %s applied (%s): version %d, %d model(s), %d backend(s) kept, %d new",
-                 loaded.sha256[:12], trigger, self.version, len(new.service.models), len(kept),
-                 len(new.backends) - len(kept))
+        log.info(
+            "config %s applied (%s): version %d, %d model(s), %d backend(s) kept, %d new",
+            loaded.sha256[:12],
+            trigger,
+            self.version,
+            len(new.service.models),
+            len(kept),
+            len(new.backends) - len(kept),
+        )
         return self.describe()
 
     @staticmethod
@@ -137,9 +145,13 @@ class ConfigManager:
     def set_enabled(self, backend: str, enabled: bool) -> dict[str, Any]:
         health = self.runtime.health.get(backend)
         if health is None:
-            raise NotFound(f"unknown backend '{backend}' (configured: {sorted(self.runtime.health)})")
+            raise NotFound(
+                f"unknown backend '{backend}' (configured: {sorted(self.runtime.health)})"
+            )
         health.disabled = not enabled
-        log.warning("backend %s %s by the kill switch", backend, "enabled" if enabled else "disabled")
+        log.warning(
+            "backend %s %s by the kill switch", backend, "enabled" if enabled else "disabled"
+        )
         return {"backend": backend, "enabled": enabled}
 
     # -- views ---------------------------------------------------------------
@@ -152,8 +164,10 @@ class ConfigManager:
             "source": str(loaded.source) if loaded.source else None,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
             "rollback_available": bool(self._history),
-            "backends": {name: {"state": h.state, "enabled": not h.disabled}
-                         for name, h in sorted(self.runtime.health.items())},
+            "backends": {
+                name: {"state": h.state, "enabled": not h.disabled}
+                for name, h in sorted(self.runtime.health.items())
+            },
         }
 
     def config_view(self) -> dict[str, Any]:
@@ -207,5 +221,3 @@ class ConfigManager:
                     await self.reload("file changed")
                 except ReloadRefused:
                     pass
-
-

@@ -64,8 +64,7 @@ class Runtime:
 
     def busy(self, keep: frozenset[str] = frozenset()) -> bool:
         """Work still queued or running on a backend that is about to close."""
-        return any(b.busy()
-                   for name, b in self.backends.items() if name not in keep)
+        return any(b.busy() for name, b in self.backends.items() if name not in keep)
 
 
 def to_signature(config: SignatureConfig) -> Signature:
@@ -104,29 +103,41 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
     health: dict[str, BackendHealth] = {}
     reused: set[str] = set()
     for name, backend_config in config.backends.items():
-        if previous is not None and previous.loaded.config.backends.get(name) == backend_config \
-                and name in previous.backends:
+        if (
+            previous is not None
+            and previous.loaded.config.backends.get(name) == backend_config
+            and name in previous.backends
+        ):
             backends[name] = previous.backends[name]
             health[name] = previous.health[name]
             reused.add(name)
             continue
         try:
             backends[name] = _load_backend(name, backend_config, loaded)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any load failure is a config problem to report
             problems.append(f"{loaded.where(('backends', name))}: {exc}")
             continue
         breaker = backend_config.circuit_breaker
-        health[name] = BackendHealth(name, BreakerPolicy(
-            consecutive_failures=breaker.consecutive_failures, error_rate=breaker.error_rate,
-            window_s=breaker.window_s, min_requests=breaker.min_requests,
-            cooldown_s=breaker.cooldown_ms / 1000.0, enabled=breaker.enabled))
+        health[name] = BackendHealth(
+            name,
+            BreakerPolicy(
+                consecutive_failures=breaker.consecutive_failures,
+                error_rate=breaker.error_rate,
+                window_s=breaker.window_s,
+                min_requests=breaker.min_requests,
+                cooldown_s=breaker.cooldown_ms / 1000.0,
+                enabled=breaker.enabled,
+            ),
+        )
 
     tenants = _tenants(loaded, problems)
     redis, cache = _shared_state(loaded, previous)
     admin_env = config.server.admin_key_env
     if admin_env and not os.environ.get(admin_env):
-        problems.append(f"{loaded.where(('server', 'admin_key_env'))}: environment variable "
-                        f"{admin_env} is not set")
+        problems.append(
+            f"{loaded.where(('server', 'admin_key_env'))}: environment variable "
+            f"{admin_env} is not set"
+        )
 
     models: dict[str, ModelEntry] = {}
     for name, model in config.models.items():
@@ -143,59 +154,87 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
     for name in sorted(set(backends) - used):
         log.warning("backend %s is not used by any model route", name)
     try:
-        slo = SloTracker.from_config(config.models,
-                                     previous=previous.service.slo if previous else None)
+        slo = SloTracker.from_config(
+            config.models, previous=previous.service.slo if previous else None
+        )
     except ValueError as exc:
         for name, backend in backends.items():
             if name not in reused:
                 _close_quietly(backend)
         raise ConfigError(str(loaded.source or "<config>"), [str(exc)]) from None
     audit = _audit(loaded, previous)
-    return Runtime(loaded=loaded, backends=backends,
-                   service=InferenceService(models, tenants, cache, slo, audit=audit,
-                                            ratelimit=_rate_limiter(loaded, redis, previous)),
-                   health=health, cache=cache, redis=redis, audit=audit)
+    return Runtime(
+        loaded=loaded,
+        backends=backends,
+        service=InferenceService(
+            models,
+            tenants,
+            cache,
+            slo,
+            audit=audit,
+            ratelimit=_rate_limiter(loaded, redis, previous),
+        ),
+        health=health,
+        cache=cache,
+        redis=redis,
+        audit=audit,
+    )
 
 
 def _audit(loaded: LoadedConfig, previous: Runtime | None) -> AuditLog | None:
     """The audit log `audit:` asks for: the previous runtime's while unchanged."""
     config = loaded.config
-    if previous is not None and previous.audit is not None \
-            and previous.loaded.config.audit == config.audit:
+    if (
+        previous is not None
+        and previous.audit is not None
+        and previous.loaded.config.audit == config.audit
+    ):
         audit: AuditLog | None = previous.audit.retain()
     else:
         section = config.audit
-        audit = audit_log(section.sink,
-                          str(loaded.resolve_path(section.path)) if section.path else None,
-                          section.max_bytes, section.backups, section.flush_interval_ms / 1000.0)
+        audit = audit_log(
+            section.sink,
+            str(loaded.resolve_path(section.path)) if section.path else None,
+            section.max_bytes,
+            section.backups,
+            section.flush_interval_ms / 1000.0,
+        )
     if audit is not None:
         # What a vendor backend runs unless its answer names a more exact version.
-        audit.backend_models = {name: b.model for name, b in config.backends.items()
-                                if b.type in VENDOR_TYPES}  # type: ignore[union-attr]
+        audit.backend_models = {
+            name: b.model for name, b in config.backends.items() if b.type in VENDOR_TYPES
+        }  # type: ignore[union-attr]
     return audit
 
 
-def _rate_limiter(loaded: LoadedConfig, redis: Any,
-                  previous: Runtime | None) -> RateLimiter | None:
+def _rate_limiter(loaded: LoadedConfig, redis: Any, previous: Runtime | None) -> RateLimiter | None:
     """Tenant limits (shared through Redis when configured); the previous
     runtime's while tenants and Redis are unchanged, so a reload does not reset
     the per-replica fallback's memory."""
     config = loaded.config
     if not any(t.rate_limit for t in config.tenants):
         return None
-    if previous is not None and previous.service.ratelimit is not None \
-            and previous.loaded.config.tenants == config.tenants and previous.redis is redis:
+    if (
+        previous is not None
+        and previous.service.ratelimit is not None
+        and previous.loaded.config.tenants == config.tenants
+        and previous.redis is redis
+    ):
         return previous.service.ratelimit
     return RateLimiter.for_tenants(config.tenants, redis)
 
 
-def _shared_state(loaded: LoadedConfig,
-                  previous: Runtime | None) -> tuple[Any, ResponseCache | None]:
+def _shared_state(
+    loaded: LoadedConfig, previous: Runtime | None
+) -> tuple[Any, ResponseCache | None]:
     """The Redis client and the response cache: taken over from the previous
     runtime when their settings did not change, so a reload keeps the cache warm."""
     config = loaded.config
-    if previous is not None and previous.loaded.config.redis == config.redis \
-            and previous.loaded.config.cache == config.cache:
+    if (
+        previous is not None
+        and previous.loaded.config.redis == config.redis
+        and previous.loaded.config.cache == config.cache
+    ):
         return previous.redis, previous.cache
     redis = None
     if config.redis is not None:
@@ -215,8 +254,11 @@ def _load_backend(name: str, backend_config: BackendConfig, loaded: LoadedConfig
             max_concurrency=backend_config.max_concurrency,
             max_queue=backend_config.max_queue,
             batching=batch_policy(backend_config),
-            max_queue_wait_s=(None if backend_config.max_queue_wait_ms is None
-                              else backend_config.max_queue_wait_ms / 1000.0),
+            max_queue_wait_s=(
+                None
+                if backend_config.max_queue_wait_ms is None
+                else backend_config.max_queue_wait_ms / 1000.0
+            ),
         )
     # Vendor backends hold their own limiter: a slot lasts a whole call or stream.
     return backend
@@ -227,21 +269,30 @@ def _tenants(loaded: LoadedConfig, problems: list[str]) -> Tenants:
     for i, tenant in enumerate(loaded.config.tenants):
         key = os.environ.get(tenant.key_env)
         if not key:
-            problems.append(f"{loaded.where(('tenants', i, 'key_env'))}: environment variable "
-                            f"{tenant.key_env} is not set")
+            problems.append(
+                f"{loaded.where(('tenants', i, 'key_env'))}: environment variable "
+                f"{tenant.key_env} is not set"
+            )
             continue
         if key in by_key:
-            problems.append(f"{loaded.where(('tenants', i, 'key_env'))}: tenants "
-                            f"'{by_key[key].name}' and '{tenant.name}' have the same key")
+            problems.append(
+                f"{loaded.where(('tenants', i, 'key_env'))}: tenants "
+                f"'{by_key[key].name}' and '{tenant.name}' have the same key"
+            )
             continue
-        by_key[key] = Tenant(tenant.name,
-                             None if tenant.models is None else frozenset(tenant.models))
+        by_key[key] = Tenant(
+            tenant.name, None if tenant.models is None else frozenset(tenant.models)
+        )
     return Tenants(by_key)
 
 
 def _model_entry(
-    name: str, model: ModelConfig, backends: dict[str, Any], health: dict[str, BackendHealth],
-    loaded: LoadedConfig, problems: list[str],
+    name: str,
+    model: ModelConfig,
+    backends: dict[str, Any],
+    health: dict[str, BackendHealth],
+    loaded: LoadedConfig,
+    problems: list[str],
 ) -> ModelEntry | None:
     signature = to_signature(model.signature) if model.signature else None
     attempts: list[Attempt] = []
@@ -264,13 +315,15 @@ def _model_entry(
             if specs is not None:
                 found = compatibility_problems(signature, *specs)
                 for problem in found:
-                    problems.append(f"{where}: backend '{backend_name}' does not fit the "
-                                    f"signature: {problem}")
+                    problems.append(
+                        f"{where}: backend '{backend_name}' does not fit the signature: {problem}"
+                    )
                 if found:
                     return None
         cost = backend_config.cost
-        prices[backend_name] = Price(cost.usd_per_request, cost.usd_per_1k_input_tokens,
-                                     cost.usd_per_1k_output_tokens)
+        prices[backend_name] = Price(
+            cost.usd_per_request, cost.usd_per_1k_input_tokens, cost.usd_per_1k_output_tokens
+        )
         return Attempt(adapted, backend_config.timeout_ms / 1000.0, health[backend_name])
 
     for i, ref in enumerate(model.route.backends):
@@ -285,22 +338,30 @@ def _model_entry(
     shadow = None
     if route_config.shadow is not None:
         if model.kind != "tensor":
-            problems.append(f"{loaded.where(('models', name, 'route', 'shadow'))}: shadow "
-                            f"traffic is for tensor models (this one is of kind '{model.kind}')")
+            problems.append(
+                f"{loaded.where(('models', name, 'route', 'shadow'))}: shadow "
+                f"traffic is for tensor models (this one is of kind '{model.kind}')"
+            )
             ok = False
         else:
-            attempt = attempt_for(route_config.shadow.backend,
-                                  ("models", name, "route", "shadow", "backend"))
+            attempt = attempt_for(
+                route_config.shadow.backend, ("models", name, "route", "shadow", "backend")
+            )
             if attempt is None:
                 ok = False
             else:
-                shadow = Shadow(attempt, route_config.shadow.fraction, route_config.shadow.rtol,
-                                route_config.shadow.atol)
+                shadow = Shadow(
+                    attempt,
+                    route_config.shadow.fraction,
+                    route_config.shadow.rtol,
+                    route_config.shadow.atol,
+                )
     if not ok:
         return None
     sticky = route_config.sticky
     route = Route(
-        attempts, weights if route_config.strategy == "weighted" else None,
+        attempts,
+        weights if route_config.strategy == "weighted" else None,
         fallback_on=frozenset(route_config.fallback_on),
         sticky_header=sticky.header.lower().encode() if sticky and sticky.header else None,
         sticky_tenant=bool(sticky and sticky.tenant),
@@ -308,8 +369,13 @@ def _model_entry(
         shadow=shadow,
     )
     return ModelEntry(
-        name=name, version=model.version, kind=model.kind, signature=signature,
-        route=route, description=model.description, prices=prices,
+        name=name,
+        version=model.version,
+        kind=model.kind,
+        signature=signature,
+        route=route,
+        description=model.description,
+        prices=prices,
         cache_ttl_s=model.cache.ttl_s if model.cache else None,
         cache_sampled=bool(model.cache and model.cache.sampled),
         cache_prefix=_cache_prefix(name, model, loaded),
@@ -323,45 +389,72 @@ def _cache_prefix(name: str, model: ModelConfig, loaded: LoadedConfig) -> bytes:
     changed model file path or vendor model is a different answer)."""
     names = list(model.route.backend_names())
     document = {
-        "model": name, "version": model.version,
+        "model": name,
+        "version": model.version,
         "signature": model.signature.model_dump(mode="json") if model.signature else None,
         "route": model.route.model_dump(mode="json", exclude={"shadow", "hedge", "sticky"}),
-        "backends": {n: loaded.config.backends[n].model_dump(
-            mode="json", include={"type", "path", "model", "base_url", "tokenizer"})
-            for n in names if n in loaded.config.backends},
+        "backends": {
+            n: loaded.config.backends[n].model_dump(
+                mode="json", include={"type", "path", "model", "base_url", "tokenizer"}
+            )
+            for n in names
+            if n in loaded.config.backends
+        },
     }
-    return hashlib.blake2b(orjson.dumps(document, option=orjson.OPT_SORT_KEYS),
-                           digest_size=16).digest()
+    return hashlib.blake2b(
+        orjson.dumps(document, option=orjson.OPT_SORT_KEYS), digest_size=16
+    ).digest()
 
 
-def _for_kind(model: ModelConfig, signature: Signature | None, backend: Backend | object,
-              config: BackendConfig) -> object | str:
+def _for_kind(
+    model: ModelConfig,
+    signature: Signature | None,
+    backend: Backend | object,
+    config: BackendConfig,
+) -> object | str:
     """The backend as this model's kind uses it, or why it cannot serve that kind."""
     is_vendor = config.type in VENDOR_TYPES
     if model.kind == "tensor":
-        return "is a vendor API and serves chat or embeddings models, not tensors" \
-            if is_vendor else backend
+        return (
+            "is a vendor API and serves chat or embeddings models, not tensors"
+            if is_vendor
+            else backend
+        )
     if model.kind == "chat":
-        return backend if isinstance(backend, ChatBackend) else \
-            f"(type {config.type}) cannot serve chat completions"
+        return (
+            backend
+            if isinstance(backend, ChatBackend)
+            else f"(type {config.type}) cannot serve chat completions"
+        )
     # embeddings: a vendor's embeddings API, or a local text -> vectors model
     if isinstance(backend, EmbeddingBackend) and is_vendor:
         return backend
     if is_vendor:
         return f"(type {config.type}) has no embeddings API"
-    if signature is None or len(signature.inputs) != 1 or len(signature.outputs) != 1 \
-            or signature.inputs[0].datatype != "BYTES" or signature.outputs[0].datatype != "FP32" \
-            or len(signature.outputs[0].shape) != 2:
-        return ("is a local model: the embeddings model needs a signature of one BYTES [-1] "
-                "input and one FP32 [-1, dim] output to call it")
+    if (
+        signature is None
+        or len(signature.inputs) != 1
+        or len(signature.outputs) != 1
+        or signature.inputs[0].datatype != "BYTES"
+        or signature.outputs[0].datatype != "FP32"
+        or len(signature.outputs[0].shape) != 2
+    ):
+        return (
+            "is a local model: the embeddings model needs a signature of one BYTES [-1] "
+            "input and one FP32 [-1, dim] output to call it"
+        )
     specs = backend.io_specs()  # type: ignore[union-attr]
     if specs is not None:
         problems = compatibility_problems(signature, *specs)
         if problems:
             return "does not fit the signature: " + "; ".join(problems)
     width = signature.outputs[0].shape[1]
-    return TensorEmbedder(backend, signature.inputs[0].name,  # type: ignore[arg-type]
-                          signature.outputs[0].name, width if width > 0 else None)
+    return TensorEmbedder(
+        backend,
+        signature.inputs[0].name,  # type: ignore[arg-type]
+        signature.outputs[0].name,
+        width if width > 0 else None,
+    )
 
 
 def _close_quietly(backend: Backend) -> None:

@@ -14,8 +14,8 @@ import asyncio
 import logging
 import os
 import shutil
-import tempfile
 import socket
+import tempfile
 from pathlib import Path
 
 import uvicorn
@@ -39,11 +39,17 @@ def _loop_factory():  # type: ignore[no-untyped-def]
 
 
 def _uvicorn_options(loaded: LoadedConfig, host: str, port: int) -> dict[str, object]:
-    return dict(
-        host=host, port=port, http="httptools", loop="none", lifespan="on",
-        access_log=False, log_level=loaded.config.server.log_level,
-        timeout_keep_alive=30, log_config=None,
-    )
+    return {
+        "host": host,
+        "port": port,
+        "http": "httptools",
+        "loop": "none",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": loaded.config.server.log_level,
+        "timeout_keep_alive": 30,
+        "log_config": None,
+    }
 
 
 def serve(loaded: LoadedConfig, host: str, http_port: int, grpc_port: int, workers: int) -> None:
@@ -71,8 +77,11 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             config = self.config
-            grpc = f" and grpc://{grpc_address(config.host, self.grpc.port)}" \
-                if self.grpc is not None and self.grpc.port else ""
+            grpc = (
+                f" and grpc://{grpc_address(config.host, self.grpc.port)}"
+                if self.grpc is not None and self.grpc.port
+                else ""
+            )
             log.info("%s on http://%s:%d%s", READY_LINE, config.host, config.port, grpc)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -81,8 +90,9 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-async def _serve_one(runtime: Runtime, loaded: LoadedConfig, host: str, port: int,
-                     grpc_port: int = 0) -> None:
+async def _serve_one(
+    runtime: Runtime, loaded: LoadedConfig, host: str, port: int, grpc_port: int = 0
+) -> None:
     config = uvicorn.Config(create_app(runtime), **_uvicorn_options(loaded, host, port))
     grpc: GrpcServer | None = None
     if grpc_port:
@@ -97,8 +107,9 @@ async def _serve_one(runtime: Runtime, loaded: LoadedConfig, host: str, port: in
             await grpc.stop(0)  # already stopped unless uvicorn failed to start
 
 
-def _serve_workers(loaded: LoadedConfig, host: str, port: int, grpc_port: int,
-                   workers: int) -> None:
+def _serve_workers(
+    loaded: LoadedConfig, host: str, port: int, grpc_port: int, workers: int
+) -> None:
     # Each worker process builds its own runtime (and its own ONNX sessions)
     # from the same file; the parent has already validated it.
     if loaded.source is not None:
@@ -109,8 +120,13 @@ def _serve_workers(loaded: LoadedConfig, host: str, port: int, grpc_port: int,
     options = _uvicorn_options(loaded, host, port)
     options["loop"] = "uvloop"
     log.info("metrics of all workers aggregated through %s", metrics_dir)
-    log.info("serving on http://%s:%d%s with %d workers", host, port,
-             f" and grpc://{grpc_address(host, grpc_port)}" if grpc_port else "", workers)
+    log.info(
+        "serving on http://%s:%d%s with %d workers",
+        host,
+        port,
+        f" and grpc://{grpc_address(host, grpc_port)}" if grpc_port else "",
+        workers,
+    )
     try:
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
     finally:

@@ -9,8 +9,9 @@ import signal
 from aiohttp import web
 
 
-async def serve_until_signalled(app: web.Application, host: str, port: int, ready_line: str,
-                                **site_options: object) -> None:
+async def serve_until_signalled(
+    app: web.Application, host: str, port: int, ready_line: str, **site_options: object
+) -> None:
     """Listen, print `ready_line` with the bound address (harnesses wait for it),
     and serve until a SIGINT or SIGTERM."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)

@@ -46,16 +46,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests import otlp_sink, report  # noqa: E402
-from loadtests.gateway_process import ROOT, free_port, start_server  # noqa: E402
-from loadtests.scenarios.common import Settings, cpu_split  # noqa: E402
-from loadtests.scenarios.digits import run_digits  # noqa: E402
-from loadtests.scenarios.embedder import run_embedder  # noqa: E402
-from loadtests.scenarios.grpc import run_grpc  # noqa: E402
-from loadtests.scenarios.observability import run_observability  # noqa: E402
-from loadtests.scenarios.overload import run_overload  # noqa: E402
-from loadtests.scenarios.vendor import run_vendor  # noqa: E402
-from loadtests.scenarios.cache import run_cache  # noqa: E402
+from loadtests import otlp_sink, report
+from loadtests.gateway_process import ROOT, free_port, start_server
+from loadtests.scenarios.cache import run_cache
+from loadtests.scenarios.common import Settings, cpu_split
+from loadtests.scenarios.digits import run_digits
+from loadtests.scenarios.embedder import run_embedder
+from loadtests.scenarios.grpc import run_grpc
+from loadtests.scenarios.observability import run_observability
+from loadtests.scenarios.overload import run_overload
+from loadtests.scenarios.vendor import run_vendor
 
 RESULTS = ROOT / "loadtests" / "results"
 ORDER = ("digits", "grpc", "observability", "cache", "overload", "vendor", "embedder")
@@ -66,43 +66,93 @@ def int_list(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default=",".join(ORDER),
-                        help="comma-separated subset of: %(default)s")
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="measured seconds per level (default %(default)s)")
-    parser.add_argument("--warmup", type=float, default=2.0,
-                        help="unrecorded seconds before each level (default %(default)s)")
-    parser.add_argument("--concurrency", type=int_list, default=[32],
-                        help="digits: closed-loop concurrency levels, e.g. 1,8,32,64 (default 32)")
-    parser.add_argument("--grpc-channels", type=int, default=1,
-                        help="grpc: channels (HTTP/2 connections) the closed loops share "
-                             "(default %(default)s)")
-    parser.add_argument("--observability-rounds", type=int, default=5,
-                        help="observability: alternating rounds per variant (default %(default)s)")
-    parser.add_argument("--observability-duration", type=float, default=5.0,
-                        help="observability: measured seconds per round (default %(default)s)")
-    parser.add_argument("--vendor-concurrency", type=int_list, default=[1, 64],
-                        help="vendor passthrough: levels; added latency is read at the lowest, "
-                             "throughput at the highest (default 1,64)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scenarios", default=",".join(ORDER), help="comma-separated subset of: %(default)s"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="measured seconds per level (default %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="unrecorded seconds before each level (default %(default)s)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int_list,
+        default=[32],
+        help="digits: closed-loop concurrency levels, e.g. 1,8,32,64 (default 32)",
+    )
+    parser.add_argument(
+        "--grpc-channels",
+        type=int,
+        default=1,
+        help="grpc: channels (HTTP/2 connections) the closed loops share (default %(default)s)",
+    )
+    parser.add_argument(
+        "--observability-rounds",
+        type=int,
+        default=5,
+        help="observability: alternating rounds per variant (default %(default)s)",
+    )
+    parser.add_argument(
+        "--observability-duration",
+        type=float,
+        default=5.0,
+        help="observability: measured seconds per round (default %(default)s)",
+    )
+    parser.add_argument(
+        "--vendor-concurrency",
+        type=int_list,
+        default=[1, 64],
+        help="vendor passthrough: levels; added latency is read at the lowest, "
+        "throughput at the highest (default 1,64)",
+    )
     parser.add_argument("--embedder-concurrency", type=int_list, default=[1, 8, 32, 64])
-    parser.add_argument("--batch-sizes", type=int_list, default=[1, 8, 16, 32, 64],
-                        help="embedder: in-process batch sizes")
-    parser.add_argument("--embedder-wait", type=float, default=2400.0,
-                        help="seconds to wait for the embedder's model files (default 40 min)")
-    parser.add_argument("--overload-factor", type=float, default=3.0,
-                        help="open-loop rate as a multiple of the measured capacity")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int_list,
+        default=[1, 8, 16, 32, 64],
+        help="embedder: in-process batch sizes",
+    )
+    parser.add_argument(
+        "--embedder-wait",
+        type=float,
+        default=2400.0,
+        help="seconds to wait for the embedder's model files (default 40 min)",
+    )
+    parser.add_argument(
+        "--overload-factor",
+        type=float,
+        default=3.0,
+        help="open-loop rate as a multiple of the measured capacity",
+    )
     parser.add_argument("--overload-duration", type=float, default=20.0)
-    parser.add_argument("--overload-model", choices=("embedder", "digits"), default="embedder",
-                        help="overload the compute-bound embedder (default) or the "
-                             "HTTP-bound digits model")
-    parser.add_argument("--connections", type=int, default=256,
-                        help="overload: the open loop's connection pool")
-    parser.add_argument("--tracing", choices=("none", "otlp", "console"), default="none",
-                        help="tracing in the gateways under test (default %(default)s)")
-    parser.add_argument("--audit", action="store_true",
-                        help="gateways write an audit record per request to a file")
+    parser.add_argument(
+        "--overload-model",
+        choices=("embedder", "digits"),
+        default="embedder",
+        help="overload the compute-bound embedder (default) or the HTTP-bound digits model",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=256, help="overload: the open loop's connection pool"
+    )
+    parser.add_argument(
+        "--tracing",
+        choices=("none", "otlp", "console"),
+        default="none",
+        help="tracing in the gateways under test (default %(default)s)",
+    )
+    parser.add_argument(
+        "--audit", action="store_true", help="gateways write an audit record per request to a file"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     chosen = {s.strip() for s in args.scenarios.split(",") if s.strip()}
@@ -117,14 +167,21 @@ def scenario_runners(args: argparse.Namespace, settings: Settings) -> dict[str, 
     return {
         "digits": lambda: run_digits(settings, args.concurrency),
         "grpc": lambda: run_grpc(settings, args.concurrency, args.grpc_channels),
-        "observability": lambda: run_observability(settings, args.observability_rounds,
-                                                   args.observability_duration),
-        "overload": lambda: run_overload(settings, args.overload_factor, args.overload_duration,
-                                         args.connections, args.overload_model),
+        "observability": lambda: run_observability(
+            settings, args.observability_rounds, args.observability_duration
+        ),
+        "overload": lambda: run_overload(
+            settings,
+            args.overload_factor,
+            args.overload_duration,
+            args.connections,
+            args.overload_model,
+        ),
         "vendor": lambda: run_vendor(settings, args.vendor_concurrency),
         "cache": lambda: run_cache(settings),
-        "embedder": lambda: run_embedder(settings, args.embedder_concurrency, args.batch_sizes,
-                                         args.embedder_wait),
+        "embedder": lambda: run_embedder(
+            settings, args.embedder_concurrency, args.batch_sizes, args.embedder_wait
+        ),
     }
 
 
@@ -134,16 +191,31 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         os.sched_setaffinity(0, client_cpus)  # the generator runs in this process
     print(f"# {pinning}", flush=True)
     env, sink = observability_env(args, client_cpus)
-    settings = Settings(server_cpus, client_cpus, pinning, args.duration, args.warmup, workdir,
-                        gateway_env=env, audit=args.audit)
+    settings = Settings(
+        server_cpus,
+        client_cpus,
+        pinning,
+        args.duration,
+        args.warmup,
+        workdir,
+        gateway_env=env,
+        audit=args.audit,
+    )
     report_: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "pinning": {"server_cpus": sorted(server_cpus or []),
-                    "client_cpus": sorted(client_cpus or []), "description": pinning},
-        "duration_s": args.duration, "warmup_s": args.warmup,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "pinning": {
+            "server_cpus": sorted(server_cpus or []),
+            "client_cpus": sorted(client_cpus or []),
+            "description": pinning,
+        },
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
         "observability": {"tracing": args.tracing, "audit": args.audit},
         "scenarios": {},
     }
@@ -163,17 +235,26 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return report_
 
 
-def observability_env(args: argparse.Namespace, client_cpus: set[int] | None) -> tuple[dict[str, str], Any]:
+def observability_env(
+    args: argparse.Namespace, client_cpus: set[int] | None
+) -> tuple[dict[str, str], Any]:
     """The gateways' OTEL_* environment, and the stand-in collector it exports to."""
     if args.tracing == "none":
         return {}, None
     if args.tracing == "console":
         return {"OTEL_TRACES_EXPORTER": "console"}, None
     port = free_port()
-    sink = start_server("otlp sink", [sys.executable, "-m", "loadtests.otlp_sink", "--port", str(port)],
-                        port, otlp_sink.READY_LINE.encode(), cpus=client_cpus)
-    return {"OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces"}, sink
+    sink = start_server(
+        "otlp sink",
+        [sys.executable, "-m", "loadtests.otlp_sink", "--port", str(port)],
+        port,
+        otlp_sink.READY_LINE.encode(),
+        cpus=client_cpus,
+    )
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces",
+    }, sink
 
 
 def _sink_stats(port: int) -> dict[str, Any]:
@@ -197,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     png = stem.with_suffix(".png")
     pins = result["pinning"]
-    title = (f"inference gateway bench, {result['started']}: servers on cores {pins['server_cpus']}, "
-             f"load generator on {pins['client_cpus']}; p50 solid, p99 dashed")
+    title = (
+        f"inference gateway bench, {result['started']}: servers on cores {pins['server_cpus']}, "
+        f"load generator on {pins['client_cpus']}; p50 solid, p99 dashed"
+    )
     if report.plot(result["scenarios"], png, title):
         result["plot"] = png.name
     json_path = stem.with_suffix(".json")

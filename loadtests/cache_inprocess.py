@@ -23,21 +23,35 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.app import build_runtime, create_app  # noqa: E402
-from gateway.config.loader import load_config  # noqa: E402
+from gateway.app import build_runtime, create_app
+from gateway.config.loader import load_config
 
 
 def _request(pixels: np.ndarray) -> tuple[dict[str, Any], bytes]:
     raw = pixels.astype(np.float32).tobytes()
-    head = json.dumps({
-        "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
-                    "parameters": {"binary_data_size": len(raw)}}],
-        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-    }).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "datatype": "FP32",
+                    "shape": [1, 64],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     body = head + raw
-    scope = {"type": "http", "method": "POST", "path": "/v2/models/digits/infer",
-             "headers": [(b"content-length", str(len(body)).encode()),
-                         (b"inference-header-content-length", str(len(head)).encode())]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v2/models/digits/infer",
+        "headers": [
+            (b"content-length", str(len(body)).encode()),
+            (b"inference-header-content-length", str(len(head)).encode()),
+        ],
+    }
     return scope, body
 
 
@@ -52,7 +66,7 @@ async def _per_request_us(app: Any, requests: list[tuple[dict[str, Any], bytes]]
     for scope, body in requests:
         delivered = False
 
-        async def receive() -> dict[str, Any]:
+        async def receive(body: bytes = body) -> dict[str, Any]:
             nonlocal delivered
             if not delivered:
                 delivered = True
@@ -74,13 +88,16 @@ async def measure(config: Path, count: int) -> dict[str, float]:
     same = [_request(np.full((1, 64), 3.0, np.float32))] * count
     await _per_request_us(app, distinct[:200])  # warm-up (sessions, code paths)
     await _per_request_us(app, same[:200])
-    return {"miss_us": round(await _per_request_us(app, distinct[200:]), 2),
-            "hit_us": round(await _per_request_us(app, same), 2)}
+    return {
+        "miss_us": round(await _per_request_us(app, distinct[200:]), 2),
+        "hit_us": round(await _per_request_us(app, same), 2),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--cpus", default=None, help="pin to these cores, e.g. 0")

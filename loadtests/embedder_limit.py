@@ -37,8 +37,9 @@ def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     tokenizer.enable_truncation(max_length=max_length)
     padding = tokenizer.padding or {}
     # length=None: pad to the longest text of each batch, as the gateway does.
-    tokenizer.enable_padding(pad_id=padding.get("pad_id", 0),
-                             pad_token=padding.get("pad_token", "[PAD]"), length=None)
+    tokenizer.enable_padding(
+        pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]"), length=None
+    )
     return tokenizer
 
 
@@ -63,8 +64,13 @@ def batches_of(size: int, sentences: list[str]) -> list[list[str]]:
     return [[sentences[(i * size + j) % n] for j in range(size)] for i in range(n)]
 
 
-def measure(session: ort.InferenceSession, tokenizer: Tokenizer, batch_size: int,
-            duration_s: float, warmup_s: float) -> dict[str, Any]:
+def measure(
+    session: ort.InferenceSession,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    duration_s: float,
+    warmup_s: float,
+) -> dict[str, Any]:
     batches = batches_of(batch_size, SENTENCES)
     clock = time.perf_counter
     runs = 0
@@ -92,8 +98,9 @@ def measure(session: ort.InferenceSession, tokenizer: Tokenizer, batch_size: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=EMBEDDER_MODEL)
     parser.add_argument("--tokenizer", type=Path, default=EMBEDDER_TOKENIZER)
     parser.add_argument("--batch-sizes", default="1,8,16,32,64")
@@ -106,8 +113,10 @@ def main() -> None:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     session = load_session(args.model)
     tokenizer = load_tokenizer(args.tokenizer, EMBEDDER_MAX_LENGTH)
-    rows = [measure(session, tokenizer, int(b), args.duration, args.warmup)
-            for b in args.batch_sizes.split(",")]
+    rows = [
+        measure(session, tokenizer, int(b), args.duration, args.warmup)
+        for b in args.batch_sizes.split(",")
+    ]
     print(json.dumps({"batch_sizes": rows}), flush=True)
 
 

@@ -82,7 +82,6 @@ import orjson
 from aiohttp import web
 
 from loadtests.aio_serving import serve_until_signalled
-
 from loadtests.gateway_process import GatewayProcess, free_port, start_server
 
 READY_LINE = "fake vendor ready"  # printed once the socket listens: start_server waits for it
@@ -122,11 +121,19 @@ class FakeVendorConfig:
 
     def __post_init__(self) -> None:
         if self.error_kind not in ERROR_KINDS:
-            raise ValueError(f"error_kind: expected one of {', '.join(ERROR_KINDS)}, got {self.error_kind!r}")
+            raise ValueError(
+                f"error_kind: expected one of {', '.join(ERROR_KINDS)}, got {self.error_kind!r}"
+            )
         if not 0.0 <= self.error_rate <= 1.0:
             raise ValueError(f"error_rate: expected 0..1, got {self.error_rate}")
-        for name in ("latency_ms", "jitter_ms", "chunk_interval_ms", "retry_after_s",
-                     "completion_tokens", "fail_first_n"):
+        for name in (
+            "latency_ms",
+            "jitter_ms",
+            "chunk_interval_ms",
+            "retry_after_s",
+            "completion_tokens",
+            "fail_first_n",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if self.embedding_dim < 1:
@@ -138,8 +145,9 @@ class FakeVendorConfig:
         unknown = sorted(set(changes) - types.keys())
         if unknown:
             raise ValueError(f"unknown knob(s) {', '.join(unknown)}; known: {', '.join(types)}")
-        return dataclasses.replace(self, **{name: _coerce(name, value, types[name])
-                                            for name, value in changes.items()})
+        return dataclasses.replace(
+            self, **{name: _coerce(name, value, types[name]) for name, value in changes.items()}
+        )
 
 
 @functools.cache
@@ -191,8 +199,9 @@ class Reply:
         return " ".join(self.words)
 
 
-def compose_reply(last_user_text: str, completion_tokens: int, max_tokens: int | None,
-                  stop: tuple[str, ...] = ()) -> Reply:
+def compose_reply(
+    last_user_text: str, completion_tokens: int, max_tokens: int | None, stop: tuple[str, ...] = ()
+) -> Reply:
     """The reply to a chat request, by the rule in the module docstring."""
     words = ("echo: " + last_user_text).split()[:completion_tokens]
     words += [PAD_WORD] * (completion_tokens - len(words))
@@ -310,8 +319,15 @@ def parse_openai_chat(body: bytes) -> ChatRequest:
         max_tokens = _optional_count(data, "max_tokens")
     options = data.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    return ChatRequest(model, prompt_tokens, last_user, max_tokens, _stop(data.get("stop"), "stop"),
-                       _stream_flag(data), include_usage)
+    return ChatRequest(
+        model,
+        prompt_tokens,
+        last_user,
+        max_tokens,
+        _stop(data.get("stop"), "stop"),
+        _stream_flag(data),
+        include_usage,
+    )
 
 
 def parse_anthropic_messages(body: bytes) -> ChatRequest:
@@ -323,11 +339,18 @@ def parse_anthropic_messages(body: bytes) -> ChatRequest:
     prompt_tokens, last_user = _read_messages(data.get("messages"))
     prompt_tokens += _word_count(_content_text(data.get("system"), "system"))
     temperature = data.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool)
-                                    or not isinstance(temperature, (int, float))):
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+    ):
         raise InvalidRequest(f"temperature: expected a number, got {temperature!r}")
-    return ChatRequest(model, prompt_tokens, last_user, max_tokens,
-                       _stop(data.get("stop_sequences"), "stop_sequences"), _stream_flag(data))
+    return ChatRequest(
+        model,
+        prompt_tokens,
+        last_user,
+        max_tokens,
+        _stop(data.get("stop_sequences"), "stop_sequences"),
+        _stream_flag(data),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +400,11 @@ class Dialect:
 def _openai_headers(headers: Mapping[str, str], api_key: str) -> Refusal | None:
     given = headers.get("Authorization")
     if given is None:
-        return 401, "authentication", "You didn't provide an API key: send 'Authorization: Bearer <key>'."
+        return (
+            401,
+            "authentication",
+            "You didn't provide an API key: send 'Authorization: Bearer <key>'.",
+        )
     if given != f"Bearer {api_key}":
         return 401, "authentication", "Incorrect API key provided."
     return None
@@ -420,7 +447,9 @@ _ANTHROPIC_TYPES = {
 
 
 def _anthropic_error(kind: str, message: str) -> bytes:
-    return orjson.dumps({"type": "error", "error": {"type": _ANTHROPIC_TYPES[kind], "message": message}})
+    return orjson.dumps(
+        {"type": "error", "error": {"type": _ANTHROPIC_TYPES[kind], "message": message}}
+    )
 
 
 OPENAI = Dialect(_openai_headers, _openai_error)
@@ -437,35 +466,71 @@ def _anthropic_event(obj: dict[str, Any]) -> bytes:
 
 def openai_chat_body(request: ChatRequest, reply: Reply, answer_id: str) -> bytes:
     completion = len(reply.words)
-    return orjson.dumps({
-        "id": answer_id, "object": "chat.completion", "created": int(time.time()),
-        "model": request.model, "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text, "refusal": None},
-                     "logprobs": None, "finish_reason": "length" if reply.truncated else "stop"}],
-        "usage": {"prompt_tokens": request.prompt_tokens, "completion_tokens": completion,
-                  "total_tokens": request.prompt_tokens + completion},
-    })
+    return orjson.dumps(
+        {
+            "id": answer_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "length" if reply.truncated else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": request.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": request.prompt_tokens + completion,
+            },
+        }
+    )
 
 
 def openai_chat_events(request: ChatRequest, reply: Reply, answer_id: str) -> list[bytes]:
-    head: dict[str, Any] = {"id": answer_id, "object": "chat.completion.chunk",
-                            "created": int(time.time()), "model": request.model,
-                            "system_fingerprint": None}
+    head: dict[str, Any] = {
+        "id": answer_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": request.model,
+        "system_fingerprint": None,
+    }
     if request.include_usage:
         head["usage"] = None  # as OpenAI does: every chunk but the last carries a null usage
 
     def chunk(delta: dict[str, str], finish_reason: str | None = None) -> bytes:
-        return _sse({**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                          "finish_reason": finish_reason}]})
+        return _sse(
+            {
+                **head,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                ],
+            }
+        )
 
     events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": word if i == 0 else " " + word}) for i, word in enumerate(reply.words)]
+    events += [
+        chunk({"content": word if i == 0 else " " + word}) for i, word in enumerate(reply.words)
+    ]
     events.append(chunk({}, "length" if reply.truncated else "stop"))
     if request.include_usage:
         completion = len(reply.words)
-        events.append(_sse({**head, "choices": [], "usage": {
-            "prompt_tokens": request.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": request.prompt_tokens + completion}}))
+        events.append(
+            _sse(
+                {
+                    **head,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": request.prompt_tokens,
+                        "completion_tokens": completion,
+                        "total_tokens": request.prompt_tokens + completion,
+                    },
+                }
+            )
+        )
     events.append(_DONE)
     return events
 
@@ -477,32 +542,68 @@ def _anthropic_stop_reason(reply: Reply) -> str:
 
 
 def anthropic_message_body(request: ChatRequest, reply: Reply, answer_id: str) -> bytes:
-    return orjson.dumps({
-        "id": answer_id, "type": "message", "role": "assistant", "model": request.model,
-        "content": [{"type": "text", "text": reply.text}],
-        "stop_reason": _anthropic_stop_reason(reply), "stop_sequence": reply.stop_sequence,
-        "usage": {"input_tokens": request.prompt_tokens, "output_tokens": len(reply.words)},
-    })
+    return orjson.dumps(
+        {
+            "id": answer_id,
+            "type": "message",
+            "role": "assistant",
+            "model": request.model,
+            "content": [{"type": "text", "text": reply.text}],
+            "stop_reason": _anthropic_stop_reason(reply),
+            "stop_sequence": reply.stop_sequence,
+            "usage": {"input_tokens": request.prompt_tokens, "output_tokens": len(reply.words)},
+        }
+    )
 
 
 def anthropic_message_events(request: ChatRequest, reply: Reply, answer_id: str) -> list[bytes]:
     events = [
-        _anthropic_event({"type": "message_start", "message": {
-            "id": answer_id, "type": "message", "role": "assistant", "model": request.model,
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": request.prompt_tokens, "output_tokens": 0}}}),
-        _anthropic_event({"type": "content_block_start", "index": 0,
-                          "content_block": {"type": "text", "text": ""}}),
+        _anthropic_event(
+            {
+                "type": "message_start",
+                "message": {
+                    "id": answer_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": request.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": request.prompt_tokens, "output_tokens": 0},
+                },
+            }
+        ),
+        _anthropic_event(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            }
+        ),
         _anthropic_event({"type": "ping"}),
     ]
-    events += [_anthropic_event({"type": "content_block_delta", "index": 0, "delta": {
-        "type": "text_delta", "text": word if i == 0 else " " + word}}) for i, word in enumerate(reply.words)]
+    events += [
+        _anthropic_event(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": word if i == 0 else " " + word},
+            }
+        )
+        for i, word in enumerate(reply.words)
+    ]
     events += [
         _anthropic_event({"type": "content_block_stop", "index": 0}),
-        _anthropic_event({"type": "message_delta",
-                          "delta": {"stop_reason": _anthropic_stop_reason(reply),
-                                    "stop_sequence": reply.stop_sequence},
-                          "usage": {"output_tokens": len(reply.words)}}),
+        _anthropic_event(
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": _anthropic_stop_reason(reply),
+                    "stop_sequence": reply.stop_sequence,
+                },
+                "usage": {"output_tokens": len(reply.words)},
+            }
+        ),
         _anthropic_event({"type": "message_stop"}),
     ]
     return events
@@ -519,8 +620,14 @@ def openai_embeddings_body(request: EmbeddingRequest, default_dim: int) -> bytes
             encoded = base64.b64encode(vector.astype("<f4").tobytes()).decode()
         data.append({"object": "embedding", "index": i, "embedding": encoded})
     words = sum(_word_count(text) for text in request.texts)
-    return _dumps({"object": "list", "data": data, "model": request.model,
-                   "usage": {"prompt_tokens": words, "total_tokens": words}})
+    return _dumps(
+        {
+            "object": "list",
+            "data": data,
+            "model": request.model,
+            "usage": {"prompt_tokens": words, "total_tokens": words},
+        }
+    )
 
 
 # -- the server ----------------------------------------------------------------------
@@ -535,13 +642,19 @@ class FakeVendorStats:
         self.held_open = 0  # "timeout" requests whose client has not gone away yet
 
     def as_json(self) -> dict[str, Any]:
-        routes: dict[str, dict[str, int]] = {route: {"received": n} for route, n in self.received.items()}
+        routes: dict[str, dict[str, int]] = {
+            route: {"received": n} for route, n in self.received.items()
+        }
         totals: Counter[str] = Counter()
         for (route, outcome), n in self.outcomes.items():
             routes.setdefault(route, {"received": 0})[outcome] = n
             totals[outcome] += n
-        return {"total": sum(self.received.values()), "routes": routes, "outcomes": dict(totals),
-                "held_open": self.held_open}
+        return {
+            "total": sum(self.received.values()),
+            "routes": routes,
+            "outcomes": dict(totals),
+            "held_open": self.held_open,
+        }
 
 
 class FakeVendor:
@@ -554,16 +667,18 @@ class FakeVendor:
         self._ids = itertools.count(1)
         self._restart_faults(rearm=True)
         self.app = web.Application(client_max_size=64 << 20)
-        self.app.add_routes([
-            web.post(CHAT, self._chat),
-            web.post(EMBEDDINGS, self._embeddings),
-            web.get(MODELS_PATH, self._models),
-            web.post(MESSAGES, self._messages),
-            web.get("/_control", self._show_control),
-            web.post("/_control", self._control),
-            web.post("/_control/reset", self._reset),
-            web.get("/_stats", self._stats),
-        ])
+        self.app.add_routes(
+            [
+                web.post(CHAT, self._chat),
+                web.post(EMBEDDINGS, self._embeddings),
+                web.get(MODELS_PATH, self._models),
+                web.post(MESSAGES, self._messages),
+                web.get("/_control", self._show_control),
+                web.post("/_control", self._control),
+                web.post("/_control/reset", self._reset),
+                web.get("/_stats", self._stats),
+            ]
+        )
 
     def _restart_faults(self, rearm: bool) -> None:
         self._fault_rng = random.Random(self.config.seed)
@@ -587,9 +702,13 @@ class FakeVendor:
             delay_ms = config.latency_ms + self._jitter_rng.uniform(0.0, config.jitter_ms)
             await asyncio.sleep(delay_ms / 1000.0)
 
-    def _refuse(self, route: str, dialect: Dialect, status: int, kind: str, message: str) -> web.Response:
+    def _refuse(
+        self, route: str, dialect: Dialect, status: int, kind: str, message: str
+    ) -> web.Response:
         self.stats.outcomes[route, str(status)] += 1
-        return web.Response(status=status, body=dialect.error_body(kind, message), content_type=_JSON)
+        return web.Response(
+            status=status, body=dialect.error_body(kind, message), content_type=_JSON
+        )
 
     # -- vendor routes
 
@@ -597,22 +716,30 @@ class FakeVendor:
         return await self._serve(request, CHAT, OPENAI, parse_openai_chat, self._answer_openai_chat)
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, MESSAGES, ANTHROPIC, parse_anthropic_messages,
-                                 self._answer_anthropic)
+        return await self._serve(
+            request, MESSAGES, ANTHROPIC, parse_anthropic_messages, self._answer_anthropic
+        )
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, EMBEDDINGS, OPENAI, parse_openai_embeddings,
-                                 self._answer_embeddings)
+        return await self._serve(
+            request, EMBEDDINGS, OPENAI, parse_openai_embeddings, self._answer_embeddings
+        )
 
-    def _answer_openai_chat(self, chat: ChatRequest, config: FakeVendorConfig) -> bytes | list[bytes]:
-        reply = compose_reply(chat.last_user_text, config.completion_tokens, chat.max_tokens, chat.stop)
+    def _answer_openai_chat(
+        self, chat: ChatRequest, config: FakeVendorConfig
+    ) -> bytes | list[bytes]:
+        reply = compose_reply(
+            chat.last_user_text, config.completion_tokens, chat.max_tokens, chat.stop
+        )
         answer_id = f"chatcmpl-fake{next(self._ids)}"
         if chat.stream:
             return openai_chat_events(chat, reply, answer_id)
         return openai_chat_body(chat, reply, answer_id)
 
     def _answer_anthropic(self, chat: ChatRequest, config: FakeVendorConfig) -> bytes | list[bytes]:
-        reply = compose_reply(chat.last_user_text, config.completion_tokens, chat.max_tokens, chat.stop)
+        reply = compose_reply(
+            chat.last_user_text, config.completion_tokens, chat.max_tokens, chat.stop
+        )
         answer_id = f"msg_fake{next(self._ids)}"
         if chat.stream:
             return anthropic_message_events(chat, reply, answer_id)
@@ -621,9 +748,14 @@ class FakeVendor:
     def _answer_embeddings(self, embed: EmbeddingRequest, config: FakeVendorConfig) -> bytes:
         return openai_embeddings_body(embed, config.embedding_dim)
 
-    async def _serve(self, request: web.Request, route: str, dialect: Dialect,
-                     parse: Callable[[bytes], Any],
-                     answer: Callable[[Any, FakeVendorConfig], bytes | list[bytes]]) -> web.StreamResponse:
+    async def _serve(
+        self,
+        request: web.Request,
+        route: str,
+        dialect: Dialect,
+        parse: Callable[[bytes], Any],
+        answer: Callable[[Any, FakeVendorConfig], bytes | list[bytes]],
+    ) -> web.StreamResponse:
         """The one life of a vendor request: latency, auth, validation, fault, answer."""
         self.stats.received[route] += 1
         await self._wait_latency()
@@ -647,12 +779,17 @@ class FakeVendor:
             return await self._send_cut_body(request, body)
         return web.Response(body=body, content_type=_JSON)
 
-    async def _fail(self, request: web.Request, route: str, dialect: Dialect, fault: str,
-                    stream: bool) -> web.StreamResponse:
+    async def _fail(
+        self, request: web.Request, route: str, dialect: Dialect, fault: str, stream: bool
+    ) -> web.StreamResponse:
         if fault == "500":
-            return self._refuse(route, dialect, 500, "server", "injected fault: internal server error")
+            return self._refuse(
+                route, dialect, 500, "server", "injected fault: internal server error"
+            )
         if fault == "429":
-            response = self._refuse(route, dialect, 429, "rate_limit", "injected fault: rate limit reached")
+            response = self._refuse(
+                route, dialect, 429, "rate_limit", "injected fault: rate limit reached"
+            )
             response.headers["Retry-After"] = f"{self.config.retry_after_s:g}"
             return response
         self.stats.outcomes[route, fault] += 1
@@ -670,11 +807,13 @@ class FakeVendor:
         # The client is gone: nothing will read this, it only ends the handler cleanly.
         return web.Response(status=504)
 
-    async def _send_events(self, request: web.Request, events: list[bytes], cut: bool) -> web.StreamResponse:
+    async def _send_events(
+        self, request: web.Request, events: list[bytes], cut: bool
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         if cut:
-            events = events[:max(1, len(events) // 2)]
+            events = events[: max(1, len(events) // 2)]
         interval_s = self.config.chunk_interval_ms / 1000.0
         if interval_s:
             for i, event in enumerate(events):
@@ -694,7 +833,7 @@ class FakeVendor:
         response = web.StreamResponse(headers={"Content-Type": _JSON})
         response.content_length = len(body)
         await response.prepare(request)
-        await response.write(body[:len(body) // 2])
+        await response.write(body[: len(body) // 2])
         _drop_connection(request)
         return response
 
@@ -709,12 +848,19 @@ class FakeVendor:
             return self._refuse(MODELS_PATH, dialect, *refused)
         self.stats.outcomes[MODELS_PATH, "ok"] += 1
         if anthropic:
-            data = [{"type": "model", "id": m, "display_name": m, "created_at": "2024-01-01T00:00:00Z"}
-                    for m in MODELS]
+            data = [
+                {"type": "model", "id": m, "display_name": m, "created_at": "2024-01-01T00:00:00Z"}
+                for m in MODELS
+            ]
             body = {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]}
         else:
-            body = {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
-                                                "owned_by": "fake-vendor"} for m in MODELS]}
+            body = {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "fake-vendor"}
+                    for m in MODELS
+                ],
+            }
         return web.Response(body=orjson.dumps(body), content_type=_JSON)
 
     # -- control routes
@@ -730,7 +876,9 @@ class FakeVendor:
             changes = _load_object(await request.read())
             self.config = self.config.updated(changes)
         except (InvalidRequest, ValueError, TypeError) as exc:
-            return web.Response(status=400, body=orjson.dumps({"error": str(exc)}), content_type=_JSON)
+            return web.Response(
+                status=400, body=orjson.dumps({"error": str(exc)}), content_type=_JSON
+            )
         self._restart_faults(rearm="fail_first_n" in changes)
         return self._config_response()
 
@@ -767,8 +915,9 @@ def build_app(config: FakeVendorConfig | None = None) -> web.Application:
 
 async def serve(config: FakeVendorConfig, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM; prints READY_LINE once the socket listens."""
-    await serve_until_signalled(build_app(config), host, port, READY_LINE, backlog=2048,
-                                reuse_address=True)
+    await serve_until_signalled(
+        build_app(config), host, port, READY_LINE, backlog=2048, reuse_address=True
+    )
 
 
 def _flag(name: str) -> str:
@@ -778,13 +927,19 @@ def _flag(name: str) -> str:
 def config_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.fake_vendor",
-        description="A fake OpenAI-compatible and Anthropic vendor API on loopback.")
+        description="A fake OpenAI-compatible and Anthropic vendor API on loopback.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
     defaults = FakeVendorConfig()
     for name, kind in _field_types().items():
-        parser.add_argument(_flag(name), dest=name, type=kind, default=getattr(defaults, name),
-                            choices=ERROR_KINDS if name == "error_kind" else None)
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            type=kind,
+            default=getattr(defaults, name),
+            choices=ERROR_KINDS if name == "error_kind" else None,
+        )
     return parser
 
 
@@ -800,8 +955,9 @@ def main(argv: list[str] | None = None) -> None:
 # -- helpers for tests and benchmarks ------------------------------------------------
 
 
-def start_fake_vendor(port: int | None = None, cpus: set[int] | None = None,
-                      **knobs: object) -> GatewayProcess:
+def start_fake_vendor(
+    port: int | None = None, cpus: set[int] | None = None, **knobs: object
+) -> GatewayProcess:
     """Run the fake vendor as a subprocess on `port` (a free one by default).
 
     `knobs` are FakeVendorConfig fields; they are checked here, so a typo fails
@@ -823,8 +979,9 @@ _LOOPBACK_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def _call(url: str, path: str, body: dict[str, object] | None = None) -> dict[str, Any]:
     base = url if url.startswith("http") else f"http://{url}"
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base.rstrip("/") + path, data=data,
-                                     headers={"Content-Type": _JSON})
+    request = urllib.request.Request(
+        base.rstrip("/") + path, data=data, headers={"Content-Type": _JSON}
+    )
     try:
         with _LOOPBACK_OPENER.open(request, timeout=10) as response:
             return json.loads(response.read())

@@ -41,25 +41,30 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
-import numpy as np  # noqa: E402
+import aiohttp
+import numpy as np
 
-from loadtests import report  # noqa: E402
-from loadtests.fake_vendor import (  # noqa: E402
+from loadtests import report
+from loadtests.fake_vendor import (
     control_fake_vendor,
     fake_vendor_stats,
     reset_fake_vendor,
     start_fake_vendor,
 )
-from loadtests.gateway_process import ROOT, GatewayProcess, start_gateway  # noqa: E402
+from loadtests.gateway_process import ROOT, GatewayProcess, start_gateway
 
 RESULTS = ROOT / "loadtests" / "results"
 KEY_ENV = "FAULTS_VENDOR_KEY"
 FAULTS = ("none", "500", "timeout", "refused", "killed", "429")
 PRIMARY_TIMEOUT_MS = 300
 REQUEST_TIMEOUT_MS = 10_000
-BREAKER = {"consecutive_failures": 5, "error_rate": 0.5, "window_s": 10, "min_requests": 20,
-           "cooldown_ms": 1000}
+BREAKER = {
+    "consecutive_failures": 5,
+    "error_rate": 0.5,
+    "window_s": 10,
+    "min_requests": 20,
+    "cooldown_ms": 1000,
+}
 CHAT = "/v1/chat/completions"
 
 
@@ -67,24 +72,33 @@ CHAT = "/v1/chat/completions"
 
 
 def vendor_backend(url: str, **extra: object) -> dict[str, Any]:
-    return {"type": "openai", "base_url": f"http://{url}/v1", "api_key_env": KEY_ENV,
-            "model": "fake-chat", "retries": {"max": 0}, "max_concurrency": 64, **extra}
+    return {
+        "type": "openai",
+        "base_url": f"http://{url}/v1",
+        "api_key_env": KEY_ENV,
+        "model": "fake-chat",
+        "retries": {"max": 0},
+        "max_concurrency": 64,
+        **extra,
+    }
 
 
 def gateway_config(a: str, b: str) -> dict[str, Any]:
     backends: dict[str, Any] = {
         "b": vendor_backend(b, circuit_breaker={"enabled": False}),
         # Fails fast on every call and never opens: every request takes the hop.
-        "a-hop": vendor_backend(a, timeout_ms=PRIMARY_TIMEOUT_MS,
-                                circuit_breaker={"enabled": False}),
+        "a-hop": vendor_backend(
+            a, timeout_ms=PRIMARY_TIMEOUT_MS, circuit_breaker={"enabled": False}
+        ),
     }
     models: dict[str, Any] = {
         "direct-b": {"kind": "chat", "route": {"backends": ["b"]}},
         "hop": {"kind": "chat", "route": {"backends": ["a-hop", "b"]}},
     }
     for fault in FAULTS:
-        backends[f"a-{fault}"] = vendor_backend(a, timeout_ms=PRIMARY_TIMEOUT_MS,
-                                                circuit_breaker=BREAKER)
+        backends[f"a-{fault}"] = vendor_backend(
+            a, timeout_ms=PRIMARY_TIMEOUT_MS, circuit_breaker=BREAKER
+        )
         models[f"chain-{fault}"] = {"kind": "chat", "route": {"backends": [f"a-{fault}", "b"]}}
     return {"server": {"watch_config_s": 0}, "backends": backends, "models": models}
 
@@ -110,8 +124,11 @@ class VendorA:
         self.process.process.wait()
 
     def calls(self) -> int | None:
-        return fake_vendor_stats(self.url)["routes"].get(CHAT, {}).get("received", 0) \
-            if self.alive else None
+        return (
+            fake_vendor_stats(self.url)["routes"].get(CHAT, {}).get("received", 0)
+            if self.alive
+            else None
+        )
 
 
 # -- the load ----------------------------------------------------------------------------
@@ -135,8 +152,9 @@ async def send(session: aiohttp.ClientSession, base: str, model: str, i: int) ->
     body = {"model": model, "messages": [{"role": "user", "content": f"request {i}"}]}
     started = time.perf_counter()
     try:
-        async with session.post(base + CHAT, json=body,
-                                headers={"x-request-timeout-ms": str(REQUEST_TIMEOUT_MS)}) as r:
+        async with session.post(
+            base + CHAT, json=body, headers={"x-request-timeout-ms": str(REQUEST_TIMEOUT_MS)}
+        ) as r:
             await r.read()
             status, backend = r.status, r.headers.get("x-gateway-backend")
     except (aiohttp.ClientError, TimeoutError):
@@ -144,8 +162,13 @@ async def send(session: aiohttp.ClientSession, base: str, model: str, i: int) ->
     return Outcome(model, status, backend, time.perf_counter() - started)
 
 
-async def closed_loop(gateway: GatewayProcess, models: list[str], requests: int,
-                      concurrency: int, on_answer: Any = None) -> Run:
+async def closed_loop(
+    gateway: GatewayProcess,
+    models: list[str],
+    requests: int,
+    concurrency: int,
+    on_answer: Any = None,
+) -> Run:
     """`requests` requests from `concurrency` callers, cycling through `models`."""
     run = Run()
     counter = iter(range(requests))
@@ -153,6 +176,7 @@ async def closed_loop(gateway: GatewayProcess, models: list[str], requests: int,
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_MS / 1000 + 5)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
         async def caller() -> None:
             for i in counter:
                 outcome = await send(session, base, models[i % len(models)], i)
@@ -184,8 +208,9 @@ def breaker_state(gateway: GatewayProcess, backend: str) -> str:
 # -- the scenarios ------------------------------------------------------------------------
 
 
-def run_fault(fault: str, gateway: GatewayProcess, a: VendorA, requests: int,
-              concurrency: int) -> dict[str, Any]:
+def run_fault(
+    fault: str, gateway: GatewayProcess, a: VendorA, requests: int, concurrency: int
+) -> dict[str, Any]:
     a.healthy()
     on_answer = None
     if fault in ("500", "timeout", "429"):
@@ -228,36 +253,66 @@ def run_hop(gateway: GatewayProcess, a: VendorA, requests: int, concurrency: int
     run = asyncio.run(closed_loop(gateway, ["hop", "direct-b"], 2 * requests, concurrency))
     hop = [o for o in run.outcomes if o.model == "hop"]
     direct = [o for o in run.outcomes if o.model == "direct-b"]
-    assert all(o.status == 200 and o.backend == "b" for o in hop + direct), \
-        {(o.model, o.status, o.backend) for o in hop + direct}
+    assert all(o.status == 200 and o.backend == "b" for o in hop + direct), {
+        (o.model, o.status, o.backend) for o in hop + direct
+    }
     hop_p50, hop_p99 = ms([o.latency_s for o in hop])
     direct_p50, direct_p99 = ms([o.latency_s for o in direct])
     return {
         "requests_each": len(hop),
-        "hop_p50_ms": hop_p50, "hop_p99_ms": hop_p99,
-        "direct_p50_ms": direct_p50, "direct_p99_ms": direct_p99,
+        "hop_p50_ms": hop_p50,
+        "hop_p99_ms": hop_p99,
+        "direct_p50_ms": direct_p50,
+        "direct_p99_ms": direct_p99,
         "added_p50_ms": round(hop_p50 - direct_p50, 3),
         "added_p99_ms": round(hop_p99 - direct_p99, 3),
     }
 
 
 def print_report(faults: list[dict[str, Any]], hop: dict[str, Any]) -> None:
-    rows = [[f["fault"], f"{f['success_rate']:.1%}", f["p50_ms"], f["p99_ms"],
-             f"{f['share_secondary']:.1%}", f["primary_calls"], f["breaker_end"]]
-            for f in faults]
-    print(report.table(["fault on A", "success", "p50 ms", "p99 ms", "answered by B",
-                        "calls to A", "breaker at end"], rows))
+    rows = [
+        [
+            f["fault"],
+            f"{f['success_rate']:.1%}",
+            f["p50_ms"],
+            f["p99_ms"],
+            f"{f['share_secondary']:.1%}",
+            f["primary_calls"],
+            f["breaker_end"],
+        ]
+        for f in faults
+    ]
+    print(
+        report.table(
+            [
+                "fault on A",
+                "success",
+                "p50 ms",
+                "p99 ms",
+                "answered by B",
+                "calls to A",
+                "breaker at end",
+            ],
+            rows,
+        )
+    )
     print()
-    print(report.table(
-        ["fallback hop", "p50 ms", "p99 ms"],
-        [["A fails fast (500) -> B", hop["hop_p50_ms"], hop["hop_p99_ms"]],
-         ["straight to B", hop["direct_p50_ms"], hop["direct_p99_ms"]],
-         ["added by the hop", hop["added_p50_ms"], hop["added_p99_ms"]]]))
+    print(
+        report.table(
+            ["fallback hop", "p50 ms", "p99 ms"],
+            [
+                ["A fails fast (500) -> B", hop["hop_p50_ms"], hop["hop_p99_ms"]],
+                ["straight to B", hop["direct_p50_ms"], hop["direct_p99_ms"]],
+                ["added by the hop", hop["added_p50_ms"], hop["added_p99_ms"]],
+            ],
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=200, help="per fault (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=8, help="callers (default %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -284,8 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "settings": {"requests": args.requests, "concurrency": args.concurrency,
-                     "primary_timeout_ms": PRIMARY_TIMEOUT_MS, "breaker": BREAKER},
+        "settings": {
+            "requests": args.requests,
+            "concurrency": args.concurrency,
+            "primary_timeout_ms": PRIMARY_TIMEOUT_MS,
+            "breaker": BREAKER,
+        },
         "faults": faults,
         "fallback_hop": hop,
     }

@@ -43,8 +43,16 @@ class _Server(uvicorn.Server):
 def serve(host: str, port: int) -> None:
     import uvloop
 
-    config = uvicorn.Config(app, host=host, port=port, http="httptools", loop="none",
-                            access_log=False, log_level="warning", timeout_keep_alive=30)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        loop="none",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=30,
+    )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_Server(config).serve())
 

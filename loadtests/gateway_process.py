@@ -59,16 +59,25 @@ class GatewayProcess:
             self.reader.join(timeout=10)  # `output` then holds everything it wrote
 
 
-def start_server(name: str, argv: list[str], port: int, ready_line: bytes,
-                 cpus: set[int] | None = None, timeout_s: float = 60.0,
-                 env: dict[str, str] | None = None) -> GatewayProcess:
+def start_server(
+    name: str,
+    argv: list[str],
+    port: int,
+    ready_line: bytes,
+    cpus: set[int] | None = None,
+    timeout_s: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> GatewayProcess:
     """Run `argv` (from the project root) and return once it prints `ready_line`.
 
     `cpus` pins the server to those cores (Linux), so a load generator on the
     other cores does not compete with it. `env` adds to the inherited environment.
     """
     process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     if cpus:
@@ -96,14 +105,32 @@ def start_server(name: str, argv: list[str], port: int, ready_line: bytes,
     return server
 
 
-def start_gateway(config: dict, workdir: Path, *extra_args: str, cpus: set[int] | None = None,
-                  timeout_s: float = 60.0, env: dict[str, str] | None = None) -> GatewayProcess:
+def start_gateway(
+    config: dict,
+    workdir: Path,
+    *extra_args: str,
+    cpus: set[int] | None = None,
+    timeout_s: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> GatewayProcess:
     """Write `config` into `workdir`, serve it, and return once it listens."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config_path),
-            "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0", *extra_args]
-    return start_server("gateway", argv, port, READY_LINE, cpus=cpus, timeout_s=timeout_s,
-                        env=env)
+    argv = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(port),
+        "--grpc-port",
+        "0",
+        *extra_args,
+    ]
+    return start_server("gateway", argv, port, READY_LINE, cpus=cpus, timeout_s=timeout_s, env=env)

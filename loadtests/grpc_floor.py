@@ -32,9 +32,12 @@ def _answer() -> bytes:
 
 
 def _handlers(infer: object) -> tuple[grpc.GenericRpcHandler, ...]:
-    return (grpc.method_handlers_generic_handler(
-        "inference.GRPCInferenceService",
-        {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}),)
+    return (
+        grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService",
+            {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},
+        ),
+    )
 
 
 async def serve_aio(host: str, port: int) -> None:

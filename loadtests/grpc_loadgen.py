@@ -48,9 +48,15 @@ class GrpcLoadResult:
         }
 
 
-async def _loop(call: grpc.aio.UnaryUnaryMultiCallable, requests: Sequence[bytes], first: int,
-                stop_at: float, record_from: float, timeout_s: float,
-                result: GrpcLoadResult) -> None:
+async def _loop(
+    call: grpc.aio.UnaryUnaryMultiCallable,
+    requests: Sequence[bytes],
+    first: int,
+    stop_at: float,
+    record_from: float,
+    timeout_s: float,
+    result: GrpcLoadResult,
+) -> None:
     clock = time.perf_counter
     count = len(requests)
     index = first
@@ -74,9 +80,15 @@ async def _loop(call: grpc.aio.UnaryUnaryMultiCallable, requests: Sequence[bytes
             statuses[status] += 1
 
 
-async def closed_loop(target: str, request: bytes | Sequence[bytes], concurrency: int,
-                      duration_s: float, warmup_s: float, channels: int = 1,
-                      timeout_s: float = 10.0) -> GrpcLoadResult:
+async def closed_loop(
+    target: str,
+    request: bytes | Sequence[bytes],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    channels: int = 1,
+    timeout_s: float = 10.0,
+) -> GrpcLoadResult:
     """Run `concurrency` closed loops over `channels` connections (HTTP/2
     multiplexes the loops of one channel) for warmup + duration; record after
     the warm-up. `request` is one serialized ModelInferRequest or several."""
@@ -92,10 +104,12 @@ async def closed_loop(target: str, request: bytes | Sequence[bytes], concurrency
         record_from = start + warmup_s
         stop_at = record_from + duration_s
         result = GrpcLoadResult(concurrency=concurrency, duration_s=duration_s, channels=channels)
-        await asyncio.gather(*(
-            _loop(calls[i % channels], requests, i, stop_at, record_from, timeout_s, result)
-            for i in range(concurrency)
-        ))
+        await asyncio.gather(
+            *(
+                _loop(calls[i % channels], requests, i, stop_at, record_from, timeout_s, result)
+                for i in range(concurrency)
+            )
+        )
         return result
     finally:
         await asyncio.gather(*(channel.close() for channel in opened))

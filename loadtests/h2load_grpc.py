@@ -36,24 +36,49 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
-def closed_loop(target: str, message: bytes, concurrency: int, duration_s: float,
-                warmup_s: float, connections: int = 1, path: str = MODEL_INFER) -> dict[str, Any]:
+def closed_loop(
+    target: str,
+    message: bytes,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    connections: int = 1,
+    path: str = MODEL_INFER,
+) -> dict[str, Any]:
     """`concurrency` calls in flight over `connections` connections for
     warmup + duration; the summary covers the measured part only, in the
     shape of `grpc_loadgen.GrpcLoadResult.summary()`."""
     if concurrency % connections:
-        raise ValueError(f"concurrency {concurrency} is not a multiple of {connections} connections")
+        raise ValueError(
+            f"concurrency {concurrency} is not a multiple of {connections} connections"
+        )
     with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
         body = Path(tmp) / "request.bin"
         body.write_bytes(grpc_frame(message))
         log = Path(tmp) / "calls.tsv"
-        argv = ["h2load", "--duration", f"{duration_s:g}", "--warm-up-time", f"{warmup_s:g}",
-                "--clients", str(connections), "--max-concurrent-streams",
-                str(concurrency // connections), "--data", str(body),
-                "--header", "content-type: application/grpc", "--header", "te: trailers",
-                "--log-file", str(log), f"http://{target}{path}"]
-        finished = subprocess.run(argv, capture_output=True, text=True,
-                                  timeout=warmup_s + duration_s + 60)
+        argv = [
+            "h2load",
+            "--duration",
+            f"{duration_s:g}",
+            "--warm-up-time",
+            f"{warmup_s:g}",
+            "--clients",
+            str(connections),
+            "--max-concurrent-streams",
+            str(concurrency // connections),
+            "--data",
+            str(body),
+            "--header",
+            "content-type: application/grpc",
+            "--header",
+            "te: trailers",
+            "--log-file",
+            str(log),
+            f"http://{target}{path}",
+        ]
+        finished = subprocess.run(
+            argv, capture_output=True, text=True, timeout=warmup_s + duration_s + 60
+        )
         if finished.returncode != 0:
             raise RuntimeError(f"h2load failed ({finished.returncode}): {finished.stderr[-2000:]}")
         latencies, statuses = _read_log(log)

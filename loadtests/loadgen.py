@@ -41,8 +41,12 @@ def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
         return {"p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
     lat = np.asarray(latencies_s) * 1000.0
     p50, p90, p99 = np.percentile(lat, [50, 90, 99])
-    return {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3),
-            "p99_ms": round(float(p99), 3), "max_ms": round(float(lat.max()), 3)}
+    return {
+        "p50_ms": round(float(p50), 3),
+        "p90_ms": round(float(p90), 3),
+        "p99_ms": round(float(p99), 3),
+        "max_ms": round(float(lat.max()), 3),
+    }
 
 
 @dataclass
@@ -90,8 +94,15 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 # -- closed loop ---------------------------------------------------------------
 
 
-async def _connection(host: str, port: int, requests: Sequence[bytes], first: int,
-                      stop_at: float, record_from: float, result: LoadResult) -> None:
+async def _connection(
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    first: int,
+    stop_at: float,
+    record_from: float,
+    result: LoadResult,
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     clock = time.perf_counter
     count = len(requests)
@@ -117,8 +128,14 @@ async def _connection(host: str, port: int, requests: Sequence[bytes], first: in
         writer.close()
 
 
-async def closed_loop(host: str, port: int, request: bytes | Sequence[bytes], concurrency: int,
-                      duration_s: float, warmup_s: float) -> LoadResult:
+async def closed_loop(
+    host: str,
+    port: int,
+    request: bytes | Sequence[bytes],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+) -> LoadResult:
     """Run `concurrency` closed loops for warmup + duration; record after the warm-up.
 
     `request` may be a list of pre-encoded requests: each connection cycles
@@ -129,10 +146,12 @@ async def closed_loop(host: str, port: int, request: bytes | Sequence[bytes], co
     record_from = start + warmup_s
     stop_at = record_from + duration_s
     result = LoadResult(concurrency=concurrency, duration_s=duration_s)
-    await asyncio.gather(*(
-        _connection(host, port, requests, i, stop_at, record_from, result)
-        for i in range(concurrency)
-    ))
+    await asyncio.gather(
+        *(
+            _connection(host, port, requests, i, stop_at, record_from, result)
+            for i in range(concurrency)
+        )
+    )
     return result
 
 
@@ -198,8 +217,9 @@ class _Flight:
             self.drained.set()
 
 
-async def _answers(conn: _Conn, idle: list[_Conn], flight: _Flight, result: OpenLoopResult,
-                   host: str, port: int) -> None:
+async def _answers(
+    conn: _Conn, idle: list[_Conn], flight: _Flight, result: OpenLoopResult, host: str, port: int
+) -> None:
     """Read one connection's responses for as long as the run lasts."""
     clock = time.perf_counter
     latencies = result.latencies_s
@@ -224,8 +244,14 @@ async def _answers(conn: _Conn, idle: list[_Conn], flight: _Flight, result: Open
         flight.landed()
 
 
-async def _schedule(request: bytes, rate_rps: float, duration_s: float, idle: list[_Conn],
-                    flight: _Flight, result: OpenLoopResult) -> None:
+async def _schedule(
+    request: bytes,
+    rate_rps: float,
+    duration_s: float,
+    idle: list[_Conn],
+    flight: _Flight,
+    result: OpenLoopResult,
+) -> None:
     """Send request k at start + k / rate, whatever the answers do.
 
     The timer wakes about once a millisecond, so requests leave in small bursts
@@ -255,8 +281,15 @@ async def _schedule(request: bytes, rate_rps: float, duration_s: float, idle: li
     result.scheduled = total
 
 
-async def open_loop(host: str, port: int, request: bytes, rate_rps: float, duration_s: float,
-                    connections: int = 256, drain_s: float = 5.0) -> OpenLoopResult:
+async def open_loop(
+    host: str,
+    port: int,
+    request: bytes,
+    rate_rps: float,
+    duration_s: float,
+    connections: int = 256,
+    drain_s: float = 5.0,
+) -> OpenLoopResult:
     """Offer `rate_rps` for `duration_s` over at most `connections` connections.
 
     A request that falls due while every connection is busy is counted as not
@@ -264,7 +297,9 @@ async def open_loop(host: str, port: int, request: bytes, rate_rps: float, durat
     send, answers are awaited for at most `drain_s`; the rest are unanswered.
     """
     result = OpenLoopResult(rate_rps=rate_rps, duration_s=duration_s, connections=connections)
-    opened = await asyncio.gather(*(asyncio.open_connection(host, port) for _ in range(connections)))
+    opened = await asyncio.gather(
+        *(asyncio.open_connection(host, port) for _ in range(connections))
+    )
     conns = [_Conn(reader, writer) for reader, writer in opened]
     idle = list(conns)
     flight = _Flight()

@@ -43,13 +43,15 @@ def counter_total(port: int, metric: str, **labels: str) -> float:
             continue
         for sample in family.samples:
             if sample.name == f"{metric}_total" and all(
-                    sample.labels.get(k) == v for k, v in labels.items()):
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
                 total += sample.value
     return total
 
 
-def scrape_histogram(port: int, metric: str, backend: str | None = None,
-                     **labels: str) -> HistogramTotals:
+def scrape_histogram(
+    port: int, metric: str, backend: str | None = None, **labels: str
+) -> HistogramTotals:
     """A histogram's totals over the samples with these labels (`backend` among them)."""
     if backend is not None:
         labels["backend"] = backend

@@ -41,13 +41,17 @@ SENTENCES = [
     "Add two cups of flour, a pinch of salt and stir until the dough is smooth.",
     "Which train goes from the central station to the airport after ten at night?",
     "Scientists discovered a new species of frog in the rainforest of Borneo.",
-    ("After months of talks, the two companies finally agreed on a merger that will create "
-     "the region's largest retailer."),
+    (
+        "After months of talks, the two companies finally agreed on a merger that will create "
+        "the region's largest retailer."
+    ),
     "I would like to return these shoes because they are too small for me.",
     "Electric cars are becoming cheaper to buy and to run in most countries.",
     "The children built a sandcastle while their parents read books under the umbrella.",
-    ("If the package does not arrive within five working days, please contact our support team "
-     "and quote your order number."),
+    (
+        "If the package does not arrive within five working days, please contact our support team "
+        "and quote your order number."
+    ),
     "My laptop battery drains quickly even when the screen brightness is low.",
     "The orchestra performed Beethoven's ninth symphony to a sold-out hall.",
     "Can you recommend a quiet restaurant with vegetarian options near the old town?",
@@ -65,52 +69,79 @@ SENTENCES = [
 ]
 
 
-def _model(name: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]],
-           backend: str) -> dict[str, Any]:
-    return {name: {"signature": {"inputs": inputs, "outputs": outputs},
-                   "route": {"backends": [backend]}}}
+def _model(
+    name: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], backend: str
+) -> dict[str, Any]:
+    return {
+        name: {
+            "signature": {"inputs": inputs, "outputs": outputs},
+            "route": {"backends": [backend]},
+        }
+    }
 
 
 def digits_config(batching: bool, max_queue: int = 1024) -> dict[str, Any]:
     backend: dict[str, Any] = {
-        "type": "onnx", "path": str(DIGITS_MODEL), "providers": ["cpu"],
-        "max_concurrency": 1, "intra_op_threads": 1, "timeout_ms": 10000, "max_queue": max_queue,
+        "type": "onnx",
+        "path": str(DIGITS_MODEL),
+        "providers": ["cpu"],
+        "max_concurrency": 1,
+        "intra_op_threads": 1,
+        "timeout_ms": 10000,
+        "max_queue": max_queue,
     }
     if batching:
         backend["batching"] = {"max_batch_size": 64, "max_queue_delay_us": 500}
     return {
         "backends": {"digits-cpu": backend},
-        "models": _model("digits", [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
-                         [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
-                         "digits-cpu"),
+        "models": _model(
+            "digits",
+            [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
+            [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+            "digits-cpu",
+        ),
     }
 
 
 def embedder_config(batching: bool, max_queue: int = 1024) -> dict[str, Any]:
     backend: dict[str, Any] = {
-        "type": "onnx", "path": str(EMBEDDER_MODEL), "providers": ["cpu"],
-        "max_concurrency": 1, "intra_op_threads": 1, "max_queue": max_queue, "timeout_ms": 30000,
-        "tokenizer": {"path": str(EMBEDDER_TOKENIZER), "input": "text",
-                      "max_length": EMBEDDER_MAX_LENGTH},
+        "type": "onnx",
+        "path": str(EMBEDDER_MODEL),
+        "providers": ["cpu"],
+        "max_concurrency": 1,
+        "intra_op_threads": 1,
+        "max_queue": max_queue,
+        "timeout_ms": 30000,
+        "tokenizer": {
+            "path": str(EMBEDDER_TOKENIZER),
+            "input": "text",
+            "max_length": EMBEDDER_MAX_LENGTH,
+        },
     }
     if batching:
         backend["batching"] = {"max_batch_size": 64, "max_queue_delay_us": 2000}
     return {
         "backends": {"embedder-cpu": backend},
-        "models": _model("embedder", [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-                         [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
-                         "embedder-cpu"),
+        "models": _model(
+            "embedder",
+            [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
+            "embedder-cpu",
+        ),
     }
 
 
 def binary_infer(port: int, path: str, tensor: dict[str, Any], raw: bytes, output: str) -> bytes:
     """One HTTP request: v2 binary infer of a single input tensor, binary output asked."""
-    header = json.dumps({
-        "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
-        "outputs": [{"name": output, "parameters": {"binary_data": True}}],
-    }).encode()
-    return http_request(HOST, port, path, header + raw,
-                        {"Inference-Header-Content-Length": str(len(header))})
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+            "outputs": [{"name": output, "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return http_request(
+        HOST, port, path, header + raw, {"Inference-Header-Content-Length": str(len(header))}
+    )
 
 
 def digits_request(port: int) -> bytes:
@@ -119,8 +150,13 @@ def digits_request(port: int) -> bytes:
     )
 
     pixels = load_digits().data[:1].astype(np.float32)
-    return binary_infer(port, DIGITS_PATH, {"name": "pixels", "datatype": "FP32", "shape": [1, 64]},
-                        pixels.tobytes(), "probabilities")
+    return binary_infer(
+        port,
+        DIGITS_PATH,
+        {"name": "pixels", "datatype": "FP32", "shape": [1, 64]},
+        pixels.tobytes(),
+        "probabilities",
+    )
 
 
 def embedder_requests(port: int) -> list[bytes]:
@@ -129,7 +165,13 @@ def embedder_requests(port: int) -> list[bytes]:
     for sentence in SENTENCES:
         text = sentence.encode()
         raw = struct.pack("<I", len(text)) + text
-        requests.append(binary_infer(port, EMBEDDER_PATH,
-                                     {"name": "text", "datatype": "BYTES", "shape": [1]},
-                                     raw, "embedding"))
+        requests.append(
+            binary_infer(
+                port,
+                EMBEDDER_PATH,
+                {"name": "text", "datatype": "BYTES", "shape": [1]},
+                raw,
+                "embedding",
+            )
+        )
     return requests

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from loadtests.gateway_process import ROOT, GatewayProcess, free_port, start_gateway
-from tests.redis_server import redis_server, redis_server_factory  # noqa: F401  (fixtures)
+from tests.redis_server import redis_server, redis_server_factory
 
-__all__ = ["ROOT", "DIGITS_MODEL", "GatewayProcess", "free_port", "start_gateway", "digits_config"]
+__all__ = ["DIGITS_MODEL", "ROOT", "GatewayProcess", "digits_config", "free_port", "start_gateway"]
 
 DIGITS_MODEL = ROOT / "models" / "digits" / "1" / "model.onnx"
 
@@ -19,8 +19,12 @@ def digits_config(**server: object) -> dict:
         "server": {"max_request_bytes": 1 << 20, **server},
         "backends": {
             "digits-cpu": {
-                "type": "onnx", "path": str(DIGITS_MODEL), "providers": ["cpu"],
-                "max_concurrency": 2, "timeout_ms": 5000, "intra_op_threads": 1,
+                "type": "onnx",
+                "path": str(DIGITS_MODEL),
+                "providers": ["cpu"],
+                "max_concurrency": 2,
+                "timeout_ms": 5000,
+                "intra_op_threads": 1,
             }
         },
         "models": {

@@ -69,8 +69,9 @@ def slow_model(path: Path, width: int = 256, repeats: int = 64) -> Path:
         out = "y" if i == repeats - 1 else f"h{i}"
         nodes.append(helper.make_node("MatMul", [previous, "w"], [out]))
         previous = out
-    graph = helper.make_graph(nodes, "slow", [x], [y],
-                              initializer=[numpy_helper.from_array(weight, "w")])
+    graph = helper.make_graph(
+        nodes, "slow", [x], [y], initializer=[numpy_helper.from_array(weight, "w")]
+    )
     return _save(graph, path)
 
 

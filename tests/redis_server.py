@@ -27,8 +27,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -69,17 +69,30 @@ class RedisServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         """Start on `self.port` and return once it answers PING."""
         if self.running:
             return self
         argv = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--daemonize", "no",
-            "--dir", str(self._workdir), "--logfile", str(self.log_path),
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self._workdir),
+            "--logfile",
+            str(self.log_path),
         ]
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -106,7 +119,7 @@ class RedisServer:
             process.kill()
             process.wait()
 
-    def restart(self) -> "RedisServer":
+    def restart(self) -> RedisServer:
         """Stop, then start again on the same port, empty."""
         self.stop()
         return self.start()
@@ -130,8 +143,7 @@ class RedisServer:
 
         Blocks the caller too: run it in a thread (`asyncio.to_thread`).
         """
-        self.command("EVAL", _BUSY_LUA, 0, round(seconds * 1_000_000),
-                     timeout_s=seconds + 5)
+        self.command("EVAL", _BUSY_LUA, 0, round(seconds * 1_000_000), timeout_s=seconds + 5)
 
     def logs(self) -> str:
         try:
@@ -208,8 +220,10 @@ def launch(binary: str, attempts: int = 3) -> RedisServer:
 def _binary_or_skip() -> str:
     binary = redis_server_binary()
     if binary is None:
-        pytest.skip("redis-server is not installed (`make test` installs Debian's "
-                    "redis-server; or set REDIS_SERVER to a binary)")
+        pytest.skip(
+            "redis-server is not installed (`make test` installs Debian's "
+            "redis-server; or set REDIS_SERVER to a binary)"
+        )
     return binary
 
 

@@ -12,8 +12,13 @@ from tests.conftest import ROOT, digits_config
 
 
 def gateway(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def write(tmp_path: Path, config: dict) -> str:
@@ -45,11 +50,14 @@ def test_check_rejects_a_backend_that_does_not_fit_the_signature(tmp_path: Path)
     result = gateway("check", path)
     assert result.returncode == 1
     line = line_of(path, "- digits-cpu")
-    assert (f"models.digits.route.backends[0] (line {line}): backend 'digits-cpu' does not fit the "
-            "signature: input 'pixels': signature declares size 32 in dimension 1, the model has 64"
-            ) in result.stderr
-    assert ("output 'probabilities': signature declares FP64 [-1,10], the model has FP32 [-1,10]"
-            in result.stderr)
+    assert (
+        f"models.digits.route.backends[0] (line {line}): backend 'digits-cpu' does not fit the "
+        "signature: input 'pixels': signature declares size 32 in dimension 1, the model has 64"
+    ) in result.stderr
+    assert (
+        "output 'probabilities': signature declares FP64 [-1,10], the model has FP32 [-1,10]"
+        in result.stderr
+    )
 
 
 def test_check_reports_every_problem_with_its_path(tmp_path: Path) -> None:
@@ -60,17 +68,24 @@ def test_check_reports_every_problem_with_its_path(tmp_path: Path) -> None:
     path = write(tmp_path, config)
     result = gateway("check", path)
     assert result.returncode == 1
-    assert (f"backends.digits-cpu.max_queue (line {line_of(path, 'max_queue')}): Input should be "
-            "greater than or equal to 0 (got -1)") in result.stderr
+    assert (
+        f"backends.digits-cpu.max_queue (line {line_of(path, 'max_queue')}): Input should be "
+        "greater than or equal to 0 (got -1)"
+    ) in result.stderr
     config["backends"]["digits-cpu"]["max_queue"] = 4
     path = write(tmp_path, config)
     result = gateway("check", path)
-    assert (f"models.digits.route.backends[1] (line {line_of(path, '- nowhere')}): unknown backend "
-            "'nowhere'") in result.stderr
+    assert (
+        f"models.digits.route.backends[1] (line {line_of(path, '- nowhere')}): unknown backend "
+        "'nowhere'"
+    ) in result.stderr
     config["models"]["digits"]["route"]["backends"].pop()
     path = write(tmp_path, config)
     result = gateway("check", path)
-    assert f"backends.digits-cpu (line {line_of(path, 'digits-cpu:')}): model file not found:" in result.stderr
+    assert (
+        f"backends.digits-cpu (line {line_of(path, 'digits-cpu:')}): model file not found:"
+        in result.stderr
+    )
     assert "missing.onnx" in result.stderr
 
 
@@ -80,7 +95,10 @@ def test_a_required_gpu_that_is_not_there_refuses_to_load(tmp_path: Path) -> Non
     path = write(tmp_path, config)
     result = gateway("check", path)
     assert result.returncode == 1
-    assert f"backends.digits-cpu (line {line_of(path, 'digits-cpu:')}): require_gpu is set" in result.stderr
+    assert (
+        f"backends.digits-cpu (line {line_of(path, 'digits-cpu:')}): require_gpu is set"
+        in result.stderr
+    )
 
 
 def test_serve_with_a_bad_config_exits_1_with_the_report(tmp_path: Path) -> None:
@@ -89,8 +107,10 @@ def test_serve_with_a_bad_config_exits_1_with_the_report(tmp_path: Path) -> None
     path = write(tmp_path, config)
     result = gateway("serve", "--config", path)
     assert result.returncode == 1
-    assert (f"server.http_port (line {line_of(path, 'http_port')}): Input should be a valid integer"
-            in result.stderr)
+    assert (
+        f"server.http_port (line {line_of(path, 'http_port')}): Input should be a valid integer"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 

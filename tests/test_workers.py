@@ -37,8 +37,9 @@ def test_metrics_add_up_over_all_workers(tmp_path) -> None:
             time.sleep(0.01)
         body = tensor_json("pixels", "FP32", [1, 64], np.ones(64).tolist())
         # New connections each time: the kernel spreads them over both workers.
-        assert all(post(gateway.port, "/v2/models/digits/infer", body).status == 200
-                   for _ in range(30))
+        assert all(
+            post(gateway.port, "/v2/models/digits/infer", body).status == 200 for _ in range(30)
+        )
         labels = {"model": "digits", "protocol": "v2_http", "code": "200"}
         # Whichever worker answers the scrape, it reports both workers' requests.
         totals = {value(gateway.port, "gateway_requests_total", **labels) for _ in range(10)}

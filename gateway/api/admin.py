@@ -7,7 +7,8 @@ configured; /metrics stays open for scrapers.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -43,12 +44,14 @@ class SloSource(Protocol):
 
 
 def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(doc), status_code=status, media_type="application/json",
-                    headers=headers)
+    return Response(
+        orjson.dumps(doc), status_code=status, media_type="application/json", headers=headers
+    )
 
 
-def admin_routes(control: ConfigControl | None = None,
-                 slo: Callable[[], SloSource] | None = None) -> list[Route]:
+def admin_routes(
+    control: ConfigControl | None = None, slo: Callable[[], SloSource] | None = None
+) -> list[Route]:
     async def metrics(request: Request) -> Response:
         if slo is not None:
             slo().export()  # SLO gauges are computed when scraped, not per request
@@ -58,18 +61,24 @@ def admin_routes(control: ConfigControl | None = None,
     async def slo_status(request: Request) -> Response:
         return _json(200, slo().snapshot() if slo is not None else {"models": {}})
 
-    routes = [Route("/metrics", metrics, methods=["GET"]),
-              Route("/slo", slo_status, methods=["GET"])]
+    routes = [
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/slo", slo_status, methods=["GET"]),
+    ]
     if control is None:
         return routes
 
-    def endpoint(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+    def endpoint(
+        handler: Callable[[Request], Awaitable[Any]],
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             try:
                 ctx = request_context(header_map(request.scope), "admin")
                 if control.admin_key is not None and ctx.api_key != control.admin_key:
-                    raise Unauthenticated("admin endpoints need the admin key ('Authorization: "
-                                          "Bearer <key>' or 'x-api-key: <key>')")
+                    raise Unauthenticated(
+                        "admin endpoints need the admin key ('Authorization: "
+                        "Bearer <key>' or 'x-api-key: <key>')"
+                    )
                 return _json(200, await handler(request))
             except GatewayError as error:
                 headers = {k.decode(): v.decode() for k, v in error_headers(error)}
@@ -78,8 +87,9 @@ def admin_routes(control: ConfigControl | None = None,
                 problems = getattr(exc, "problems", None)
                 if problems is None:
                     raise
-                return _json(422, {"error": "config refused; the running config stays",
-                                   "problems": problems})
+                return _json(
+                    422, {"error": "config refused; the running config stays", "problems": problems}
+                )
 
         run.__name__ = handler.__name__
         return run
@@ -99,7 +109,8 @@ def admin_routes(control: ConfigControl | None = None,
     async def enable(request: Request) -> Any:
         return control.set_enabled(request.path_params["backend"], True)
 
-    return routes + [
+    return [
+        *routes,
         Route("/admin/config", endpoint(show_config), methods=["GET"]),
         Route("/admin/reload", endpoint(reload), methods=["POST"]),
         Route("/admin/rollback", endpoint(rollback), methods=["POST"]),

@@ -41,8 +41,14 @@ for _file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
 # none) to the worker processes, which build their servers in app_from_env.
 GRPC_ADDRESS_ENV = "GATEWAY_GRPC_ADDRESS"
 
-UNARY_RPCS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata",
-              "ModelInfer")
+UNARY_RPCS = (
+    "ServerLive",
+    "ServerReady",
+    "ServerMetadata",
+    "ModelReady",
+    "ModelMetadata",
+    "ModelInfer",
+)
 
 
 class ModelHealth(health_pb2_grpc.HealthServicer):
@@ -69,17 +75,19 @@ class ModelHealth(health_pb2_grpc.HealthServicer):
                 return None
         return self._Status.SERVING if ready else self._Status.NOT_SERVING
 
-    async def Check(self, request: health_pb2.HealthCheckRequest,
-                    context: grpc.aio.ServicerContext) -> health_pb2.HealthCheckResponse:
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
         status = self.status(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"unknown service or model '{request.service}'")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown service or model '{request.service}'"
+            )
         return health_pb2.HealthCheckResponse(status=status)
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest,
-                    context: grpc.aio.ServicerContext
-                    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last = None
         while True:
             status = self.status(request.service)
@@ -109,8 +117,13 @@ class GrpcServer:
     that a port already in use fails loudly instead of being shared.
     """
 
-    def __init__(self, service: InferenceService, config: ServerConfig, address: str,
-                 reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        config: ServerConfig,
+        address: str,
+        reuse_port: bool = False,
+    ) -> None:
         self.service = service
         self.config = config
         self.address = address
@@ -143,21 +156,27 @@ class GrpcServer:
         servicer, health = V2GrpcServicer(self.service), ModelHealth(self.service)
         server: grpc.Server | grpc.aio.Server
         if self.config.grpc.engine == "threads":
-            self._pool = ThreadPoolExecutor(self.config.grpc.threads,
-                                            thread_name_prefix="grpc-call")
+            self._pool = ThreadPoolExecutor(
+                self.config.grpc.threads, thread_name_prefix="grpc-call"
+            )
             server = grpc.server(self._pool, options=self.options())
             bridge = ThreadedBridge(LoopHandoff(asyncio.get_running_loop()), STREAM_WINDOW)
-            servicer = bridge_servicer(bridge, servicer, unary=UNARY_RPCS,
-                                       bidi_stream=("ModelStreamInfer",))
+            servicer = bridge_servicer(
+                bridge, servicer, unary=UNARY_RPCS, bidi_stream=("ModelStreamInfer",)
+            )
             health = bridge_servicer(bridge, health, unary=("Check",), server_stream=("Watch",))
         else:
             server = grpc.aio.server(options=self.options())
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            server, pool=_POOL,
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+            pool=_POOL,
         )
         try:
             self.port = server.add_insecure_port(self.address)

@@ -33,7 +33,9 @@ class LoopHandoff:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._pending: deque[tuple[Coroutine[Any, Any, Any], concurrent.futures.Future[Any]]] = deque()
+        self._pending: deque[tuple[Coroutine[Any, Any, Any], concurrent.futures.Future[Any]]] = (
+            deque()
+        )
         self._wake_pending = False
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
@@ -83,8 +85,9 @@ def _settle(future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> 
 class _Abort(Exception):
     """`await context.abort(...)` on the loop: the handler thread ends the call."""
 
-    def __init__(self, code: grpc.StatusCode, details: str,
-                 trailing_metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, str], ...]
+    ) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
@@ -96,8 +99,9 @@ class LoopContext:
     server's context. Metadata calls go straight through (grpc guards them
     with the call's own lock); `write` queues a message for the handler thread."""
 
-    def __init__(self, context: grpc.ServicerContext,
-                 replies: queue.SimpleQueue[Any] | None = None) -> None:
+    def __init__(
+        self, context: grpc.ServicerContext, replies: queue.SimpleQueue[Any] | None = None
+    ) -> None:
         self._context = context
         self._replies = replies
 
@@ -117,8 +121,12 @@ class LoopContext:
         assert self._replies is not None, "write() on a call that answers once"
         self._replies.put(message)
 
-    async def abort(self, code: grpc.StatusCode, details: str = "",
-                    trailing_metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         raise _Abort(code, details, trailing_metadata)
 
 
@@ -130,14 +138,16 @@ class RequestStream:
     (the servicer is done with the stream) lets a reader waiting for room go.
     """
 
-    def __init__(self, requests: Iterator[Any], loop: asyncio.AbstractEventLoop,
-                 window: int) -> None:
+    def __init__(
+        self, requests: Iterator[Any], loop: asyncio.AbstractEventLoop, window: int
+    ) -> None:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._room = threading.Semaphore(window)
         self._loop = loop
         self._closed = False
-        self.reader = threading.Thread(target=self._read, args=(requests,),
-                                       name="grpc-stream-reader", daemon=True)
+        self.reader = threading.Thread(
+            target=self._read, args=(requests,), name="grpc-stream-reader", daemon=True
+        )
         self.reader.start()
 
     def _read(self, requests: Iterator[Any]) -> None:
@@ -190,8 +200,9 @@ class ThreadedBridge:
         except concurrent.futures.CancelledError:
             context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
 
-    def unary(self, method: Callable[[Any, LoopContext], Awaitable[Any]]
-              ) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def unary(
+        self, method: Callable[[Any, LoopContext], Awaitable[Any]]
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
         handoff = self.handoff
 
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
@@ -201,8 +212,11 @@ class ThreadedBridge:
 
         return handle
 
-    def _stream_out(self, start: Callable[[queue.SimpleQueue[Any]], Coroutine[Any, Any, None]],
-                    context: grpc.ServicerContext) -> Iterator[Any]:
+    def _stream_out(
+        self,
+        start: Callable[[queue.SimpleQueue[Any]], Coroutine[Any, Any, None]],
+        context: grpc.ServicerContext,
+    ) -> Iterator[Any]:
         replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
         async def run() -> None:
@@ -217,8 +231,9 @@ class ThreadedBridge:
             yield reply
         self._wait(future, context)
 
-    def server_stream(self, method: Callable[[Any, LoopContext], AsyncIterator[Any]]
-                      ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    def server_stream(
+        self, method: Callable[[Any, LoopContext], AsyncIterator[Any]]
+    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             async def start(replies: queue.SimpleQueue[Any]) -> None:
                 async for reply in method(request, LoopContext(context, replies)):
@@ -228,8 +243,9 @@ class ThreadedBridge:
 
         return handle
 
-    def bidi_stream(self, method: Callable[[AsyncIterator[Any], LoopContext], Awaitable[None]]
-                    ) -> Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]]:
+    def bidi_stream(
+        self, method: Callable[[AsyncIterator[Any], LoopContext], Awaitable[None]]
+    ) -> Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]]:
         def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
             stream = RequestStream(requests, self.handoff.loop, self.stream_window)
 
@@ -244,9 +260,14 @@ class ThreadedBridge:
         return handle
 
 
-def bridge_servicer(bridge: ThreadedBridge, servicer: object, *, unary: tuple[str, ...] = (),
-                    server_stream: tuple[str, ...] = (),
-                    bidi_stream: tuple[str, ...] = ()) -> SimpleNamespace:
+def bridge_servicer(
+    bridge: ThreadedBridge,
+    servicer: object,
+    *,
+    unary: tuple[str, ...] = (),
+    server_stream: tuple[str, ...] = (),
+    bidi_stream: tuple[str, ...] = (),
+) -> SimpleNamespace:
     """An object with the servicer's methods as sync handlers, for the
     generated `add_*Servicer_to_server` functions (which only look them up)."""
     methods: dict[str, Any] = {}

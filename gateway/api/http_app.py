@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
-
-from starlette.types import Receive, Scope, Send
 
 import orjson
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api.admin import ConfigControl, admin_routes
 from gateway.api.openai import OpenAIApi
 from gateway.api.v2_http import V2HttpApi
 from gateway.core.service import InferenceService
-
 
 InferAsgi = Callable[[Scope, Receive, Send, dict[str, str]], Awaitable[None]]
 
@@ -54,7 +52,7 @@ def infer_path_params(path: str) -> dict[str, str] | None:
     """{'model': m} or {'model': m, 'version': v} for an infer path, else None."""
     if not (path.startswith("/v2/models/") and path.endswith("/infer")):
         return None
-    parts = path[len("/v2/models/"):-len("/infer")].split("/")
+    parts = path[len("/v2/models/") : -len("/infer")].split("/")
     if len(parts) == 1 and parts[0]:
         return {"model": parts[0]}
     if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
@@ -80,28 +78,42 @@ def create_http_app(
             await on_shutdown()
 
     app = FastAPI(
-        title="inference-gateway", version=__version__, lifespan=lifespan,
-        docs_url=None, redoc_url=None, openapi_url=None,
+        title="inference-gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     v2 = V2HttpApi(service, max_request_bytes)
     openai = OpenAIApi(service, max_request_bytes)
-    for route in [*v2.routes(), *openai.routes(),
-                  *admin_routes(control, slo=lambda: service.slo)]:
+    for route in [*v2.routes(), *openai.routes(), *admin_routes(control, slo=lambda: service.slo)]:
         app.router.routes.append(route)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         # Unknown paths and wrong methods answer in the protocol's error shape too.
         assert isinstance(exc, HTTPException)
-        message = {404: f"no route for {request.url.path}",
-                   405: f"method {request.method} not allowed on {request.url.path}"}.get(
-            exc.status_code, str(exc.detail))
+        message = {
+            404: f"no route for {request.url.path}",
+            405: f"method {request.method} not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
         if request.url.path.startswith("/v1/"):
-            doc: dict[str, object] = {"error": {"message": message, "type": "invalid_request_error",
-                                                "param": None, "code": None}}
+            doc: dict[str, object] = {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
         else:
             doc = {"error": message}
-        return Response(orjson.dumps(doc), status_code=exc.status_code,
-                        media_type="application/json", headers=exc.headers)
+        return Response(
+            orjson.dumps(doc),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=exc.headers,
+        )
 
     app.add_exception_handler(HTTPException, http_error)
     return InferFastPath(app, v2.infer, openai)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from starlette.types import Receive, Send
 
@@ -124,7 +124,10 @@ def gateway_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
 
 
 async def send_response(
-    send: Send, status: int, body: bytes, content_type: bytes,
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
     headers: list[tuple[bytes, bytes]],
 ) -> None:
     headers.append((b"content-type", content_type))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,10 +21,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.http_errors import HTTP_STATUS, error_headers, log as api_log, \
-    openai_error_body, openai_error_doc
-from gateway.api.http_request import gateway_headers, header_map, read_body, request_context, \
-    send_response
+from gateway.api.http_errors import HTTP_STATUS, error_headers, openai_error_body, openai_error_doc
+from gateway.api.http_errors import log as api_log
+from gateway.api.http_request import (
+    gateway_headers,
+    header_map,
+    read_body,
+    request_context,
+    send_response,
+)
 from gateway.core.errors import GatewayError, InvalidInput
 from gateway.core.llm import ChatRequest, ChatStream
 from gateway.core.service import InferenceService
@@ -36,8 +40,11 @@ log = logging.getLogger("gateway.api.openai")
 JSON = b"application/json"
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _DONE = b"data: [DONE]\n\n"
-_EVENT_STREAM_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
-                         (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+_EVENT_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 # A route handler answers the request and returns the status it counts as (a
 # stream that ended with an error event counts as that error's status).
@@ -62,22 +69,38 @@ class OpenAIApi:
             ctx = request_context(headers, "openai")
             if scope["method"] != "POST":
                 code = 405
-                body = orjson.dumps({"error": {
-                    "message": f"method {scope['method']} not allowed on {scope['path']}: use POST",
-                    "type": "invalid_request_error", "param": None, "code": None}})
-                await send_response(send, 405, body, JSON, gateway_headers(ctx) + [(b"allow", b"POST")])
+                body = orjson.dumps(
+                    {
+                        "error": {
+                            "message": f"method {scope['method']} not allowed on {scope['path']}: use POST",
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                )
+                await send_response(
+                    send, 405, body, JSON, [*gateway_headers(ctx), (b"allow", b"POST")]
+                )
                 return
             code = await self.post_routes[scope["path"]](scope, receive, send, headers, ctx)
         except GatewayError as error:
             ctx = ctx or RequestContext(request_id="-", protocol="openai")
             code, body = openai_error_body(error)
             await send_response(send, code, body, JSON, gateway_headers(ctx) + error_headers(error))
-        except Exception as exc:  # a bug; never let it take the process down
+        except Exception as exc:  # noqa: BLE001 - a bug; never let it take the process down
             request_id = ctx.request_id if ctx else "-"
             api_log.error("internal error on request %s", request_id, exc_info=exc)
-            body = orjson.dumps({"error": {
-                "message": f"internal error (request id {request_id}); this is a gateway bug",
-                "type": "server_error", "param": None, "code": None}})
+            body = orjson.dumps(
+                {
+                    "error": {
+                        "message": f"internal error (request id {request_id}); this is a gateway bug",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
             await send_response(send, 500, body, JSON, [(b"x-request-id", request_id.encode())])
         finally:
             if ctx is not None:
@@ -85,8 +108,14 @@ class OpenAIApi:
 
     # -- chat ------------------------------------------------------------------
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send,
-                    headers: dict[bytes, bytes], ctx: RequestContext) -> int:
+    async def _chat(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[bytes, bytes],
+        ctx: RequestContext,
+    ) -> int:
         body = _json_body(await read_body(receive, headers, self.max_request_bytes))
         model = _model_field(body)
         request = chat_request(body)
@@ -104,14 +133,21 @@ class OpenAIApi:
         if stream is None:
             return 499
         # From here on the status is sent: failures become an error event.
-        code = await _while_connected(receive, self._relay(send, model, request, stream, ctx),
-                                      on_cancel=stream.aclose)
+        code = await _while_connected(
+            receive, self._relay(send, model, request, stream, ctx), on_cancel=stream.aclose
+        )
         return 499 if code is None else code
 
-    async def _relay(self, send: Send, model: str, request: ChatRequest, stream: ChatStream,
-                     ctx: RequestContext) -> int:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": gateway_headers(ctx) + _EVENT_STREAM_HEADERS})
+    async def _relay(
+        self, send: Send, model: str, request: ChatRequest, stream: ChatStream, ctx: RequestContext
+    ) -> int:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": gateway_headers(ctx) + _EVENT_STREAM_HEADERS,
+            }
+        )
         dumps = orjson.dumps
         chunks = stream.__aiter__()
         try:
@@ -121,13 +157,19 @@ class OpenAIApi:
                         continue  # the usage chunk we asked the vendor for, not the caller
                     chunk.pop("usage", None)
                 chunk["model"] = model
-                await send({"type": "http.response.body", "body": b"data: " + dumps(chunk) + b"\n\n",
-                            "more_body": True})
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + dumps(chunk) + b"\n\n",
+                        "more_body": True,
+                    }
+                )
             tail = _DONE
             code = 200
         except GatewayError as error:
-            log.warning("request %s: stream from %s failed: %s", ctx.request_id, ctx.backend,
-                        error.message)
+            log.warning(
+                "request %s: stream from %s failed: %s", ctx.request_id, ctx.backend, error.message
+            )
             tail = b"data: " + dumps(openai_error_doc(error)) + b"\n\n"
             code = HTTP_STATUS[error.kind]
         finally:
@@ -139,8 +181,14 @@ class OpenAIApi:
 
     # -- embeddings --------------------------------------------------------------
 
-    async def _embeddings(self, scope: Scope, receive: Receive, send: Send,
-                          headers: dict[bytes, bytes], ctx: RequestContext) -> int:
+    async def _embeddings(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[bytes, bytes],
+        ctx: RequestContext,
+    ) -> int:
         body = _json_body(await read_body(receive, headers, self.max_request_bytes))
         model = _model_field(body)
         texts = _embedding_inputs(body.get("input"))
@@ -148,24 +196,35 @@ class OpenAIApi:
         if encoding not in ("float", "base64"):
             raise InvalidInput(f"encoding_format: expected 'float' or 'base64', got {encoding!r}")
         dimensions = body.get("dimensions")
-        if dimensions is not None and (not isinstance(dimensions, int)
-                                       or isinstance(dimensions, bool) or dimensions < 1):
+        if dimensions is not None and (
+            not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
+        ):
             raise InvalidInput(f"dimensions: expected an integer >= 1, got {dimensions!r}")
-        result = await _while_connected(receive,
-                                        self.service.embed(model, texts, ctx, dimensions))
+        result = await _while_connected(receive, self.service.embed(model, texts, ctx, dimensions))
         if result is None:
             return 499
         vectors = result.vectors
         if encoding == "base64":
-            data = [{"object": "embedding", "index": i,
-                     "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode()}
-                    for i, row in enumerate(vectors)]
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode(),
+                }
+                for i, row in enumerate(vectors)
+            ]
         else:
-            data = [{"object": "embedding", "index": i, "embedding": row}
-                    for i, row in enumerate(vectors)]
+            data = [
+                {"object": "embedding", "index": i, "embedding": row}
+                for i, row in enumerate(vectors)
+            ]
         prompt = result.usage.prompt_tokens if result.usage else 0
-        answer = {"object": "list", "data": data, "model": model,
-                  "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+        answer = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
         payload = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
         await send_response(send, 200, payload, JSON, gateway_headers(ctx))
         return 200
@@ -182,15 +241,24 @@ class OpenAIApi:
             models = self.service.models_for(ctx)
         except GatewayError as error:
             status, body = openai_error_body(error)
-            return Response(body, status_code=status, headers=headers, media_type="application/json")
-        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "inference-gateway"}
-                for m in models if m.kind in ("chat", "embeddings")]
-        return Response(orjson.dumps({"object": "list", "data": data}), headers=headers,
-                        media_type="application/json")
+            return Response(
+                body, status_code=status, headers=headers, media_type="application/json"
+            )
+        data = [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": "inference-gateway"}
+            for m in models
+            if m.kind in ("chat", "embeddings")
+        ]
+        return Response(
+            orjson.dumps({"object": "list", "data": data}),
+            headers=headers,
+            media_type="application/json",
+        )
 
 
-async def _while_connected(receive: Receive, work: Awaitable[Any],
-                           on_cancel: Callable[[], Awaitable[None]] | None = None) -> Any:
+async def _while_connected(
+    receive: Receive, work: Awaitable[Any], on_cancel: Callable[[], Awaitable[None]] | None = None
+) -> Any:
     """Run `work`, cancelling it if the client disconnects first (None then), so a
     caller who went away stops costing a queue slot or vendor tokens."""
     task = asyncio.ensure_future(work)
@@ -217,6 +285,7 @@ async def _while_connected(receive: Receive, work: Awaitable[Any],
 
 # -- request checks: each names the field, what was expected and what came ------
 
+
 def _json_body(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise InvalidInput("request body is empty: expected a JSON object")
@@ -232,40 +301,51 @@ def _json_body(raw: bytes) -> dict[str, Any]:
 def _model_field(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidInput(f"model: expected the name of a gateway model (a string), "
-                           f"got {_type(model) if model is not None else 'nothing'}")
+        raise InvalidInput(
+            f"model: expected the name of a gateway model (a string), "
+            f"got {_type(model) if model is not None else 'nothing'}"
+        )
     return model
 
 
 def chat_request(body: dict[str, Any]) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        got = "nothing" if messages is None else (
-            "an empty list" if messages == [] else _type(messages))
+        got = (
+            "nothing"
+            if messages is None
+            else ("an empty list" if messages == [] else _type(messages))
+        )
         raise InvalidInput(f"messages: expected a non-empty list of messages, got {got}")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidInput(f"messages[{i}]: expected an object, got {_type(message)}")
         role = message.get("role")
         if role not in ROLES:
-            raise InvalidInput(f"messages[{i}].role: expected one of {', '.join(ROLES)}, "
-                               f"got {role!r}")
+            raise InvalidInput(
+                f"messages[{i}].role: expected one of {', '.join(ROLES)}, got {role!r}"
+            )
         content = message.get("content")
         if not (isinstance(content, (str, list)) or (content is None and role == "assistant")):
-            raise InvalidInput(f"messages[{i}].content: expected a string or a list of parts, "
-                               f"got {_type(content)}")
+            raise InvalidInput(
+                f"messages[{i}].content: expected a string or a list of parts, got {_type(content)}"
+            )
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise InvalidInput(f"stream: expected true or false, got {_type(stream)}")
     for name in ("max_tokens", "max_completion_tokens", "n"):
         value = body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 1):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
             raise InvalidInput(f"{name}: expected an integer >= 1, got {value!r}")
     for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
         value = body.get(name)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                  or not low <= value <= high):
+        if value is not None and (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not low <= value <= high
+        ):
             raise InvalidInput(f"{name}: expected a number from {low:g} to {high:g}, got {value!r}")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -280,13 +360,21 @@ def _embedding_inputs(value: Any) -> list[str]:
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return value
     if isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
-        raise InvalidInput("input: expected text (a string or a list of strings), got token ids; "
-                           "the gateway tokenizes for its models")
+        raise InvalidInput(
+            "input: expected text (a string or a list of strings), got token ids; "
+            "the gateway tokenizes for its models"
+        )
     got = "nothing" if value is None else ("an empty list" if value == [] else _type(value))
     raise InvalidInput(f"input: expected a string or a non-empty list of strings, got {got}")
 
 
 def _type(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value),
-                                                                        type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)

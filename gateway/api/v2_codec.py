@@ -74,16 +74,16 @@ def decode_infer_request(
                 raise InvalidInput(f"input '{name}': has both 'data' and binary_data_size")
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidInput(
-                    f"input '{name}': binary_data_size must be a non-negative integer, "
-                    f"got {size!r}"
+                    f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}"
                 )
             if offset + size > len(binary):
                 raise InvalidInput(
                     f"input '{name}': binary_data_size {size} runs past the end of the body "
                     f"({len(binary) - offset} bytes of binary data left)"
                 )
-            inputs[name] = decode_buffer(name, datatype, shape, binary[offset : offset + size],
-                                         _BINARY_SIZE)
+            inputs[name] = decode_buffer(
+                name, datatype, shape, binary[offset : offset + size], _BINARY_SIZE
+            )
             offset += size
         elif "data" in item:
             inputs[name] = _decode_json(name, datatype, shape, item["data"])
@@ -98,8 +98,12 @@ def decode_infer_request(
     options = WireOptions(binary_outputs=parameters.get("binary_data_output") is True)
     outputs = _requested_outputs(doc.get("outputs"), options)
     request = InferRequest(
-        model=model, version=version, inputs=inputs, outputs=outputs,
-        id=request_id, parameters=parameters or None,
+        model=model,
+        version=version,
+        inputs=inputs,
+        outputs=outputs,
+        id=request_id,
+        parameters=parameters or None,
     )
     return request, options
 
@@ -136,8 +140,7 @@ def _tensor_header(item: Any, index: int) -> tuple[str, str, tuple[int, ...], di
     datatype = item.get("datatype")
     if datatype not in DATATYPES:
         raise InvalidInput(
-            f"input '{name}': unknown datatype {datatype!r} (expected one of "
-            f"{sorted(DATATYPES)})"
+            f"input '{name}': unknown datatype {datatype!r} (expected one of {sorted(DATATYPES)})"
         )
     shape = item.get("shape")
     if not isinstance(shape, list) or not all(
@@ -152,8 +155,14 @@ def _tensor_header(item: Any, index: int) -> tuple[str, str, tuple[int, ...], di
 _BINARY_SIZE = "binary_data_size is {size}"
 
 
-def decode_buffer(name: str, datatype: str, shape: tuple[int, ...], data: bytes | memoryview,
-                  mismatch: str, index: int = 0) -> np.ndarray:
+def decode_buffer(
+    name: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    data: bytes | memoryview,
+    mismatch: str,
+    index: int = 0,
+) -> np.ndarray:
     """One input's tensor from its raw bytes (binary extension, gRPC raw contents).
     `mismatch` says where the size came from when it is wrong, formatted with
     `index` and `size` (e.g. "binary_data_size is {size}")."""
@@ -207,8 +216,7 @@ def _decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
         array = np.array(data)
     except (ValueError, OverflowError):
         raise InvalidInput(
-            f"input '{name}': 'data' must be a flat or regularly nested list of "
-            f"{datatype} values"
+            f"input '{name}': 'data' must be a flat or regularly nested list of {datatype} values"
         ) from None
     if array.size != count:
         raise InvalidInput(
@@ -251,7 +259,9 @@ def _exact_integers(name: str, datatype: str, data: list[Any], inferred: np.ndar
     )
 
 
-def _decode_json_bytes(name: str, shape: tuple[int, ...], count: int, data: list[Any]) -> np.ndarray:
+def _decode_json_bytes(
+    name: str, shape: tuple[int, ...], count: int, data: list[Any]
+) -> np.ndarray:
     flat = _flatten(data)
     if len(flat) != count:
         raise InvalidInput(
@@ -284,7 +294,9 @@ def _describe_values(array: np.ndarray) -> str:
     if kind == "b":
         return "booleans"
     if kind == "f":
-        return "non-integer numbers" if not np.all(np.mod(array, 1) == 0) else "floating-point numbers"
+        return (
+            "non-integer numbers" if not np.all(np.mod(array, 1) == 0) else "floating-point numbers"
+        )
     if kind in "iu":
         return "integers"
     return "values of mixed or non-numeric types"
@@ -294,8 +306,12 @@ def _json_type(value: Any) -> str:
     if value is None:
         return "null"
     return {
-        bool: "a boolean", int: "a number", float: "a number", str: "a string",
-        list: "a list", dict: "an object",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
     }.get(type(value), type(value).__name__)
 
 
@@ -324,9 +340,7 @@ def encode_infer_response(
     options: WireOptions,
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary data follows it."""
-    binary_for = (
-        {o.name: o.binary for o in requested} if requested is not None else None
-    )
+    binary_for = {o.name: o.binary for o in requested} if requested is not None else None
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, array in response.outputs.items():
@@ -364,9 +378,7 @@ def encode_binary(array: np.ndarray, datatype: str) -> bytes:
 def _json_data(name: str, array: np.ndarray, datatype: str) -> Any:
     if datatype == "BYTES":
         try:
-            return [
-                v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.flat
-            ]
+            return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.flat]
         except UnicodeDecodeError:
             raise InvalidInput(
                 f"output '{name}' holds bytes that are not UTF-8: request it with binary_data"

@@ -34,9 +34,9 @@ from gateway.api.v2_grpc_codec import decode_infer_request, encode_infer_respons
 from gateway.api.v2_http import EXTENSIONS, PLATFORM
 from gateway.core.errors import ErrorKind, GatewayError
 from gateway.core.service import InferenceService, ModelEntry
+from gateway.core.types import RequestContext
 from gateway.observe import tracing
 from gateway.observe.logs import CURRENT_REQUEST
-from gateway.core.types import RequestContext
 
 log = logging.getLogger("gateway.api.v2_grpc")
 
@@ -90,8 +90,9 @@ def request_context(context: grpc.aio.ServicerContext) -> RequestContext:
     return ctx
 
 
-def response_metadata(ctx: RequestContext,
-                      error: GatewayError | None = None) -> tuple[tuple[str, str], ...]:
+def response_metadata(
+    ctx: RequestContext, error: GatewayError | None = None
+) -> tuple[tuple[str, str], ...]:
     """The HTTP surface's response headers (x-request-id, x-gateway-*), as metadata."""
     pairs = gateway_headers(ctx)
     if error is not None:
@@ -109,11 +110,17 @@ def model_metadata(entry: ModelEntry) -> pb.ModelMetadataResponse:
     tensor = pb.ModelMetadataResponse.TensorMetadata
     signature = entry.signature
     return pb.ModelMetadataResponse(
-        name=entry.name, versions=[entry.version], platform=PLATFORM,
-        inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape)
-                for s in (signature.inputs if signature else ())],
-        outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape)
-                 for s in (signature.outputs if signature else ())],
+        name=entry.name,
+        versions=[entry.version],
+        platform=PLATFORM,
+        inputs=[
+            tensor(name=s.name, datatype=s.datatype, shape=s.shape)
+            for s in (signature.inputs if signature else ())
+        ],
+        outputs=[
+            tensor(name=s.name, datatype=s.datatype, shape=s.shape)
+            for s in (signature.outputs if signature else ())
+        ],
     )
 
 
@@ -130,40 +137,50 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    async def ServerLive(self, request: pb.ServerLiveRequest,
-                         context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest,
-                          context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.service.ready())
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
-                             context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=PLATFORM, version=__version__, extensions=EXTENSIONS)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest,
-                         context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
         entry = await self._model(request.name, request.version, context)
         return pb.ModelReadyResponse(ready=entry.ready())
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
-                            context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
         return model_metadata(await self._model(request.name, request.version, context))
 
-    async def _model(self, name: str, version: str,
-                     context: grpc.aio.ServicerContext) -> ModelEntry:
+    async def _model(
+        self, name: str, version: str, context: grpc.aio.ServicerContext
+    ) -> ModelEntry:
         # As on HTTP, metadata and readiness need no API key.
         try:
             return self.service.model(name, version or None)
         except GatewayError as error:
             ctx = request_context(context)
-            await context.abort(GRPC_STATUS[error.kind], error.message,
-                                trailing_metadata=response_metadata(ctx, error))
+            await context.abort(
+                GRPC_STATUS[error.kind],
+                error.message,
+                trailing_metadata=response_metadata(ctx, error),
+            )
             raise  # not reached: abort raises
 
-    async def ModelInfer(self, request: pb.ModelInferRequest,
-                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
         ctx = request_context(context)
         code = 500  # counted under the HTTP status of the outcome, as on every transport
         try:
@@ -171,30 +188,39 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
             code = 200
         except GatewayError as error:
             code = HTTP_STATUS[error.kind]
-            await context.abort(GRPC_STATUS[error.kind], error.message,
-                                trailing_metadata=response_metadata(ctx, error))
+            await context.abort(
+                GRPC_STATUS[error.kind],
+                error.message,
+                trailing_metadata=response_metadata(ctx, error),
+            )
         except asyncio.CancelledError:
             code = 499  # the caller went away (or its deadline passed): work dropped
             raise
-        except Exception as exc:  # a bug; never let it take the server down
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                internal_error_message(exc, ctx.request_id),
-                                trailing_metadata=(("x-request-id", ctx.request_id),))
+        except Exception as exc:  # noqa: BLE001 - a bug; never let it take the server down
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                internal_error_message(exc, ctx.request_id),
+                trailing_metadata=(("x-request-id", ctx.request_id),),
+            )
         finally:
             self.service.observe(ctx, code)
         context.set_trailing_metadata(response_metadata(ctx))
         return message
 
-    async def _infer(self, request: pb.ModelInferRequest,
-                     ctx: RequestContext) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, ctx: RequestContext
+    ) -> pb.ModelInferResponse:
         # Resolve the model (and the caller) first, as HTTP does: an unknown
         # model is NOT_FOUND whatever the tensors.
         self.service.admit(request.model_name, ctx, request.model_version or None)
         core, raw = decode_infer_request(request)
         return encode_infer_response(await self.service.infer(core, ctx), raw)
 
-    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
-                               context: grpc.aio.ServicerContext) -> None:
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
         """Each request is served as it arrives (up to STREAM_WINDOW at once) and
         answered as it completes: match answers to requests by `id`. A failed
         request answers with `error_message`; the stream goes on."""
@@ -218,8 +244,9 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
                 request = await anext(request_iterator, None)
                 if request is None:
                     break
-                ctx = replace(stream, request_id=f"{stream.request_id}.{n}",
-                              started=time.perf_counter())
+                ctx = replace(
+                    stream, request_id=f"{stream.request_id}.{n}", started=time.perf_counter()
+                )
                 task = asyncio.get_running_loop().create_task(answer(request, ctx))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -229,8 +256,9 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
             for task in pending:
                 task.cancel()
 
-    async def _stream_reply(self, request: pb.ModelInferRequest,
-                            ctx: RequestContext) -> pb.ModelStreamInferResponse:
+    async def _stream_reply(
+        self, request: pb.ModelInferRequest, ctx: RequestContext
+    ) -> pb.ModelStreamInferResponse:
         code = 500
         try:
             reply = pb.ModelStreamInferResponse(infer_response=await self._infer(request, ctx))
@@ -242,12 +270,13 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
         except asyncio.CancelledError:
             code = 499
             raise
-        except Exception as exc:  # a bug: answered in the stream, which goes on
+        except Exception as exc:  # noqa: BLE001 - a bug: answered in the stream, which goes on
             message = internal_error_message(exc, ctx.request_id)
         finally:
             self.service.observe(ctx, code)
         return pb.ModelStreamInferResponse(
             error_message=message,
             infer_response=pb.ModelInferResponse(
-                model_name=request.model_name, model_version=request.model_version, id=request.id),
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            ),
         )

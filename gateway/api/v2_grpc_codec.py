@@ -16,13 +16,16 @@ from gateway.core.errors import InvalidInput
 from gateway.core.signature import format_shape
 from gateway.core.types import InferRequest, InferResponse, RequestedOutput
 
-
 # The typed `contents` field of each datatype (FP16 has none: raw only).
 CONTENTS_FIELD: dict[str, str] = {
     "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
     "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
     "UINT64": "uint64_contents",
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
@@ -32,9 +35,12 @@ _ALL_CONTENTS = tuple(sorted(set(CONTENTS_FIELD.values())))
 _RAW_SIZE = "raw_input_contents[{index}] has {size}"
 # What numpy reads each contents field as, before narrowing to the datatype.
 _FIELD_DTYPE = {
-    "bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int32),
-    "int64_contents": np.dtype(np.int64), "uint_contents": np.dtype(np.uint32),
-    "uint64_contents": np.dtype(np.uint64), "fp32_contents": np.dtype(np.float32),
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
     "fp64_contents": np.dtype(np.float64),
 }
 _NARROW = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
@@ -76,22 +82,29 @@ def decode_infer_request(request: pb.ModelInferRequest) -> tuple[InferRequest, b
                     f"input '{name}': has both 'contents' and raw_input_contents[{index}]: "
                     "send one of them"
                 )
-            inputs[name] = decode_buffer(name, datatype, shape, raw_contents[index],
-                                         _RAW_SIZE, index)
+            inputs[name] = decode_buffer(
+                name, datatype, shape, raw_contents[index], _RAW_SIZE, index
+            )
         else:
             inputs[name] = decode_contents(name, datatype, shape, tensor)
     outputs = tuple(RequestedOutput(o.name) for o in request.outputs) if request.outputs else None
-    parameters = ({k: _parameter(v) for k, v in request.parameters.items()}
-                  if request.parameters else None)
+    parameters = (
+        {k: _parameter(v) for k, v in request.parameters.items()} if request.parameters else None
+    )
     core = InferRequest(
-        model=request.model_name, version=request.model_version or None, inputs=inputs,
-        outputs=outputs, id=request.id or None, parameters=parameters,
+        model=request.model_name,
+        version=request.model_version or None,
+        inputs=inputs,
+        outputs=outputs,
+        id=request.id or None,
+        parameters=parameters,
     )
     return core, raw
 
 
-def decode_contents(name: str, datatype: str, shape: tuple[int, ...],
-                    tensor: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
+def decode_contents(
+    name: str, datatype: str, shape: tuple[int, ...], tensor: pb.ModelInferRequest.InferInputTensor
+) -> np.ndarray:
     count = math.prod(shape)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
@@ -106,8 +119,7 @@ def decode_contents(name: str, datatype: str, shape: tuple[int, ...],
     for other in _ALL_CONTENTS:
         if other != field and len(getattr(contents, other)):
             raise InvalidInput(
-                f"input '{name}': {datatype} elements go in contents.{field}, "
-                f"got contents.{other}"
+                f"input '{name}': {datatype} elements go in contents.{field}, got contents.{other}"
             )
     values = getattr(contents, field)
     if len(values) != count:
@@ -141,12 +153,15 @@ def encode_infer_response(response: InferResponse, raw: bool) -> pb.ModelInferRe
     outputs = response.outputs
     datatypes = [datatype_of(array) for array in outputs.values()]
     message = pb.ModelInferResponse(
-        model_name=response.model, model_version=response.version, id=response.id or "",
+        model_name=response.model,
+        model_version=response.version,
+        id=response.id or "",
     )
     tensors = message.outputs
     if raw or any(dt not in CONTENTS_FIELD for dt in datatypes):
         message.raw_output_contents.extend(
-            encode_binary(array, dt) for array, dt in zip(outputs.values(), datatypes))
+            encode_binary(array, dt) for array, dt in zip(outputs.values(), datatypes)
+        )
         for (name, array), datatype in zip(outputs.items(), datatypes):
             tensors.add(name=name, datatype=datatype, shape=array.shape)
         return message
@@ -154,8 +169,7 @@ def encode_infer_response(response: InferResponse, raw: bool) -> pb.ModelInferRe
         tensor = tensors.add(name=name, datatype=datatype, shape=array.shape)
         values = getattr(tensor.contents, CONTENTS_FIELD[datatype])
         if datatype == "BYTES":
-            values.extend(v if isinstance(v, bytes) else str(v).encode("utf-8")
-                          for v in array.flat)
+            values.extend(v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array.flat)
         else:
             values.extend(array.ravel().tolist())
     return message

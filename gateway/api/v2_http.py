@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -94,16 +95,17 @@ class V2HttpApi:
                 out.append((b"inference-header-content-length", str(header_length).encode()))
                 await send_response(send, 200, payload, OCTETS, out)
         except GatewayError as error:
-            ctx = ctx or RequestContext(request_id=_text(headers.get(b"x-request-id")) or "-",
-                                        protocol="v2_http")
+            ctx = ctx or RequestContext(
+                request_id=_text(headers.get(b"x-request-id")) or "-", protocol="v2_http"
+            )
             code, body = v2_error_body(error)
             await send_response(send, code, body, JSON, gateway_headers(ctx) + error_headers(error))
         except _MethodNotAllowed as exc:
             assert ctx is not None
             code = 405
             body = orjson.dumps({"error": f"method {exc} not allowed on {scope['path']}: use POST"})
-            await send_response(send, 405, body, JSON, gateway_headers(ctx) + [(b"allow", b"POST")])
-        except Exception as exc:  # a bug; never let it take the process down
+            await send_response(send, 405, body, JSON, [*gateway_headers(ctx), (b"allow", b"POST")])
+        except Exception as exc:  # noqa: BLE001 - a bug; never let it take the process down
             request_id = ctx.request_id if ctx else "-"
             code, body = internal_error_body(exc, request_id)
             await send_response(send, code, body, JSON, [(b"x-request-id", request_id.encode())])
@@ -166,7 +168,9 @@ class V2HttpApi:
             except GatewayError as error:
                 status, body = v2_error_body(error)
                 headers.update({k.decode(): v.decode() for k, v in error_headers(error)})
-            return Response(body, status_code=status, headers=headers, media_type="application/json")
+            return Response(
+                body, status_code=status, headers=headers, media_type="application/json"
+            )
 
         endpoint.__name__ = handler.__name__
         return endpoint

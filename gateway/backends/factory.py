@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gateway.backends.base import Backend
 from gateway.backends.onnx import OnnxBackend
@@ -18,8 +18,9 @@ from gateway.config.schema import (
 )
 
 
-def build_backend(name: str, config: BackendConfig,
-                  resolve_path: Callable[[str], Path]) -> Backend | OpenAIBackend | AnthropicBackend:
+def build_backend(
+    name: str, config: BackendConfig, resolve_path: Callable[[str], Path]
+) -> Backend | OpenAIBackend | AnthropicBackend:
     """Raises BackendLoadError (or another exception with a clear message) on failure."""
     if isinstance(config, OnnxBackendConfig):
         tokenizer = None

@@ -47,8 +47,13 @@ def _spec_of(arg: ort.NodeArg) -> TensorSpec:
 class OnnxBackend:
     """An ONNX Runtime session behind the Backend protocol."""
 
-    def __init__(self, name: str, config: OnnxBackendConfig, model_path: Path,
-                 tokenizer: TextTokenizer | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: OnnxBackendConfig,
+        model_path: Path,
+        tokenizer: TextTokenizer | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.path = model_path
@@ -74,7 +79,7 @@ class OnnxBackend:
             self.session = ort.InferenceSession(
                 str(model_path), sess_options=options, providers=providers
             )
-        except Exception as exc:  # ORT raises its own exception types
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendLoadError(f"onnxruntime cannot load {model_path}: {exc}") from None
         self.providers: list[str] = self.session.get_providers()
         if config.require_gpu and not uses_gpu(self.providers):
@@ -84,7 +89,11 @@ class OnnxBackend:
             )
         log.info(
             "backend %s: %s on providers %s (requested %s, intra_op_threads=%d)",
-            name, model_path, self.providers, providers, options.intra_op_num_threads,
+            name,
+            model_path,
+            self.providers,
+            providers,
+            options.intra_op_num_threads,
         )
         graph_inputs = [_spec_of(a) for a in self.session.get_inputs()]
         self._tokenizer = tokenizer
@@ -119,7 +128,7 @@ class OnnxBackend:
             feeds[name] = np.vectorize(_to_str, otypes=[object])(feeds[name])
         try:
             results = self.session.run(outputs, feeds)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendFailed(f"backend '{self.name}': onnxruntime failed: {exc}") from None
         answer = {}
         for name, value in zip(outputs, results):

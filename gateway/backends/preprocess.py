@@ -30,7 +30,8 @@ class TextTokenizer:
         padding = tokenizer.padding or {}
         # Pad to the longest text of each batch (length=None), with the model's pad token.
         tokenizer.enable_padding(
-            pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]"),
+            pad_id=padding.get("pad_id", 0),
+            pad_token=padding.get("pad_token", "[PAD]"),
             length=None,
         )
         self._tokenizer = tokenizer

@@ -13,18 +13,14 @@ PROVIDER_NAMES: dict[str, str] = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-GPU_PROVIDERS: frozenset[str] = frozenset(
-    {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
-)
+GPU_PROVIDERS: frozenset[str] = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
 
 
 class ProviderUnavailable(Exception):
     pass
 
 
-def select_providers(
-    requested: list[str], available: list[str], *, require_gpu: bool
-) -> list[str]:
+def select_providers(requested: list[str], available: list[str], *, require_gpu: bool) -> list[str]:
     """The ORT provider names to ask for, in the configured order.
 
     CPU is always appended last (ORT needs it for nodes other providers do not

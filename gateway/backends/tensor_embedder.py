@@ -12,8 +12,9 @@ from gateway.core.llm import EmbeddingResult
 
 
 class TensorEmbedder:
-    def __init__(self, backend: Backend, input_name: str, output_name: str,
-                 dimensions: int | None = None) -> None:
+    def __init__(
+        self, backend: Backend, input_name: str, output_name: str, dimensions: int | None = None
+    ) -> None:
         self.backend = backend
         self.name = backend.name
         self.input_name = input_name
@@ -23,11 +24,14 @@ class TensorEmbedder:
     def ready(self) -> bool:
         return self.backend.ready()
 
-    async def embed(self, texts: list[str], timeout_s: float,
-                    dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: list[str], timeout_s: float, dimensions: int | None = None
+    ) -> EmbeddingResult:
         if dimensions is not None and self.dimensions is not None and dimensions != self.dimensions:
-            raise InvalidInput(f"dimensions: backend '{self.name}' returns {self.dimensions} "
-                               f"dimensions, got a request for {dimensions}")
+            raise InvalidInput(
+                f"dimensions: backend '{self.name}' returns {self.dimensions} "
+                f"dimensions, got a request for {dimensions}"
+            )
         batch = np.empty(len(texts), dtype=object)
         batch[:] = [t.encode() for t in texts]
         outputs = await self.backend.infer({self.input_name: batch}, [self.output_name], timeout_s)

@@ -130,7 +130,10 @@ def parse_config(
         raise ConfigError(name, problems)
     digest = hashlib.sha256(text.encode()).hexdigest()
     return LoadedConfig(
-        config=config, source=source.resolve() if source else None, sha256=digest, lines=lines,
+        config=config,
+        source=source.resolve() if source else None,
+        sha256=digest,
+        lines=lines,
         text=text,
     )
 
@@ -150,7 +153,9 @@ def _expand_env(value: Any, path: Path_, env: Any, problems: list[str], where: A
             return found
         if default is not None:
             return default
-        problems.append(f"{where(path)}: environment variable {var} is not set (and has no default)")
+        problems.append(
+            f"{where(path)}: environment variable {var} is not set (and has no default)"
+        )
         return ""
 
     return _ENV_REF.sub(substitute, value)
@@ -167,24 +172,38 @@ def _cross_check(config: GatewayConfig) -> list[tuple[Path_, str]]:
         for i, backend in enumerate(route.backend_names()):
             if backend not in config.backends:
                 found.append(
-                    (("models", model_name, "route", "backends", i),
-                     f"unknown backend '{backend}' (defined: {sorted(config.backends)})")
+                    (
+                        ("models", model_name, "route", "backends", i),
+                        f"unknown backend '{backend}' (defined: {sorted(config.backends)})",
+                    )
                 )
         if route.strategy == "weighted" and any(isinstance(b, str) for b in route.backends):
             found.append(
-                (("models", model_name, "route", "backends"),
-                 "strategy 'weighted' needs entries of the form {name: ..., weight: ...}")
+                (
+                    ("models", model_name, "route", "backends"),
+                    "strategy 'weighted' needs entries of the form {name: ..., weight: ...}",
+                )
             )
         if route.sticky and route.strategy != "weighted":
-            found.append((("models", model_name, "route", "sticky"),
-                          "only a weighted route picks a variant to stick to"))
+            found.append(
+                (
+                    ("models", model_name, "route", "sticky"),
+                    "only a weighted route picks a variant to stick to",
+                )
+            )
         if route.hedge and len(route.backends) < 2:
-            found.append((("models", model_name, "route", "hedge"),
-                          "hedging needs a second backend in the route"))
+            found.append(
+                (
+                    ("models", model_name, "route", "hedge"),
+                    "hedging needs a second backend in the route",
+                )
+            )
         if route.shadow and route.shadow.backend not in config.backends:
             found.append(
-                (("models", model_name, "route", "shadow", "backend"),
-                 f"unknown backend '{route.shadow.backend}'")
+                (
+                    ("models", model_name, "route", "shadow", "backend"),
+                    f"unknown backend '{route.shadow.backend}'",
+                )
             )
     for i, tenant in enumerate(config.tenants):
         for j, model_name in enumerate(tenant.models or []):
@@ -198,10 +217,9 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> Path_:
     path: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
             node = node[part]
             path.append(part)
         elif isinstance(node, dict) and isinstance(part, str) and not _looks_like_tag(part):
@@ -217,9 +235,9 @@ def _looks_like_tag(part: str) -> bool:
 
 def _value_at(data: Any, path: Path_) -> Any:
     for part in path:
-        if isinstance(data, dict) and part in data:
-            data = data[part]
-        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+        if (isinstance(data, dict) and part in data) or (
+            isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        ):
             data = data[part]
         else:
             return None

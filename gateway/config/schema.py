@@ -7,14 +7,25 @@ checked by `config.loader`, which reports every problem with its YAML path.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The KServe v2 datatypes the gateway can decode (BF16 has no numpy type).
 Datatype = Literal[
-    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
-    "FP16", "FP32", "FP64", "BYTES",
+    "BOOL",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
 ]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -80,7 +91,7 @@ class AuditConfig(Section):
     flush_interval_ms: float = Field(200.0, gt=0)  # records reach the sink this often
 
     @model_validator(mode="after")
-    def _file_needs_path(self) -> "AuditConfig":
+    def _file_needs_path(self) -> AuditConfig:
         if self.sink == "file" and not self.path:
             raise ValueError("path: required when sink is 'file'")
         return self
@@ -104,7 +115,7 @@ class BatchingConfig(Section):
     preferred_batch_sizes: list[int] = []
 
     @model_validator(mode="after")
-    def _preferred_fit(self) -> "BatchingConfig":
+    def _preferred_fit(self) -> BatchingConfig:
         for size in self.preferred_batch_sizes:
             if not 1 <= size <= self.max_batch_size:
                 raise ValueError(
@@ -214,7 +225,7 @@ class AnthropicBackendConfig(VendorBackendCommon):
 
 # The `type` key selects the variant, so errors speak of that variant only.
 BackendConfig = Annotated[
-    Union[OnnxBackendConfig, OpenAIBackendConfig, AnthropicBackendConfig],
+    OnnxBackendConfig | OpenAIBackendConfig | AnthropicBackendConfig,
     Field(discriminator="type"),
 ]
 VENDOR_TYPES = ("openai", "anthropic")
@@ -241,7 +252,7 @@ class SignatureConfig(Section):
     batched: bool | None = None
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "SignatureConfig":
+    def _unique_names(self) -> SignatureConfig:
         for side, specs in (("inputs", self.inputs), ("outputs", self.outputs)):
             names = [s.name for s in specs]
             dupes = sorted({n for n in names if names.count(n) > 1})
@@ -276,8 +287,9 @@ class ShadowConfig(Section):
 
 
 # Failure classes a route may fall back on (default: all of them).
-FallbackReason = Literal["connection", "timeout", "5xx", "429", "overloaded", "circuit_open",
-                         "bad_output", "error"]
+FallbackReason = Literal[
+    "connection", "timeout", "5xx", "429", "overloaded", "circuit_open", "bad_output", "error"
+]
 FALLBACK_REASONS: tuple[str, ...] = FallbackReason.__args__  # type: ignore[attr-defined]
 
 
@@ -288,7 +300,7 @@ class StickyConfig(Section):
     tenant: bool = False
 
     @model_validator(mode="after")
-    def _one_key(self) -> "StickyConfig":
+    def _one_key(self) -> StickyConfig:
         if (self.header is None) == (not self.tenant):
             raise ValueError("set exactly one of 'header' or 'tenant: true'")
         return self
@@ -300,7 +312,7 @@ class HedgeConfig(Section):
 
 class RouteConfig(Section):
     strategy: Literal["fallback", "weighted"] = "fallback"
-    backends: list[Union[str, WeightedBackend]] = Field(min_length=1)
+    backends: list[str | WeightedBackend] = Field(min_length=1)
     fallback_on: list[FallbackReason] = Field(default_factory=lambda: list(FALLBACK_REASONS))
     sticky: StickyConfig | None = None
     # After delay_ms without an answer, also ask the next backend; first good answer wins.
@@ -342,7 +354,7 @@ class ModelConfig(Section):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
-    def _tensor_needs_signature(self) -> "ModelConfig":
+    def _tensor_needs_signature(self) -> ModelConfig:
         if self.kind == "tensor" and self.signature is None:
             raise ValueError("signature: required for a model of kind 'tensor'")
         return self

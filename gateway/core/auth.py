@@ -34,7 +34,8 @@ class Tenants:
             return None
         if not key:
             raise Unauthenticated(
-                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
+                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+            )
         tenant = self._by_key.get(key)
         if tenant is None:
             raise Unauthenticated("invalid API key")

@@ -35,8 +35,9 @@ class GatewayError(Exception):
     default_reason: str = "error"
     tries: int = 1  # HTTP tries a backend made before giving up (its retries included)
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None,
-                 reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s

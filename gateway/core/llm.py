@@ -27,8 +27,11 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
     def to_openai(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
 
 
 @dataclass(slots=True)
@@ -67,15 +70,19 @@ class PrefetchedStream:
     """A stream whose first chunk has already arrived (so the backend is known
     to be answering); iterating yields that chunk, then the rest."""
 
-    def __init__(self, stream: ChatStream, chunks: AsyncIterator[dict[str, Any]],
-                 first: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        stream: ChatStream,
+        chunks: AsyncIterator[dict[str, Any]],
+        first: dict[str, Any] | None,
+    ) -> None:
         self._stream = stream
         self._chunks = chunks
         self._first = first
         self.tries = stream.tries
 
     @classmethod
-    async def start(cls, stream: ChatStream) -> "PrefetchedStream":
+    async def start(cls, stream: ChatStream) -> PrefetchedStream:
         chunks = stream.__aiter__()
         try:
             first = await chunks.__anext__()
@@ -127,8 +134,9 @@ class ChatBackend(Protocol):
 class EmbeddingBackend(Protocol):
     name: str
 
-    async def embed(self, texts: list[str], timeout_s: float,
-                    dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: list[str], timeout_s: float, dimensions: int | None = None
+    ) -> EmbeddingResult:
         """`dimensions`: the caller wants vectors of that size (a model that cannot
         give them raises InvalidInput before doing any work)."""
         ...
@@ -145,6 +153,8 @@ class Price:
     def of(self, usage: Usage | None) -> float:
         cost = self.usd_per_request
         if usage is not None:
-            cost += (usage.prompt_tokens * self.usd_per_1k_input_tokens
-                     + usage.completion_tokens * self.usd_per_1k_output_tokens) / 1000.0
+            cost += (
+                usage.prompt_tokens * self.usd_per_1k_input_tokens
+                + usage.completion_tokens * self.usd_per_1k_output_tokens
+            ) / 1000.0
         return cost

@@ -44,9 +44,12 @@ _BACKEND_ERRORS = (BackendFailed, Overloaded, DeadlineExceeded)
 _backend_duration = FastChildren(BACKEND_DURATION, fast_observe)
 
 
-async def run_plan(entry: ModelEntry, ctx: RequestContext,
-                        call: Callable[[Any, float], Awaitable[T]],
-                        may_hedge: bool = True) -> T:
+async def run_plan(
+    entry: ModelEntry,
+    ctx: RequestContext,
+    call: Callable[[Any, float], Awaitable[T]],
+    may_hedge: bool = True,
+) -> T:
     """Try the plan's backends in order until one answers.
 
     A backend that is disabled or whose circuit is open is skipped at no
@@ -69,14 +72,19 @@ async def run_plan(entry: ModelEntry, ctx: RequestContext,
         if not _time_left(ctx):
             # Checked before allow(): a half-open breaker's one probe must not be
             # handed to a request that cannot use it.
-            raise errors[-1][1] if errors and isinstance(errors[-1][1], DeadlineExceeded) \
-                else DeadlineExceeded(f"deadline exceeded before model '{entry.name}' "
-                                      "could be served")
+            raise (
+                errors[-1][1]
+                if errors and isinstance(errors[-1][1], DeadlineExceeded)
+                else DeadlineExceeded(
+                    f"deadline exceeded before model '{entry.name}' could be served"
+                )
+            )
         if health.disabled or not health.allow():
             reason = "disabled" if health.disabled else "circuit_open"
             error: GatewayError = Overloaded(
                 f"backend '{name}' is {'disabled' if health.disabled else 'failing (circuit open)'}",
-                reason=reason)
+                reason=reason,
+            )
             errors.append((name, error))
             if not route.falls_back_on(error):
                 break
@@ -85,12 +93,15 @@ async def run_plan(entry: ModelEntry, ctx: RequestContext,
         if hop_from is not None:
             FALLBACKS.labels(entry.name, hop_from[0], name, hop_from[1]).inc()
             hop_from = None
-        hedge = (may_hedge and route.hedge_delay_s is not None and index < len(plan)
-                 and not plan[index].health.disabled)
+        hedge = (
+            may_hedge
+            and route.hedge_delay_s is not None
+            and index < len(plan)
+            and not plan[index].health.disabled
+        )
         try:
             if hedge:
-                result, index = await _hedged(entry, ctx, call, attempt, plan[index],
-                                                   index)
+                result, index = await _hedged(entry, ctx, call, attempt, plan[index], index)
             else:
                 result = await _one_attempt(entry, ctx, call, attempt)
         except GatewayError as exc:
@@ -111,8 +122,13 @@ async def run_plan(entry: ModelEntry, ctx: RequestContext,
         return result
     raise _plan_failed(entry, errors)
 
-async def _one_attempt(entry: ModelEntry, ctx: RequestContext,
-                       call: Callable[[Any, float], Awaitable[T]], attempt: Attempt) -> T:
+
+async def _one_attempt(
+    entry: ModelEntry,
+    ctx: RequestContext,
+    call: Callable[[Any, float], Awaitable[T]],
+    attempt: Attempt,
+) -> T:
     try:
         timeout = _attempt_timeout(entry, attempt, ctx)
     except DeadlineExceeded:
@@ -150,9 +166,15 @@ async def _one_attempt(entry: ModelEntry, ctx: RequestContext,
     ctx.attempts += getattr(result, "tries", 1) - 1  # a vendor's retries count too
     return result
 
-async def _hedged(entry: ModelEntry, ctx: RequestContext,
-                  call: Callable[[Any, float], Awaitable[T]], first: Attempt,
-                  second: Attempt, index: int) -> tuple[T, int]:
+
+async def _hedged(
+    entry: ModelEntry,
+    ctx: RequestContext,
+    call: Callable[[Any, float], Awaitable[T]],
+    first: Attempt,
+    second: Attempt,
+    index: int,
+) -> tuple[T, int]:
     """`first`, and `second` too if `first` has not answered after the hedge
     delay; the first good answer wins and the other call is cancelled.
     Returns the answer and where the plan continues."""
@@ -183,6 +205,7 @@ async def _hedged(entry: ModelEntry, ctx: RequestContext,
         for task in pending:
             task.cancel()
 
+
 def _sticky_key(route: Route, ctx: RequestContext) -> str | None:
     if route.sticky_tenant:
         return ctx.tenant
@@ -191,9 +214,11 @@ def _sticky_key(route: Route, ctx: RequestContext) -> str | None:
         return value.decode("latin-1") if isinstance(value, bytes) else value
     return None
 
+
 def _time_left(ctx: RequestContext) -> bool:
     remaining = ctx.remaining_s()
     return remaining is None or remaining > 0.001
+
 
 def _plan_failed(entry: ModelEntry, errors: list[tuple[str, GatewayError]]) -> GatewayError:
     if len(errors) == 1:
@@ -201,17 +226,23 @@ def _plan_failed(entry: ModelEntry, errors: list[tuple[str, GatewayError]]) -> G
     detail = "; ".join(f"{name}: {error.message}" for name, error in errors)
     if all(isinstance(e, Overloaded) for _, e in errors):
         retry = min((e.retry_after_s for _, e in errors if e.retry_after_s), default=1.0)
-        return Overloaded(f"every backend of model '{entry.name}' is unavailable ({detail})",
-                          retry_after_s=retry)
+        return Overloaded(
+            f"every backend of model '{entry.name}' is unavailable ({detail})", retry_after_s=retry
+        )
     if all(isinstance(e, (Overloaded, DeadlineExceeded)) for _, e in errors) and any(
-            isinstance(e, DeadlineExceeded) for _, e in errors):
-        return DeadlineExceeded(f"no backend of model '{entry.name}' answered in time "
-                                f"({detail})")
+        isinstance(e, DeadlineExceeded) for _, e in errors
+    ):
+        return DeadlineExceeded(f"no backend of model '{entry.name}' answered in time ({detail})")
     return BackendFailed(f"every backend of model '{entry.name}' failed ({detail})")
 
-def mirror(entry: ModelEntry, shadow: Shadow,
-           call: Callable[[Any, float], Awaitable[dict[str, np.ndarray]]],
-           served: dict[str, np.ndarray], tasks: set[asyncio.Task[None]]) -> None:
+
+def mirror(
+    entry: ModelEntry,
+    shadow: Shadow,
+    call: Callable[[Any, float], Awaitable[dict[str, np.ndarray]]],
+    served: dict[str, np.ndarray],
+    tasks: set[asyncio.Task[None]],
+) -> None:
     """Send the same request to the shadow backend in the background and
     record whether it agreed; the caller's answer is already decided."""
     attempt = shadow.attempt
@@ -228,17 +259,26 @@ def mirror(entry: ModelEntry, shadow: Shadow,
                 attempt.health.record(exc)
                 return
             attempt.health.record(None)
-            result = "agree" if all(
-                outputs[k].shape == v.shape and (
-                    np.array_equal(outputs[k], v) if v.dtype.kind in "OUSb" else
-                    np.allclose(outputs[k], v, rtol=shadow.rtol, atol=shadow.atol))
-                for k, v in served.items()) else "disagree"
+            result = (
+                "agree"
+                if all(
+                    outputs[k].shape == v.shape
+                    and (
+                        np.array_equal(outputs[k], v)
+                        if v.dtype.kind in "OUSb"
+                        else np.allclose(outputs[k], v, rtol=shadow.rtol, atol=shadow.atol)
+                    )
+                    for k, v in served.items()
+                )
+                else "disagree"
+            )
         finally:
             SHADOW.labels(entry.name, attempt.backend.name, result).inc()
 
     task = asyncio.get_running_loop().create_task(run())
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+
 
 def _attempt_timeout(entry: ModelEntry, attempt: Attempt, ctx: RequestContext) -> float:
     remaining = ctx.remaining_s()

@@ -9,21 +9,21 @@ decode and encode; they never skip or repeat a step.
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
+from gateway.core.auth import Tenants
 from gateway.core.errors import (
     BackendFailed,
     GatewayError,
     InvalidInput,
     NotFound,
 )
-from gateway.core.auth import Tenants
 from gateway.core.llm import (
     ChatRequest,
     ChatResult,
@@ -38,9 +38,9 @@ from gateway.core.signature import Signature
 from gateway.core.types import InferRequest, InferResponse, RequestContext
 from gateway.observe import tracing
 from gateway.observe.audit import AuditLog
+from gateway.observe.metrics import COST, TOKENS, FastChildren, fast_inc
 from gateway.observe.requests import observe_request
 from gateway.observe.slo import SloTracker, availability_of
-from gateway.routing.ratelimit import RateLimiter
 from gateway.routing.cache import (
     CHAT,
     EMBEDDINGS,
@@ -51,7 +51,7 @@ from gateway.routing.cache import (
     json_key,
     tensor_key,
 )
-from gateway.observe.metrics import COST, TOKENS, FastChildren, fast_inc
+from gateway.routing.ratelimit import RateLimiter
 from gateway.routing.router import Route
 
 T = TypeVar("T")
@@ -89,9 +89,15 @@ class ModelEntry:
 
 
 class InferenceService:
-    def __init__(self, models: dict[str, ModelEntry], tenants: Tenants | None = None,
-                 cache: ResponseCache | None = None, slo: SloTracker | None = None,
-                 audit: AuditLog | None = None, ratelimit: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        models: dict[str, ModelEntry],
+        tenants: Tenants | None = None,
+        cache: ResponseCache | None = None,
+        slo: SloTracker | None = None,
+        audit: AuditLog | None = None,
+        ratelimit: RateLimiter | None = None,
+    ) -> None:
         self.models = models
         self.tenants = tenants or Tenants({})
         self.cache = cache
@@ -103,7 +109,7 @@ class InferenceService:
         # Shadow calls run detached; held here so they are not collected mid-flight.
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
-    def replace(self, other: "InferenceService") -> None:
+    def replace(self, other: InferenceService) -> None:
         """Serve `other`'s models and tenants from now on (a config reload).
 
         Two attribute stores on the event loop's thread: a request sees either
@@ -129,13 +135,21 @@ class InferenceService:
                 if tracing.ENABLED:
                     tracing.finish_request(ctx, code, entry.kind if entry else None)
                 if self.audit is not None:
-                    self.audit.record(ctx, code, total, entry.version if entry else None,
-                                      entry is not None and entry.audit_payload)
+                    self.audit.record(
+                        ctx,
+                        code,
+                        total,
+                        entry.version if entry else None,
+                        entry is not None and entry.audit_payload,
+                    )
             except Exception:  # the answer stands; its trace or record is what is lost
                 self._observe_failures += 1
                 if self._observe_failures & (self._observe_failures - 1) == 0:  # 1, 2, 4...
-                    log.exception("recording the trace or audit record of a request failed "
-                                  "(%d time(s) so far)", self._observe_failures)
+                    log.exception(
+                        "recording the trace or audit record of a request failed "
+                        "(%d time(s) so far)",
+                        self._observe_failures,
+                    )
 
     def model(self, name: str, version: str | None = None) -> ModelEntry:
         """The model called `name` (at `version`, if given), or NotFound."""
@@ -181,9 +195,15 @@ class InferenceService:
         talk to Redis) and no trace is being recorded.
         """
         entry = self.models.get(request.model)
-        if entry is None or entry.cache_ttl_s is None or self.cache is None or ctx.no_cache \
-                or entry.signature is None or tracing.ENABLED \
-                or (self.ratelimit is not None and self.tenants.enabled):
+        if (
+            entry is None
+            or entry.cache_ttl_s is None
+            or self.cache is None
+            or ctx.no_cache
+            or entry.signature is None
+            or tracing.ENABLED
+            or (self.ratelimit is not None and self.tenants.enabled)
+        ):
             return None
         entry = self.admit(request.model, ctx, request.version)
         signature = entry.signature
@@ -197,8 +217,9 @@ class InferenceService:
             return None
         count_local_hit(entry.name)
         ctx.cache = "hit"
-        return InferResponse(model=entry.name, version=entry.version, outputs=outputs,
-                             id=request.id)
+        return InferResponse(
+            model=entry.name, version=entry.version, outputs=outputs, id=request.id
+        )
 
     async def infer(self, request: InferRequest, ctx: RequestContext) -> InferResponse:
         entry = self.admit(request.model, ctx, request.version)
@@ -229,9 +250,13 @@ class InferenceService:
         else:
             key = key or tensor_key(entry.cache_prefix, request.inputs, wanted)
             outputs, ctx.cache = await cache.fetch(
-                entry.name, key, entry.cache_ttl_s, TENSORS,  # type: ignore[arg-type]
+                entry.name,
+                key,
+                entry.cache_ttl_s,
+                TENSORS,  # type: ignore[arg-type]
                 lambda: self._run_plan(entry, signature, request.inputs, wanted, batch, ctx),
-                ctx.remaining_s())
+                ctx.remaining_s(),
+            )
         return InferResponse(
             model=entry.name, version=entry.version, outputs=outputs, id=request.id
         )
@@ -272,6 +297,7 @@ class InferenceService:
         if shadow is not None and self._rng.random() < shadow.fraction:
             mirror(entry, shadow, call, outputs, self._shadow_tasks)
         return outputs
+
     # -- chat and embeddings -------------------------------------------------------
 
     async def chat(self, model: str, request: ChatRequest, ctx: RequestContext) -> ChatResult:
@@ -295,14 +321,21 @@ class InferenceService:
                 ctx.cache = "bypass"
             return await compute()
         key = json_key(entry.cache_prefix, _chat_cache_document(request.body))
-        result, ctx.cache = await cache.fetch(entry.name, key, entry.cache_ttl_s,  # type: ignore[arg-type]
-                                              CHAT, compute, ctx.remaining_s())
+        result, ctx.cache = await cache.fetch(
+            entry.name,
+            key,
+            entry.cache_ttl_s,  # type: ignore[arg-type]
+            CHAT,
+            compute,
+            ctx.remaining_s(),
+        )
         if ctx.cache == "hit":
             ctx.cost_usd = 0.0  # answered without a vendor call
         return result
 
-    async def chat_stream(self, model: str, request: ChatRequest,
-                          ctx: RequestContext) -> ChatStream:
+    async def chat_stream(
+        self, model: str, request: ChatRequest, ctx: RequestContext
+    ) -> ChatStream:
         """A stream from the first backend that accepts the request. Falling back
         is only possible until then: once chunks flow, the caller has them."""
         entry = await self._entry_of_kind(model, "chat", ctx)
@@ -322,16 +355,20 @@ class InferenceService:
         """Tokens and cost of a stream once it ended (or broke: what was used, counts)."""
         self._account(self.models[model], ctx, stream.usage)
 
-    async def embed(self, model: str, texts: list[str], ctx: RequestContext,
-                    dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(
+        self, model: str, texts: list[str], ctx: RequestContext, dimensions: int | None = None
+    ) -> EmbeddingResult:
         entry = await self._entry_of_kind(model, "embeddings", ctx)
 
         async def call(backend: Any, timeout: float) -> EmbeddingResult:
             result = await backend.embed(texts, timeout, dimensions)
             if dimensions is not None and result.vectors.shape[1] != dimensions:
-                raise BackendFailed(f"backend '{backend.name}' returned "
-                                    f"{result.vectors.shape[1]} dimensions, {dimensions} were "
-                                    "asked for", reason="bad_output")
+                raise BackendFailed(
+                    f"backend '{backend.name}' returned "
+                    f"{result.vectors.shape[1]} dimensions, {dimensions} were "
+                    "asked for",
+                    reason="bad_output",
+                )
             return result
 
         async def compute() -> EmbeddingResult:
@@ -343,8 +380,14 @@ class InferenceService:
         if cache is None:
             return await compute()
         key = json_key(entry.cache_prefix, [texts, dimensions])
-        result, ctx.cache = await cache.fetch(entry.name, key, entry.cache_ttl_s,  # type: ignore[arg-type]
-                                              EMBEDDINGS, compute, ctx.remaining_s())
+        result, ctx.cache = await cache.fetch(
+            entry.name,
+            key,
+            entry.cache_ttl_s,  # type: ignore[arg-type]
+            EMBEDDINGS,
+            compute,
+            ctx.remaining_s(),
+        )
         if ctx.cache == "hit":
             ctx.cost_usd = 0.0
         return result
@@ -364,10 +407,14 @@ class InferenceService:
         entry = self.admit(name, ctx)
         await self._rate_limit(ctx)
         if entry.kind != kind:
-            served_by = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings",
-                         "tensor": "/v2/models/{model}/infer"}[entry.kind]
-            raise InvalidInput(f"model '{name}' is of kind '{entry.kind}', not '{kind}': "
-                               f"call it on {served_by}")
+            served_by = {
+                "chat": "/v1/chat/completions",
+                "embeddings": "/v1/embeddings",
+                "tensor": "/v2/models/{model}/infer",
+            }[entry.kind]
+            raise InvalidInput(
+                f"model '{name}' is of kind '{entry.kind}', not '{kind}': call it on {served_by}"
+            )
         return entry
 
     async def _rate_limit(self, ctx: RequestContext) -> None:
@@ -383,7 +430,8 @@ class InferenceService:
             if self.ratelimit is not None and ctx.tenant is not None and usage.total_tokens:
                 # Off the caller's path: the answer is ready, the quota catches up.
                 task = asyncio.get_running_loop().create_task(
-                    self.ratelimit.spend_tokens(ctx.tenant, usage.total_tokens))
+                    self.ratelimit.spend_tokens(ctx.tenant, usage.total_tokens)
+                )
                 self._shadow_tasks.add(task)
                 task.add_done_callback(self._shadow_tasks.discard)
         price = entry.prices.get(backend)

@@ -72,17 +72,13 @@ class Signature:
         specs = self._inputs_by_name
         for name in inputs:
             if name not in specs:
-                raise InvalidInput(
-                    f"unknown input '{name}': expected inputs {self.input_names}"
-                )
+                raise InvalidInput(f"unknown input '{name}': expected inputs {self.input_names}")
         batch: int | None = None
         first: str | None = None
         for spec in self.inputs:
             array = inputs.get(spec.name)
             if array is None:
-                raise InvalidInput(
-                    f"missing input '{spec.name}': expected {spec.describe()}"
-                )
+                raise InvalidInput(f"missing input '{spec.name}': expected {spec.describe()}")
             datatype = datatype_of(array)
             if not spec.accepts(datatype, array.shape):
                 raise InvalidInput(
@@ -108,7 +104,8 @@ class Signature:
             if array is None:
                 raise BackendFailed(
                     f"backend '{backend}' returned no output '{spec.name}' "
-                    f"(signature expects {spec.describe()})", reason="bad_output"
+                    f"(signature expects {spec.describe()})",
+                    reason="bad_output",
                 )
             try:
                 datatype = datatype_of(array)

@@ -69,7 +69,8 @@ class RotatingFileSink:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab")  # opened on first write: `gateway check` makes no file
+        # Opened on first write (`gateway check` makes no file), closed by close().
+        self._file = open(self.path, "ab")  # noqa: SIM115
         self._size = self._file.tell()
 
     def write(self, lines: bytes | bytearray) -> None:
@@ -137,20 +138,38 @@ class AuditLog:
         self._second = -1
         self._second_text = ""
 
-    def retain(self) -> "AuditLog":
+    def retain(self) -> AuditLog:
         self._users += 1
         return self
 
     # -- the request path ----------------------------------------------------------
 
-    def record(self, ctx: Any, code: int, total_s: float, version: str | None,
-               payload: bool) -> None:
+    def record(
+        self, ctx: Any, code: int, total_s: float, version: str | None, payload: bool
+    ) -> None:
         """Buffer the record of one answered request (`total_s`: its latency)."""
         rows = self._rows
-        rows.append((time.time() - total_s, ctx.request_id, tracing.trace_id_of(ctx), ctx.tenant,
-                     ctx.model, version, ctx.protocol, ctx.backend, ctx.backend_model,
-                     ctx.cache, ctx.attempts, ctx.failures, code, total_s, ctx.backend_wait_s,
-                     ctx.cost_usd, (_request_bytes(ctx), ctx.audit_messages) if payload else None))
+        rows.append(
+            (
+                time.time() - total_s,
+                ctx.request_id,
+                tracing.trace_id_of(ctx),
+                ctx.tenant,
+                ctx.model,
+                version,
+                ctx.protocol,
+                ctx.backend,
+                ctx.backend_model,
+                ctx.cache,
+                ctx.attempts,
+                ctx.failures,
+                code,
+                total_s,
+                ctx.backend_wait_s,
+                ctx.cost_usd,
+                (_request_bytes(ctx), ctx.audit_messages) if payload else None,
+            )
+        )
         if self._closed:  # answered after shutdown began: write it in place
             self._render()
             self._write(self._take())
@@ -170,9 +189,25 @@ class AuditLog:
         backend_models = self.backend_models
         time_text = self._time_text
         pending = self._pending
-        for (arrived, request_id, trace_id, tenant, model, version, protocol, backend,
-             backend_model, cache, attempts, failures, code, total_s, wait_s, cost,
-             payload) in rows:
+        for (
+            arrived,
+            request_id,
+            trace_id,
+            tenant,
+            model,
+            version,
+            protocol,
+            backend,
+            backend_model,
+            cache,
+            attempts,
+            failures,
+            code,
+            total_s,
+            wait_s,
+            cost,
+            payload,
+        ) in rows:
             own = total_s - wait_s
             record: dict[str, Any] = {
                 "time": time_text(arrived),
@@ -186,8 +221,12 @@ class AuditLog:
                 "backend_model": backend_model or backend_models.get(backend),
                 "cache": cache,
                 "attempts": attempts,
-                "fallbacks": [{"backend": name, "reason": getattr(error, "reason", "error")}
-                              for name, error in failures] if failures else [],
+                "fallbacks": [
+                    {"backend": name, "reason": getattr(error, "reason", "error")}
+                    for name, error in failures
+                ]
+                if failures
+                else [],
                 "status": code,
                 # Microseconds as milliseconds: round(x, 3) costs three times as much.
                 "latency_ms": int(total_s * 1e6 + 0.5) / 1000.0,
@@ -267,8 +306,13 @@ def _request_bytes(ctx: Any) -> int | None:
         return None
 
 
-def audit_log(sink: str, path: str | None = None, max_bytes: int = 0, backups: int = 0,
-              flush_interval_s: float = 0.2) -> AuditLog | None:
+def audit_log(
+    sink: str,
+    path: str | None = None,
+    max_bytes: int = 0,
+    backups: int = 0,
+    flush_interval_s: float = 0.2,
+) -> AuditLog | None:
     """The AuditLog a config's `audit:` section asks for (None for `sink: none`)."""
     if sink == "none":
         return None

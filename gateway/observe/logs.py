@@ -30,7 +30,11 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 # What every LogRecord has; anything else on a record came from `extra=`
 # (but uvicorn's `color_message`, the message again with terminal colours).
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName", "color_message"}
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,7 +44,7 @@ class JsonFormatter(logging.Formatter):
         created = record.created
         doc: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-                    + f".{int(created * 1000) % 1000:03d}Z",
+            + f".{int(created * 1000) % 1000:03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

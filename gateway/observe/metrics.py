@@ -11,8 +11,16 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest, multiprocess, values
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -29,7 +37,7 @@ class _NoMetric:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def labels(self, *args: Any, **kwargs: Any) -> "_NoMetric":
+    def labels(self, *args: Any, **kwargs: Any) -> _NoMetric:
         return self
 
     def inc(self, amount: float = 1) -> None:
@@ -46,7 +54,7 @@ class _NoMetric:
 
 
 if not METRICS_ON:
-    Counter = Gauge = Histogram = _NoMetric  # type: ignore[misc, assignment]  # noqa: N806
+    Counter = Gauge = Histogram = _NoMetric  # type: ignore[misc, assignment]
 
 
 class LoopValue:
@@ -60,8 +68,16 @@ class LoopValue:
 
     _multiprocess = False
 
-    def __init__(self, typ: str, metric_name: str, name: str, labelnames: Any, labelvalues: Any,
-                 help_text: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        typ: str,
+        metric_name: str,
+        name: str,
+        labelnames: Any,
+        labelvalues: Any,
+        help_text: str,
+        **kwargs: Any,
+    ) -> None:
         self._value = 0.0
         self._exemplar: Any = None
 
@@ -88,83 +104,138 @@ if values.ValueClass is values.MutexValue:
 
 # Sub-millisecond to tens of seconds.
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
-    0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 REQUESTS = Counter(
-    "gateway_requests_total", "Requests answered, by model, protocol and status code",
-    ["model", "protocol", "code"], registry=REGISTRY,
+    "gateway_requests_total",
+    "Requests answered, by model, protocol and status code",
+    ["model", "protocol", "code"],
+    registry=REGISTRY,
 )
 REQUEST_DURATION = Histogram(
-    "gateway_request_duration_seconds", "Time from request to answer, as the gateway saw it",
-    ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+    "gateway_request_duration_seconds",
+    "Time from request to answer, as the gateway saw it",
+    ["model", "protocol"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 OVERHEAD = Histogram(
     "gateway_overhead_seconds",
     "The gateway's own time per request: total minus the time spent waiting on backends",
-    ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+    ["model", "protocol"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 BACKEND_DURATION = Histogram(
-    "gateway_backend_duration_seconds", "Time of each backend attempt, by outcome",
-    ["model", "backend", "outcome"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+    "gateway_backend_duration_seconds",
+    "Time of each backend attempt, by outcome",
+    ["model", "backend", "outcome"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 CACHE_REQUESTS = Counter(
     "gateway_cache_requests_total",
     "Response cache lookups by tier (local, redis) and result (hit, miss, unavailable, bypass)",
-    ["model", "tier", "result"], registry=REGISTRY,
+    ["model", "tier", "result"],
+    registry=REGISTRY,
 )
 CACHE_LOCAL_BYTES = Gauge(
-    "gateway_cache_local_bytes", "Bytes held by the in-process tier of the response cache",
-    registry=REGISTRY, multiprocess_mode="livesum",
+    "gateway_cache_local_bytes",
+    "Bytes held by the in-process tier of the response cache",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 INFLIGHT = Gauge(
-    "gateway_inflight_requests", "Requests executing on a backend now",
-    ["backend"], registry=REGISTRY, multiprocess_mode="livesum",
+    "gateway_inflight_requests",
+    "Requests executing on a backend now",
+    ["backend"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 QUEUED = Gauge(
-    "gateway_queued_requests", "Requests waiting in a backend's queue now",
-    ["backend"], registry=REGISTRY, multiprocess_mode="livesum",
+    "gateway_queued_requests",
+    "Requests waiting in a backend's queue now",
+    ["backend"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 QUEUE_DURATION = Histogram(
-    "gateway_queue_duration_seconds", "Time requests waited in a backend's queue",
-    ["backend"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+    "gateway_queue_duration_seconds",
+    "Time requests waited in a backend's queue",
+    ["backend"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 BATCH_SIZE = Histogram(
-    "gateway_batch_size", "Rows per execution of a local backend",
-    ["backend"], buckets=BATCH_BUCKETS, registry=REGISTRY,
+    "gateway_batch_size",
+    "Rows per execution of a local backend",
+    ["backend"],
+    buckets=BATCH_BUCKETS,
+    registry=REGISTRY,
 )
 SHED = Counter(
-    "gateway_shed_total", "Requests refused or dropped before execution",
-    ["backend", "reason"], registry=REGISTRY,
+    "gateway_shed_total",
+    "Requests refused or dropped before execution",
+    ["backend", "reason"],
+    registry=REGISTRY,
 )
 
 TOKENS = Counter(
-    "gateway_tokens_total", "Tokens used, as the vendor reported them (or counted from a stream)",
-    ["model", "backend", "direction"], registry=REGISTRY,
+    "gateway_tokens_total",
+    "Tokens used, as the vendor reported them (or counted from a stream)",
+    ["model", "backend", "direction"],
+    registry=REGISTRY,
 )
 COST = Counter(
-    "gateway_cost_usd_total", "Cost in US dollars by the backend's configured prices",
-    ["model", "backend", "tenant"], registry=REGISTRY,
+    "gateway_cost_usd_total",
+    "Cost in US dollars by the backend's configured prices",
+    ["model", "backend", "tenant"],
+    registry=REGISTRY,
 )
 
 CIRCUIT_OPEN = Gauge(
-    "gateway_circuit_open", "1 while a backend's circuit breaker is open (or half-open)",
-    ["backend"], registry=REGISTRY, multiprocess_mode="livemax",
+    "gateway_circuit_open",
+    "1 while a backend's circuit breaker is open (or half-open)",
+    ["backend"],
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 FALLBACKS = Counter(
-    "gateway_fallbacks_total", "Requests passed from one backend of a route to the next",
-    ["model", "from_backend", "to_backend", "reason"], registry=REGISTRY,
+    "gateway_fallbacks_total",
+    "Requests passed from one backend of a route to the next",
+    ["model", "from_backend", "to_backend", "reason"],
+    registry=REGISTRY,
 )
 HEDGES = Counter(
-    "gateway_hedges_total", "Hedged requests: a second backend asked after the hedge delay",
-    ["model", "from_backend", "to_backend"], registry=REGISTRY,
+    "gateway_hedges_total",
+    "Hedged requests: a second backend asked after the hedge delay",
+    ["model", "from_backend", "to_backend"],
+    registry=REGISTRY,
 )
 SHADOW = Counter(
     "gateway_shadow_requests_total",
     "Mirrored requests to a shadow backend, by whether its answer agreed with the served one",
-    ["model", "backend", "result"], registry=REGISTRY,
+    ["model", "backend", "result"],
+    registry=REGISTRY,
 )
 
 

@@ -36,8 +36,11 @@ _LINK_HEAD = b"\x6a\x21\x0a\x10"
 _LINK_FLAGS = b"\x35" + struct.pack("<I", _FLAGS_HAS_IS_REMOTE)
 _SERVER_KIND = bytes((0x30, KIND_SERVER, 0x39))
 # Status unset (field 15, empty), flags (field 16, fixed32).
-_TAIL = {remote: b"\x7a\x00\x85\x01" + struct.pack(
-    "<I", _FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if remote else 0)) for remote in (False, True)}
+_TAIL = {
+    remote: b"\x7a\x00\x85\x01"
+    + struct.pack("<I", _FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if remote else 0))
+    for remote in (False, True)
+}
 
 
 def _varint(value: int) -> bytes:
@@ -135,8 +138,13 @@ def _request_bounded(summary: tuple[Any, ...]) -> bytes:
     described = _cache.get(key)
     if described is None:
         name, attributes = describe_request(summary)
-        described = _keep(key, _name(name) + b"".join([
-            _attribute(k, v) for k, v in attributes.items() if k != REQUEST_ID and k != COST]))
+        described = _keep(
+            key,
+            _name(name)
+            + b"".join(
+                [_attribute(k, v) for k, v in attributes.items() if k != REQUEST_ID and k != COST]
+            ),
+        )
     return described
 
 
@@ -168,8 +176,9 @@ def _request_packer(summary: tuple[Any, ...], id_size: int, parent: bool, remote
         # ids 2+16, 2+8 (+ 2+8); the middle, the id; kind 3, start 8; end 1+8; the tail
         size = 28 + (10 if parent else 0) + len(middle) + id_size + 20 + len(tail)
         head = b"\x12" + _size(size) + b"\x0a\x10"
-        layout = struct.Struct(f"<{len(head)}s16s2s8s{parent_layout}{len(middle)}s{id_size}s"
-                               f"3sQBQ{len(tail)}s")
+        layout = struct.Struct(
+            f"<{len(head)}s16s2s8s{parent_layout}{len(middle)}s{id_size}s3sQBQ{len(tail)}s"
+        )
         packer = _keep(key, (layout.pack, head, middle, tail))
     return packer
 
@@ -216,26 +225,86 @@ def _child_packer(name: str, pairs: tuple[tuple[str, Any], ...] | None, kind: in
 def encode_span(record: tuple[Any, ...]) -> bytes:
     """One `Span` message, as a field of ScopeSpans (tag and length first), from
     a finished span's record (span_record.py)."""
-    (name, trace_id, span_id, parent_id, remote_parent, kind, start_ns, end_ns, attributes,
-     error, trace_state, links) = record
-    if parent_id is not None and name is not None and error is None and not trace_state \
-            and links is None and (attributes is None or type(attributes) is tuple):
+    (
+        name,
+        trace_id,
+        span_id,
+        parent_id,
+        remote_parent,
+        kind,
+        start_ns,
+        end_ns,
+        attributes,
+        error,
+        trace_state,
+        links,
+    ) = record
+    if (
+        parent_id is not None
+        and name is not None
+        and error is None
+        and not trace_state
+        and links is None
+        and (attributes is None or type(attributes) is tuple)
+    ):
         packer = _packers.get((name, id(attributes), kind))
         if packer is None or packer[4] is not attributes:
             packer = _child_packer(name, attributes, kind)
         pack, head, middle, tail, _ = packer
-        return pack(head, trace_id, b"\x12\x08", span_id, b"\x22\x08", parent_id, middle,
-                    start_ns, 0x41, end_ns, tail)
-    if name is None and error is None and not trace_state and attributes[BOUNDED + 1] is None \
-            and type(attributes[BOUNDED]) is str and attributes[BOUNDED].isascii():
+        return pack(
+            head,
+            trace_id,
+            b"\x12\x08",
+            span_id,
+            b"\x22\x08",
+            parent_id,
+            middle,
+            start_ns,
+            0x41,
+            end_ns,
+            tail,
+        )
+    if (
+        name is None
+        and error is None
+        and not trace_state
+        and attributes[BOUNDED + 1] is None
+        and type(attributes[BOUNDED]) is str
+        and attributes[BOUNDED].isascii()
+    ):
         request_id = attributes[BOUNDED].encode()
-        pack, head, middle, tail = _request_packer(attributes, len(request_id),
-                                                   parent_id is not None, remote_parent)
+        pack, head, middle, tail = _request_packer(
+            attributes, len(request_id), parent_id is not None, remote_parent
+        )
         if parent_id is None:
-            return pack(head, trace_id, b"\x12\x08", span_id, middle, request_id, _SERVER_KIND,
-                        start_ns, 0x41, end_ns, tail)
-        return pack(head, trace_id, b"\x12\x08", span_id, b"\x22\x08", parent_id, middle,
-                    request_id, _SERVER_KIND, start_ns, 0x41, end_ns, tail)
+            return pack(
+                head,
+                trace_id,
+                b"\x12\x08",
+                span_id,
+                middle,
+                request_id,
+                _SERVER_KIND,
+                start_ns,
+                0x41,
+                end_ns,
+                tail,
+            )
+        return pack(
+            head,
+            trace_id,
+            b"\x12\x08",
+            span_id,
+            b"\x22\x08",
+            parent_id,
+            middle,
+            request_id,
+            _SERVER_KIND,
+            start_ns,
+            0x41,
+            end_ns,
+            tail,
+        )
     parts = [b"\x0a\x10", trace_id, b"\x12\x08", span_id]
     if trace_state:
         parts.append(_field(b"\x1a", trace_state.encode()))
@@ -261,13 +330,15 @@ def encode_span(record: tuple[Any, ...]) -> bytes:
 class Encoder:
     """ExportTraceServiceRequests of one resource and instrumentation scope."""
 
-    def __init__(self, resource: Mapping[str, Any], scope_name: str,
-                 scope_version: str | None) -> None:
+    def __init__(
+        self, resource: Mapping[str, Any], scope_name: str, scope_version: str | None
+    ) -> None:
         scope = _field(b"\x0a", scope_name.encode())
         if scope_version:
             scope += _field(b"\x12", scope_version.encode())
-        self._resource = _field(b"\x0a", b"".join(
-            _field(b"\x0a", _key_value(k, v)) for k, v in resource.items()))
+        self._resource = _field(
+            b"\x0a", b"".join(_field(b"\x0a", _key_value(k, v)) for k, v in resource.items())
+        )
         self._scope = _field(b"\x0a", scope)
 
     def encode(self, records: Iterable[tuple[Any, ...]]) -> bytes:
@@ -279,10 +350,15 @@ class Encoder:
         scope_spans = len(self._scope) + sum(map(len, spans))
         inner = _size(scope_spans)
         resource_spans = len(self._resource) + 1 + len(inner) + scope_spans
-        return b"".join([b"\x0a", _size(resource_spans), self._resource, b"\x12", inner,
-                         self._scope, *spans])
+        return b"".join(
+            [b"\x0a", _size(resource_spans), self._resource, b"\x12", inner, self._scope, *spans]
+        )
 
 
-def encode_request(records: Iterable[tuple[Any, ...]], resource: Mapping[str, Any],
-                   scope_name: str, scope_version: str | None) -> bytes:
+def encode_request(
+    records: Iterable[tuple[Any, ...]],
+    resource: Mapping[str, Any],
+    scope_name: str,
+    scope_version: str | None,
+) -> bytes:
     return Encoder(resource, scope_name, scope_version).encode(records)

@@ -35,8 +35,11 @@ _MAX_RESPONSE_HEAD = 64 << 10
 
 
 def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or \
-        os.environ.get(f"OTEL_EXPORTER_OTLP_{name}") or default
+    return (
+        os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}")
+        or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}")
+        or default
+    )
 
 
 def _headers(text: str) -> dict[str, str]:
@@ -47,8 +50,9 @@ def _headers(text: str) -> dict[str, str]:
         if not sep or not name:
             continue
         if any(c in name + value for c in "\r\n\0") or any(c in name for c in " :"):
-            raise RuntimeError(f"OTEL_EXPORTER_OTLP_HEADERS: header {name!r} has a character "
-                               "a header cannot carry")
+            raise RuntimeError(
+                f"OTEL_EXPORTER_OTLP_HEADERS: header {name!r} has a character a header cannot carry"
+            )
         headers[name.lower()] = value
     return headers
 
@@ -64,8 +68,9 @@ class OtlpHttpExporter:
     def __init__(self) -> None:
         protocol = _env("PROTOCOL", "http/protobuf")
         if protocol != "http/protobuf":
-            raise RuntimeError(f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported, "
-                               f"got {protocol!r}")
+            raise RuntimeError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported, got {protocol!r}"
+            )
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         if not endpoint:
             base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_ENDPOINT
@@ -80,8 +85,10 @@ class OtlpHttpExporter:
         self._path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self._timeout = float(_env("TIMEOUT", "10") or 10)
         self._gzip = (_env("COMPRESSION", "none") or "none").lower() == "gzip"
-        self._headers = {"content-type": "application/x-protobuf",
-                         **_headers(_env("HEADERS", "") or "")}
+        self._headers = {
+            "content-type": "application/x-protobuf",
+            **_headers(_env("HEADERS", "") or ""),
+        }
         if self._gzip:
             self._headers["content-encoding"] = "gzip"
         self._ssl: ssl.SSLContext | None = None
@@ -111,13 +118,20 @@ class OtlpHttpExporter:
                 self._failing = False
                 log.info("OTLP export to %s works again", self.endpoint)
             return None
-        pause = 0.5 * 2 ** attempt
-        if (status is not None and status not in _RETRYABLE) or attempt + 1 == _TRIES \
-                or time.monotonic() + pause >= deadline:
+        pause = 0.5 * 2**attempt
+        if (
+            (status is not None and status not in _RETRYABLE)
+            or attempt + 1 == _TRIES
+            or time.monotonic() + pause >= deadline
+        ):
             if not self._failing:  # once per outage, not once per batch
                 self._failing = True
-                log.warning("OTLP export to %s failed (status %s): its spans are dropped "
-                            "(said once, until an export succeeds)", self.endpoint, status)
+                log.warning(
+                    "OTLP export to %s failed (status %s): its spans are dropped "
+                    "(said once, until an export succeeds)",
+                    self.endpoint,
+                    status,
+                )
             return None
         return pause
 
@@ -154,7 +168,8 @@ class OtlpHttpExporter:
             self._drop_stream()  # opened on a loop that has ended (tests run several)
         if self._stream is None:
             self._stream = await asyncio.open_connection(
-                self._host, self._port, ssl=self._ssl, limit=_MAX_RESPONSE_HEAD)
+                self._host, self._port, ssl=self._ssl, limit=_MAX_RESPONSE_HEAD
+            )
             self._stream_loop = loop
         reader, writer = self._stream
         writer.writelines((self._request_head, b"content-length: %d\r\n\r\n" % len(body), body))
@@ -215,10 +230,12 @@ class OtlpHttpExporter:
             if self._connection is None:
                 if self._https:
                     self._connection = http.client.HTTPSConnection(
-                        self._host, self._port, timeout=timeout, context=self._ssl)
+                        self._host, self._port, timeout=timeout, context=self._ssl
+                    )
                 else:
-                    self._connection = http.client.HTTPConnection(self._host, self._port,
-                                                                  timeout=timeout)
+                    self._connection = http.client.HTTPConnection(
+                        self._host, self._port, timeout=timeout
+                    )
             if self._connection.sock is not None:  # kept alive: this post's own timeout
                 self._connection.sock.settimeout(timeout)
             self._connection.request("POST", self._path, body, self._headers)

@@ -48,8 +48,9 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import Gauge
@@ -60,8 +61,16 @@ if TYPE_CHECKING:  # config is imported for its types only: observe imports no l
     from gateway.config.schema import ModelConfig, SloConfig
 
 __all__ = [
-    "BURN_WINDOWS", "ALERT_PAIRS", "SLO_KINDS", "SloObjectives", "SloTracker", "parse_window",
-    "availability_of", "ERROR_BUDGET_REMAINING", "BURN_RATE", "OBJECTIVE",
+    "ALERT_PAIRS",
+    "BURN_RATE",
+    "BURN_WINDOWS",
+    "ERROR_BUDGET_REMAINING",
+    "OBJECTIVE",
+    "SLO_KINDS",
+    "SloObjectives",
+    "SloTracker",
+    "availability_of",
+    "parse_window",
 ]
 
 MINUTE_S = 60
@@ -69,8 +78,13 @@ HOUR_S = 3600
 
 # Burn-rate windows (label value, seconds), shortest first.
 BURN_WINDOWS: tuple[tuple[str, int], ...] = (
-    ("5m", 5 * 60), ("30m", 30 * 60), ("1h", HOUR_S), ("2h", 2 * HOUR_S),
-    ("6h", 6 * HOUR_S), ("1d", 24 * HOUR_S), ("3d", 72 * HOUR_S),
+    ("5m", 5 * 60),
+    ("30m", 30 * 60),
+    ("1h", HOUR_S),
+    ("2h", 2 * HOUR_S),
+    ("6h", 6 * HOUR_S),
+    ("1d", 24 * HOUR_S),
+    ("3d", 72 * HOUR_S),
 )
 # (short window, long window, burn-rate threshold, status when both reach it).
 ALERT_PAIRS: tuple[tuple[str, str, float, str], ...] = (
@@ -96,16 +110,20 @@ _AV_GOOD, _AV_BAD, _LAT_GOOD, _LAT_BAD = range(4)
 ERROR_BUDGET_REMAINING = Gauge(
     "gateway_slo_error_budget_remaining",
     "Share of the SLO window's error budget not yet spent (1: untouched, 0: exhausted)",
-    ["model", "slo"], registry=REGISTRY,
+    ["model", "slo"],
+    registry=REGISTRY,
 )
 BURN_RATE = Gauge(
     "gateway_slo_burn_rate",
     "Error budget burn rate over a window: (bad/total in the window) / (1 - target)",
-    ["model", "slo", "window"], registry=REGISTRY,
+    ["model", "slo", "window"],
+    registry=REGISTRY,
 )
 OBJECTIVE = Gauge(
-    "gateway_slo_objective", "The SLO target ratio (e.g. 0.999), from the config",
-    ["model", "slo"], registry=REGISTRY,
+    "gateway_slo_objective",
+    "The SLO target ratio (e.g. 0.999), from the config",
+    ["model", "slo"],
+    registry=REGISTRY,
 )
 
 _UNITS = {"w": 7 * 24 * HOUR_S, "d": 24 * HOUR_S, "h": HOUR_S, "m": MINUTE_S, "s": 1}
@@ -119,8 +137,10 @@ def parse_window(text: str) -> int:
     Raises ValueError unless it is a whole number of minutes, from 1m to 366d.
     """
     if not isinstance(text, str) or not _WINDOW_RE.fullmatch(text.strip()):
-        raise ValueError(f"window {text!r}: expected a duration like '30d', '7d', '1h' or '90m' "
-                         "(units w, d, h, m, s)")
+        raise ValueError(
+            f"window {text!r}: expected a duration like '30d', '7d', '1h' or '90m' "
+            "(units w, d, h, m, s)"
+        )
     seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART_RE.findall(text))
     if seconds <= 0 or seconds % MINUTE_S:
         raise ValueError(f"window {text!r}: expected a whole number of minutes (at least 1m)")
@@ -151,18 +171,30 @@ class SloObjectives:
     window_s: int
 
     @classmethod
-    def from_config(cls, slo: "SloConfig") -> "SloObjectives":
-        return cls(latency_s=slo.latency_ms / 1000.0, latency_target=slo.latency_target,
-                   availability=slo.availability, window=slo.window,
-                   window_s=parse_window(slo.window))
+    def from_config(cls, slo: SloConfig) -> SloObjectives:
+        return cls(
+            latency_s=slo.latency_ms / 1000.0,
+            latency_target=slo.latency_target,
+            availability=slo.availability,
+            window=slo.window,
+            window_s=parse_window(slo.window),
+        )
 
 
 class _Series:
     """One model's counts: pending counts of the current minute as plain ints (cheap
     to bump), flushed into numpy rings when the minute changes or on a read."""
 
-    __slots__ = ("objectives", "minute", "av_good", "av_bad", "lat_good", "lat_bad",
-                 "fine", "coarse")
+    __slots__ = (
+        "av_bad",
+        "av_good",
+        "coarse",
+        "fine",
+        "lat_bad",
+        "lat_good",
+        "minute",
+        "objectives",
+    )
 
     def __init__(self, objectives: SloObjectives, minute: int) -> None:
         self.objectives = objectives
@@ -171,8 +203,11 @@ class _Series:
         self.fine = np.zeros((_FINE_BUCKETS, 4), dtype=np.int64)
         hours = -(-objectives.window_s // HOUR_S)
         # Only windows longer than the minute ring need the hourly one.
-        self.coarse = (np.zeros((hours, 4), dtype=np.int64)
-                       if objectives.window_s > _FINE_BUCKETS * MINUTE_S else None)
+        self.coarse = (
+            np.zeros((hours, 4), dtype=np.int64)
+            if objectives.window_s > _FINE_BUCKETS * MINUTE_S
+            else None
+        )
 
     def advance(self, minute: int) -> None:
         """Flush the pending counts and move the rings on to `minute`."""
@@ -198,7 +233,7 @@ class _Series:
         running = np.cumsum(np.add.reduceat(newest_first, _SEGMENT_STARTS, axis=0), axis=0)
         burns = {label: running[i] for i, (label, _) in enumerate(BURN_WINDOWS)}
         if self.coarse is None:
-            window = newest_first[:self.objectives.window_s // MINUTE_S].sum(axis=0)
+            window = newest_first[: self.objectives.window_s // MINUTE_S].sum(axis=0)
         else:
             window = self.coarse.sum(axis=0)  # the ring spans the window exactly
         return window, burns
@@ -214,10 +249,10 @@ def _clear(ring: np.ndarray, first: int, last: int) -> None:
         return
     start, end = first % size, last % size
     if start <= end:
-        ring[start:end + 1] = 0
+        ring[start : end + 1] = 0
     else:
         ring[start:] = 0
-        ring[:end + 1] = 0
+        ring[: end + 1] = 0
 
 
 def _burn(bad: int, total: int, target: float) -> float:
@@ -236,9 +271,9 @@ def _budget_remaining(bad: int, total: int, target: float) -> float:
 def _status(burn_rates: Mapping[str, float], budget_remaining: float) -> str:
     status = "breach" if budget_remaining <= 0.0 else "ok"
     for short, long, threshold, level in ALERT_PAIRS:
-        if burn_rates[short] >= threshold and burn_rates[long] >= threshold:
-            if _STATUS_RANK[level] > _STATUS_RANK[status]:
-                status = level
+        firing = burn_rates[short] >= threshold and burn_rates[long] >= threshold
+        if firing and _STATUS_RANK[level] > _STATUS_RANK[status]:
+            status = level
     return status
 
 
@@ -251,8 +286,9 @@ class SloTracker:
     for tests.
     """
 
-    def __init__(self, objectives: Mapping[str, SloObjectives],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, objectives: Mapping[str, SloObjectives], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         minute = int(clock() // MINUTE_S)
@@ -262,9 +298,12 @@ class SloTracker:
         self._exported: set[str] = set()
 
     @classmethod
-    def from_config(cls, models: Mapping[str, "ModelConfig"],
-                    clock: Callable[[], float] = time.monotonic,
-                    previous: "SloTracker | None" = None) -> "SloTracker":
+    def from_config(
+        cls,
+        models: Mapping[str, ModelConfig],
+        clock: Callable[[], float] = time.monotonic,
+        previous: SloTracker | None = None,
+    ) -> SloTracker:
         """A tracker for the models that declare an `slo`. With `previous` (a config
         reload), models whose objectives did not change keep their counts.
 
@@ -350,8 +389,9 @@ class SloTracker:
             models[name] = {
                 "window": obj.window,
                 "window_s": obj.window_s,
-                "status": max((o["status"] for o in objectives.values()),
-                              key=_STATUS_RANK.__getitem__),
+                "status": max(
+                    (o["status"] for o in objectives.values()), key=_STATUS_RANK.__getitem__
+                ),
                 "objectives": objectives,
             }
         return {"models": models}
@@ -366,15 +406,24 @@ class SloTracker:
                 target = obj.availability if kind == "availability" else obj.latency_target
                 good_col, bad_col = _columns(kind)
                 _set(OBJECTIVE, target, name, kind)
-                _set(ERROR_BUDGET_REMAINING,
-                     _budget_remaining(int(window[bad_col]),
-                                       int(window[good_col] + window[bad_col]), target),
-                     name, kind)
+                _set(
+                    ERROR_BUDGET_REMAINING,
+                    _budget_remaining(
+                        int(window[bad_col]), int(window[good_col] + window[bad_col]), target
+                    ),
+                    name,
+                    kind,
+                )
                 for label, counts in burns.items():
-                    _set(BURN_RATE,
-                         _burn(int(counts[bad_col]), int(counts[good_col] + counts[bad_col]),
-                               target),
-                         name, kind, label)
+                    _set(
+                        BURN_RATE,
+                        _burn(
+                            int(counts[bad_col]), int(counts[good_col] + counts[bad_col]), target
+                        ),
+                        name,
+                        kind,
+                        label,
+                    )
         for gone in self._exported - exported:
             for kind in SLO_KINDS:
                 for gauge in (OBJECTIVE, ERROR_BUDGET_REMAINING):
@@ -388,21 +437,27 @@ def _columns(kind: str) -> tuple[int, int]:
     return (_AV_GOOD, _AV_BAD) if kind == "availability" else (_LAT_GOOD, _LAT_BAD)
 
 
-def _objective_report(kind: str, obj: SloObjectives, window: np.ndarray,
-                      burns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _objective_report(
+    kind: str, obj: SloObjectives, window: np.ndarray, burns: Mapping[str, np.ndarray]
+) -> dict[str, Any]:
     good_col, bad_col = _columns(kind)
     target = obj.availability if kind == "availability" else obj.latency_target
     good, bad = int(window[good_col]), int(window[bad_col])
     total = good + bad
-    burn_rates = {label: _burn(int(c[bad_col]), int(c[good_col] + c[bad_col]), target)
-                  for label, c in burns.items()}
+    burn_rates = {
+        label: _burn(int(c[bad_col]), int(c[good_col] + c[bad_col]), target)
+        for label, c in burns.items()
+    }
     remaining = _budget_remaining(bad, total, target)
     report: dict[str, Any] = {"target": target}
     if kind == "latency":
         report["threshold_ms"] = obj.latency_s * 1000.0
     report.update(
-        good=good, total=total, ratio=good / total if total else None,
-        budget_remaining=remaining, burn_rates=burn_rates,
+        good=good,
+        total=total,
+        ratio=good / total if total else None,
+        budget_remaining=remaining,
+        burn_rates=burn_rates,
         status=_status(burn_rates, remaining),
     )
     return report

@@ -42,8 +42,12 @@ def describe_request(summary: RequestSummary) -> tuple[str, dict[str, Any]]:
     bounded ones, then the request id, then the cost (when there is one)."""
     kind, protocol, code, cache, attempts, model, backend, tenant, request_id, cost = summary
     operation = _OPERATIONS.get(kind or "") or ("openai" if protocol == "openai" else "infer")
-    attributes: dict[str, Any] = {"gateway.protocol": protocol, "gateway.status_code": code,
-                                  "gateway.cache": cache, "gateway.attempts": attempts}
+    attributes: dict[str, Any] = {
+        "gateway.protocol": protocol,
+        "gateway.status_code": code,
+        "gateway.cache": cache,
+        "gateway.attempts": attempts,
+    }
     if model is not None:
         attributes["gateway.model"] = model
     if backend is not None:

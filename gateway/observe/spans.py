@@ -41,14 +41,35 @@ class Span:
     records in batches (`expand`), where the work runs with warm caches. A
     descendant that ends after its request is recorded on its own."""
 
-    __slots__ = ("name", "trace_id", "span_id", "parent_id", "remote_parent", "kind",
-                 "start_ns", "end_ns", "attributes", "error", "trace_state", "sampled",
-                 "request", "children")
+    __slots__ = (
+        "attributes",
+        "children",
+        "end_ns",
+        "error",
+        "kind",
+        "name",
+        "parent_id",
+        "remote_parent",
+        "request",
+        "sampled",
+        "span_id",
+        "start_ns",
+        "trace_id",
+        "trace_state",
+    )
 
-    def __init__(self, name: str | None, trace_id: bytes, parent_id: bytes | None,
-                 trace_state: str, sampled: bool, kind: int = KIND_INTERNAL,
-                 attributes: Any = None, start_ns: int = 0,
-                 request: "Span | None" = None) -> None:
+    def __init__(
+        self,
+        name: str | None,
+        trace_id: bytes,
+        parent_id: bytes | None,
+        trace_state: str,
+        sampled: bool,
+        kind: int = KIND_INTERNAL,
+        attributes: Any = None,
+        start_ns: int = 0,
+        request: Span | None = None,
+    ) -> None:
         self.name = name
         self.trace_id = trace_id
         self.span_id = (ids.getrandbits(64) or 1).to_bytes(8, "big")  # new_span_id(), inlined
@@ -84,24 +105,55 @@ class Span:
             self.end_ns = end_ns or time.time_ns()
             request = self.request
             if request is not None:
-                gather(request, (self.name, self.span_id, self.parent_id, self.kind,
-                                 self.start_ns, self.end_ns, self.attributes, self.error, None))
+                gather(
+                    request,
+                    (
+                        self.name,
+                        self.span_id,
+                        self.parent_id,
+                        self.kind,
+                        self.start_ns,
+                        self.end_ns,
+                        self.attributes,
+                        self.error,
+                        None,
+                    ),
+                )
             elif recorder is not None:  # a request span ended before it was answered: alone
                 recorder.add(self.record())
 
     def record(self) -> tuple[Any, ...]:
         """The span as the exporters take it (span_record.py)."""
-        return (self.name, self.trace_id, self.span_id, self.parent_id, self.remote_parent,
-                self.kind, self.start_ns, self.end_ns, self.attributes, self.error,
-                self.trace_state, None)
+        return (
+            self.name,
+            self.trace_id,
+            self.span_id,
+            self.parent_id,
+            self.remote_parent,
+            self.kind,
+            self.start_ns,
+            self.end_ns,
+            self.attributes,
+            self.error,
+            self.trace_state,
+            None,
+        )
 
     def traceparent(self) -> str:
         return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-{'01' if self.sampled else '00'}"
 
 
 def child(name: str, parent: Any, kind: int = KIND_INTERNAL, attributes: Any = None) -> Span:
-    return Span(name, parent.trace_id, parent.span_id, parent.trace_state, parent.sampled, kind,
-                attributes, request=parent.request or parent)
+    return Span(
+        name,
+        parent.trace_id,
+        parent.span_id,
+        parent.trace_state,
+        parent.sampled,
+        kind,
+        attributes,
+        request=parent.request or parent,
+    )
 
 
 # A descendant's row, as its request span gathers it:
@@ -126,9 +178,20 @@ def gather(request: Span, row: tuple[Any, ...]) -> None:
 
 def _row_record(request: Span, row: tuple[Any, ...]) -> tuple[Any, ...]:
     name, span_id, parent_id, kind, start_ns, end_ns, attributes, error, links = row
-    return (name, request.trace_id, span_id or new_span_id(),
-            parent_id, False, kind, start_ns, end_ns, attributes, error, request.trace_state,
-            links)
+    return (
+        name,
+        request.trace_id,
+        span_id or new_span_id(),
+        parent_id,
+        False,
+        kind,
+        start_ns,
+        end_ns,
+        attributes,
+        error,
+        request.trace_state,
+        links,
+    )
 
 
 def expand(items: list[Any]) -> list[tuple[Any, ...]]:
@@ -141,16 +204,51 @@ def expand(items: list[Any]) -> list[tuple[Any, ...]]:
         if type(item) is tuple:
             append(item)
             continue
-        append((None, item.trace_id, item.span_id, item.parent_id, item.remote_parent,
-                KIND_SERVER, item.start_ns, item.end_ns, item.attributes, item.error,
-                item.trace_state, None))
+        append(
+            (
+                None,
+                item.trace_id,
+                item.span_id,
+                item.parent_id,
+                item.remote_parent,
+                KIND_SERVER,
+                item.start_ns,
+                item.end_ns,
+                item.attributes,
+                item.error,
+                item.trace_state,
+                None,
+            )
+        )
         if item.children:  # _row_record, unrolled: this loop runs for every span
             trace_id, state = item.trace_id, item.trace_state
-            for name, span_id, parent_id, kind, start_ns, end_ns, attributes, error, links \
-                    in item.children:
-                append((name, trace_id, span_id or (draw(64) or 1).to_bytes(8, "big"),
-                        parent_id, False, kind, start_ns, end_ns, attributes, error, state,
-                        links))
+            for (
+                name,
+                span_id,
+                parent_id,
+                kind,
+                start_ns,
+                end_ns,
+                attributes,
+                error,
+                links,
+            ) in item.children:
+                append(
+                    (
+                        name,
+                        trace_id,
+                        span_id or (draw(64) or 1).to_bytes(8, "big"),
+                        parent_id,
+                        False,
+                        kind,
+                        start_ns,
+                        end_ns,
+                        attributes,
+                        error,
+                        state,
+                        links,
+                    )
+                )
     return records
 
 

@@ -18,7 +18,9 @@ from gateway.observe.span_record import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER,
 log = logging.getLogger("gateway.observe.tracing")
 
 
-def readable_spans(resource: Any, scope_name: str, version: str) -> Callable[[list[Any]], list[Any]]:
+def readable_spans(
+    resource: Any, scope_name: str, version: str
+) -> Callable[[list[Any]], list[Any]]:
     """Span records as the SDK's ReadableSpans, for an SDK exporter."""
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -33,15 +35,30 @@ def readable_spans(resource: Any, scope_name: str, version: str) -> Callable[[li
     )
 
     scope = InstrumentationScope(scope_name, version)
-    kinds = {KIND_INTERNAL: SpanKind.INTERNAL, KIND_SERVER: SpanKind.SERVER,
-             KIND_CLIENT: SpanKind.CLIENT}
+    kinds = {
+        KIND_INTERNAL: SpanKind.INTERNAL,
+        KIND_SERVER: SpanKind.SERVER,
+        KIND_CLIENT: SpanKind.CLIENT,
+    }
     sampled = TraceFlags(TraceFlags.SAMPLED)
     unset = Status(StatusCode.UNSET)
     states: dict[str, Any] = {"": TraceState()}
 
     def readable(record: tuple[Any, ...]) -> ReadableSpan:
-        (name, trace_id, span_id, parent_id, remote_parent, kind, start_ns, end_ns,
-         attributes, error, trace_state, links) = record
+        (
+            name,
+            trace_id,
+            span_id,
+            parent_id,
+            remote_parent,
+            kind,
+            start_ns,
+            end_ns,
+            attributes,
+            error,
+            trace_state,
+            links,
+        ) = record
         if name is None:  # a request's span: its summary
             name, attributes = describe_request(attributes)
         elif type(attributes) is tuple:
@@ -52,20 +69,48 @@ def readable_spans(resource: Any, scope_name: str, version: str) -> Callable[[li
                 states.clear()
             state = states[trace_state] = TraceState.from_header([trace_state])
         trace = int.from_bytes(trace_id, "big")
-        parent = None if not parent_id else SpanContext(
-            trace, int.from_bytes(parent_id, "big"), is_remote=remote_parent,
-            trace_flags=sampled, trace_state=state)
+        parent = (
+            None
+            if not parent_id
+            else SpanContext(
+                trace,
+                int.from_bytes(parent_id, "big"),
+                is_remote=remote_parent,
+                trace_flags=sampled,
+                trace_state=state,
+            )
+        )
         return ReadableSpan(
             name=name,
-            context=SpanContext(trace, int.from_bytes(span_id, "big"), is_remote=False,
-                                trace_flags=sampled, trace_state=state),
-            parent=parent, resource=resource, attributes=attributes or {},
-            kind=kinds[kind], instrumentation_scope=scope,
+            context=SpanContext(
+                trace,
+                int.from_bytes(span_id, "big"),
+                is_remote=False,
+                trace_flags=sampled,
+                trace_state=state,
+            ),
+            parent=parent,
+            resource=resource,
+            attributes=attributes or {},
+            kind=kinds[kind],
+            instrumentation_scope=scope,
             status=unset if error is None else Status(StatusCode.ERROR, error),
-            start_time=start_ns, end_time=end_ns,
-            links=[Link(SpanContext(int.from_bytes(t, "big"), int.from_bytes(s, "big"),
-                                    is_remote=False, trace_flags=sampled))
-                   for t, s in links] if links else ())
+            start_time=start_ns,
+            end_time=end_ns,
+            links=[
+                Link(
+                    SpanContext(
+                        int.from_bytes(t, "big"),
+                        int.from_bytes(s, "big"),
+                        is_remote=False,
+                        trace_flags=sampled,
+                    )
+                )
+                for t, s in links
+            ]
+            if links
+            else (),
+        )
 
     def readables(records: list[tuple[Any, ...]]) -> list[ReadableSpan]:
         return [readable(r) for r in records]
@@ -73,8 +118,14 @@ def readable_spans(resource: Any, scope_name: str, version: str) -> Callable[[li
     return readables
 
 
-def build_recorder(choice: str, exporter: Any, service_name: str, scope: str, batch: bool,
-                   expand: Callable[[list[Any]], list[tuple[Any, ...]]]) -> tuple["Recorder", str]:
+def build_recorder(
+    choice: str,
+    exporter: Any,
+    service_name: str,
+    scope: str,
+    batch: bool,
+    expand: Callable[[list[Any]], list[tuple[Any, ...]]],
+) -> tuple[Recorder, str]:
     """The recorder for `choice` ("otlp", "console", or "given": `exporter`, any
     SDK SpanExporter), and a description of where it sends, for the log."""
     from opentelemetry.sdk.resources import Resource
@@ -89,16 +140,29 @@ def build_recorder(choice: str, exporter: Any, service_name: str, scope: str, ba
         otlp = OtlpHttpExporter()
         # Spans are encoded as they are expanded; a batch is their bytes, wrapped.
         wrap = Encoder(resource.attributes, scope, __version__).wrap
-        return Recorder(wrap, otlp.send, otlp.close, batch, expand=expand, post=otlp.post,
-                        encode_span=encode_span), f"otlp to {otlp.endpoint}"
+        return Recorder(
+            wrap,
+            otlp.send,
+            otlp.close,
+            batch,
+            expand=expand,
+            post=otlp.post,
+            encode_span=encode_span,
+        ), f"otlp to {otlp.endpoint}"
     if choice == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         # One line per span, so log collectors keep each span whole.
         exporter = ConsoleSpanExporter(
-            out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n")
-    return Recorder(readable_spans(resource, scope, __version__), exporter.export,
-                    exporter.shutdown, batch, expand=expand), type(exporter).__name__
+            out=sys.stdout, formatter=lambda span: span.to_json(indent=None) + "\n"
+        )
+    return Recorder(
+        readable_spans(resource, scope, __version__),
+        exporter.export,
+        exporter.shutdown,
+        batch,
+        expand=expand,
+    ), type(exporter).__name__
 
 
 def _env_int(name: str, default: int) -> int:
@@ -135,11 +199,17 @@ class Recorder:
     hand-offs than its work. Unbatched (tests), each is exported as it comes.
     """
 
-    def __init__(self, encode: Callable[[Any], Any], send: Callable[[Any], Any],
-                 close: Callable[[], None], batch: bool, *,
-                 expand: Callable[[list[Any]], list[tuple[Any, ...]]],
-                 post: Callable[[Any], Awaitable[Any]] | None = None,
-                 encode_span: Callable[[tuple[Any, ...]], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        encode: Callable[[Any], Any],
+        send: Callable[[Any], Any],
+        close: Callable[[], None],
+        batch: bool,
+        *,
+        expand: Callable[[list[Any]], list[tuple[Any, ...]]],
+        post: Callable[[Any], Awaitable[Any]] | None = None,
+        encode_span: Callable[[tuple[Any, ...]], bytes] | None = None,
+    ) -> None:
         self._encode = encode
         self._expand = expand
         self._encode_span = encode_span
@@ -176,8 +246,11 @@ class Recorder:
             return
         if self._waiting + spans > self._max_queue:
             if not self.dropped:
-                log.warning("tracing: the export queue is full (OTEL_BSP_MAX_QUEUE_SIZE %d): "
-                            "dropping spans", self._max_queue)
+                log.warning(
+                    "tracing: the export queue is full (OTEL_BSP_MAX_QUEUE_SIZE %d): "
+                    "dropping spans",
+                    self._max_queue,
+                )
             self.dropped += spans
             return
         items = self._items
@@ -214,7 +287,7 @@ class Recorder:
         encode_span = self._encode_span
         start = 0
         while start < len(records):
-            chunk = records[start:start + self._max_batch - self._open_count]
+            chunk = records[start : start + self._max_batch - self._open_count]
             start += len(chunk)
             if encode_span is None:
                 self._open.extend(chunk)
@@ -268,8 +341,10 @@ class Recorder:
                 delivered = False
             if delivered is False:
                 if len(payloads) > sent + 1:
-                    log.warning("tracing: %d more batch(es) of spans dropped with it",
-                                len(payloads) - sent - 1)
+                    log.warning(
+                        "tracing: %d more batch(es) of spans dropped with it",
+                        len(payloads) - sent - 1,
+                    )
                 return False
         return True
 

@@ -43,8 +43,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from gateway.observe.span_record import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER
 from gateway.observe import spans
+from gateway.observe.span_record import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER
 from gateway.observe.spans import (
     Bounded,
     Span,
@@ -87,8 +87,9 @@ _reason_pairs = Bounded("gateway.error.reason")
 # -- set-up ---------------------------------------------------------------------------
 
 
-def setup(exporter: Any = None, *, service_name: str | None = None,
-          batch: bool | None = None) -> bool:
+def setup(
+    exporter: Any = None, *, service_name: str | None = None, batch: bool | None = None
+) -> bool:
     """Start tracing and return whether it is on.
 
     With `exporter` (any SDK SpanExporter, e.g. InMemorySpanExporter in tests),
@@ -124,8 +125,12 @@ def setup(exporter: Any = None, *, service_name: str | None = None,
     _SERVER_KIND = trace.SpanKind.SERVER
     spans.recorder = recorder
     ENABLED = True
-    log.info("tracing on: service %s, exporter %s, sampler %s", name, described,
-             _sampler.get_description())
+    log.info(
+        "tracing on: service %s, exporter %s, sampler %s",
+        name,
+        described,
+        _sampler.get_description(),
+    )
     return True
 
 
@@ -215,9 +220,14 @@ def request_span(ctx: Any) -> Span:
         sampled = decision.decision.is_sampled()
         state = decision.trace_state
     span = ctx.span = Span(
-        None, trace_id.to_bytes(16, "big"), parent_id, state.to_header() if state else "",
-        sampled, KIND_SERVER,
-        start_ns=time.time_ns() - int((time.perf_counter() - ctx.started) * 1e9))
+        None,
+        trace_id.to_bytes(16, "big"),
+        parent_id,
+        state.to_header() if state else "",
+        sampled,
+        KIND_SERVER,
+        start_ns=time.time_ns() - int((time.perf_counter() - ctx.started) * 1e9),
+    )
     span.remote_parent = caller is not None and caller.is_remote
     span.children = []
     return span
@@ -239,12 +249,30 @@ def step(ctx: Any, name: str, start_ns: int, error: Any = None) -> None:
     if not request.sampled:
         return
     if error is None:
-        row = (name, None, request.span_id, KIND_INTERNAL, start_ns, time.time_ns(), None, None,
-               None)
+        row = (
+            name,
+            None,
+            request.span_id,
+            KIND_INTERNAL,
+            start_ns,
+            time.time_ns(),
+            None,
+            None,
+            None,
+        )
     else:
         reason, message = reason_of(error)
-        row = (name, None, request.span_id, KIND_INTERNAL, start_ns, time.time_ns(),
-               _reason_pairs(reason), message, None)
+        row = (
+            name,
+            None,
+            request.span_id,
+            KIND_INTERNAL,
+            start_ns,
+            time.time_ns(),
+            _reason_pairs(reason),
+            message,
+            None,
+        )
     if request.end_ns:
         gather(request, row)
     else:
@@ -267,8 +295,18 @@ def finish_request(ctx: Any, code: int, kind: str | None) -> None:
     if not span.sampled or recorder is None or span.end_ns:
         return
     span.end_ns = time.time_ns()
-    span.attributes = (kind, ctx.protocol, code, ctx.cache, ctx.attempts, ctx.model, ctx.backend,
-                       ctx.tenant, ctx.request_id, ctx.cost_usd)
+    span.attributes = (
+        kind,
+        ctx.protocol,
+        code,
+        ctx.cache,
+        ctx.attempts,
+        ctx.model,
+        ctx.backend,
+        ctx.tenant,
+        ctx.request_id,
+        ctx.cost_usd,
+    )
     if code >= 500:
         span.error = f"answered {code}"
     children = span.children
@@ -281,8 +319,16 @@ class Attempt:
     span-in-progress: an attempt is on every request's path, so it is kept to
     the few fields a parent needs and one row at its end."""
 
-    __slots__ = ("trace_id", "span_id", "trace_state", "sampled", "request", "start_ns",
-                 "backend", "_token")
+    __slots__ = (
+        "_token",
+        "backend",
+        "request",
+        "sampled",
+        "span_id",
+        "start_ns",
+        "trace_id",
+        "trace_state",
+    )
 
     def __init__(self, ctx: Any, backend: str) -> None:
         request = ctx.span or request_span(ctx)
@@ -314,8 +360,17 @@ class Attempt:
             attributes = _failed_attempt_pairs(backend, outcome, reason)
         name = _attempt_names.get(backend) or _attempt_name(backend)
         request = self.request
-        row = (name, self.span_id, request.span_id, KIND_INTERNAL, self.start_ns, time.time_ns(),
-               attributes, message, None)
+        row = (
+            name,
+            self.span_id,
+            request.span_id,
+            KIND_INTERNAL,
+            self.start_ns,
+            time.time_ns(),
+            attributes,
+            message,
+            None,
+        )
         if request.end_ns:
             gather(request, row)
         else:
@@ -343,8 +398,15 @@ class CacheLookup:
         self.cache = cache
         self.ctx = ctx
 
-    async def fetch(self, model: str, key: bytes, ttl_s: float | None, codec: Any,
-                    compute: Callable[[], Awaitable[V]], wait_s: float | None) -> tuple[V, str]:
+    async def fetch(
+        self,
+        model: str,
+        key: bytes,
+        ttl_s: float | None,
+        codec: Any,
+        compute: Callable[[], Awaitable[V]],
+        wait_s: float | None,
+    ) -> tuple[V, str]:
         span = start(self.ctx, "cache lookup")
         open_ = span.sampled
 
@@ -384,16 +446,30 @@ def queue_waited(handle: tuple[Any, int], backend: str) -> None:
     """The request left the queue for execution: record its wait."""
     attempt = handle[0]
     request = attempt.request or attempt
-    row = ("queue wait", None, attempt.span_id, KIND_INTERNAL, handle[1], time.time_ns(),
-           _backend_pairs(backend), None, None)
+    row = (
+        "queue wait",
+        None,
+        attempt.span_id,
+        KIND_INTERNAL,
+        handle[1],
+        time.time_ns(),
+        _backend_pairs(backend),
+        None,
+        None,
+    )
     if request.end_ns:
         gather(request, row)
     else:
         request.children.append(row)
 
 
-def executed(handles: list[tuple[Any, int] | None], started_ns: int, backend: str,
-             rows: int, error: Any = None) -> None:
+def executed(
+    handles: list[tuple[Any, int] | None],
+    started_ns: int,
+    backend: str,
+    rows: int,
+    error: Any = None,
+) -> None:
     """A batch ran from `started_ns` until now: one span, as OpenTelemetry models
     work done for many requests at once. Its parent is the attempt of the
     first traced request in the batch; it links to the attempts of the others,
@@ -402,16 +478,31 @@ def executed(handles: list[tuple[Any, int] | None], started_ns: int, backend: st
     if not traced:
         return
     # A dict: batch sizes vary too much for the encoder to keep each combination.
-    attributes = {"gateway.backend": backend, "gateway.batch.rows": rows,
-                  "gateway.batch.requests": len(handles)}
+    attributes = {
+        "gateway.backend": backend,
+        "gateway.batch.rows": rows,
+        "gateway.batch.requests": len(handles),
+    }
     message = None
     if error is not None:
         attributes["gateway.error.reason"] = getattr(error, "reason", None) or "error"
         message = getattr(error, "message", None) or str(error)
     links = [(span.trace_id, span.span_id) for span in traced[1:]] or None
     first = traced[0]
-    gather(first.request or first, ("batch execution", None, first.span_id, KIND_INTERNAL,
-                                     started_ns, time.time_ns(), attributes, message, links))
+    gather(
+        first.request or first,
+        (
+            "batch execution",
+            None,
+            first.span_id,
+            KIND_INTERNAL,
+            started_ns,
+            time.time_ns(),
+            attributes,
+            message,
+            links,
+        ),
+    )
 
 
 # -- vendor calls ---------------------------------------------------------------------
@@ -421,7 +512,7 @@ class VendorCall:
     """A client span for one HTTP try to a vendor, and the `traceparent` (and
     `tracestate`) headers that carry it there."""
 
-    __slots__ = ("span", "headers")
+    __slots__ = ("headers", "span")
 
     def __init__(self, backend: str, path: str) -> None:
         parent = _CURRENT.get()
@@ -431,8 +522,16 @@ class VendorCall:
             return  # not within a request's attempt: nothing to continue
         carried = parent
         if parent.sampled:
-            carried = self.span = child(f"POST {path}", parent, KIND_CLIENT, attributes={
-                "gateway.backend": backend, "http.request.method": "POST", "url.path": path})
+            carried = self.span = child(
+                f"POST {path}",
+                parent,
+                KIND_CLIENT,
+                attributes={
+                    "gateway.backend": backend,
+                    "http.request.method": "POST",
+                    "url.path": path,
+                },
+            )
         self.headers["traceparent"] = carried.traceparent()
         if carried.trace_state:
             self.headers["tracestate"] = carried.trace_state

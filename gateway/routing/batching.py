@@ -9,8 +9,8 @@ requested outputs differ never share a batch.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Hashable
 
 import numpy as np
 

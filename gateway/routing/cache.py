@@ -97,16 +97,28 @@ class LocalLru:
 
 
 class ResponseCache:
-    def __init__(self, max_bytes: int, redis: RedisLike | None = None,
-                 lock_ttl_ms: int = 10_000, namespace: str = "gw:cache:") -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        redis: RedisLike | None = None,
+        lock_ttl_ms: int = 10_000,
+        namespace: str = "gw:cache:",
+    ) -> None:
         self.local = LocalLru(max_bytes)
         self.redis = redis
         self.lock_ttl_ms = lock_ttl_ms
         self.namespace = namespace
         self._flights: dict[bytes, asyncio.Future[Any]] = {}
 
-    async def fetch(self, model: str, key: bytes, ttl_s: float, codec: Codec[V],
-                    compute: Callable[[], Awaitable[V]], wait_s: float | None) -> tuple[V, str]:
+    async def fetch(
+        self,
+        model: str,
+        key: bytes,
+        ttl_s: float,
+        codec: Codec[V],
+        compute: Callable[[], Awaitable[V]],
+        wait_s: float | None,
+    ) -> tuple[V, str]:
         """The cached value or the computed one, and "hit" or "miss".
 
         `wait_s` bounds how long this request waits for another replica's
@@ -134,16 +146,23 @@ class ResponseCache:
             # The waiters get the same failure (the next request tries afresh); if
             # this caller was cancelled, that is no answer for the others.
             if not future.done():
-                future.set_exception(_Abandoned() if isinstance(exc, asyncio.CancelledError)
-                                     else exc)
+                future.set_exception(
+                    _Abandoned() if isinstance(exc, asyncio.CancelledError) else exc
+                )
                 future.exception()
             raise
         finally:
             del self._flights[key]
 
-    async def _fetch_shared(self, model: str, key: bytes, ttl_s: float, codec: Codec[V],
-                            compute: Callable[[], Awaitable[V]],
-                            wait_s: float | None) -> tuple[V, str]:
+    async def _fetch_shared(
+        self,
+        model: str,
+        key: bytes,
+        ttl_s: float,
+        codec: Codec[V],
+        compute: Callable[[], Awaitable[V]],
+        wait_s: float | None,
+    ) -> tuple[V, str]:
         _count(model, "local", "miss")
         redis = self.redis
         if redis is None:
@@ -179,11 +198,13 @@ class ResponseCache:
         await redis.set(redis_key, codec.encode(value), int(ttl_s * 1000))
         return value, "miss"
 
-    async def _wait_for_other(self, redis: RedisLike, redis_key: str,
-                              wait_s: float | None) -> bytes | None:
+    async def _wait_for_other(
+        self, redis: RedisLike, redis_key: str, wait_s: float | None
+    ) -> bytes | None:
         """Another replica computes this value: poll for it, within a bound."""
-        limit = self.lock_ttl_ms / 1000.0 if wait_s is None else min(wait_s,
-                                                                       self.lock_ttl_ms / 1000.0)
+        limit = (
+            self.lock_ttl_ms / 1000.0 if wait_s is None else min(wait_s, self.lock_ttl_ms / 1000.0)
+        )
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             await asyncio.sleep(_LOCK_POLL_S)
@@ -211,6 +232,7 @@ def count_bypass(model: str) -> None:
 
 
 # -- keys ------------------------------------------------------------------------
+
 
 def digest(prefix: bytes, parts: list[bytes]) -> bytes:
     hasher = xxhash.xxh3_128(prefix)
@@ -242,6 +264,7 @@ def _tensor_bytes(array: np.ndarray) -> bytes:
 
 # -- codecs (bytes for Redis) -------------------------------------------------------
 
+
 def _encode_tensors(outputs: dict[str, np.ndarray]) -> bytes:
     head = [{"n": name, "d": datatype_of(a), "s": list(a.shape)} for name, a in outputs.items()]
     blobs = [_tensor_bytes(a) for a in outputs.values()]
@@ -253,18 +276,18 @@ def _encode_tensors(outputs: dict[str, np.ndarray]) -> bytes:
 
 def _decode_tensors(data: bytes) -> dict[str, np.ndarray]:
     (length,) = struct.unpack_from("<I", data)
-    head = orjson.loads(data[4:4 + length])
+    head = orjson.loads(data[4 : 4 + length])
     offset = 4 + length
     outputs = {}
     for entry in head:
-        blob = data[offset:offset + entry["l"]]
+        blob = data[offset : offset + entry["l"]]
         offset += entry["l"]
         shape = tuple(entry["s"])
         if entry["d"] == "BYTES":
             items, pos = [], 0
             while pos < len(blob):
                 (size,) = struct.unpack_from("<I", blob, pos)
-                items.append(blob[pos + 4:pos + 4 + size])
+                items.append(blob[pos + 4 : pos + 4 + size])
                 pos += 4 + size
             array = np.empty(len(items), dtype=object)
             array[:] = items
@@ -275,8 +298,10 @@ def _decode_tensors(data: bytes) -> dict[str, np.ndarray]:
 
 
 def _tensors_size(outputs: dict[str, np.ndarray]) -> int:
-    return sum(a.nbytes if a.dtype.kind not in "OSU" else sum(len(v) for v in a.reshape(-1))
-               for a in outputs.values())
+    return sum(
+        a.nbytes if a.dtype.kind not in "OSU" else sum(len(v) for v in a.reshape(-1))
+        for a in outputs.values()
+    )
 
 
 TENSORS: Codec[dict[str, np.ndarray]] = Codec(_encode_tensors, _decode_tensors, _tensors_size)
@@ -284,9 +309,12 @@ TENSORS: Codec[dict[str, np.ndarray]] = Codec(_encode_tensors, _decode_tensors, 
 
 def _encode_chat(result: Any) -> bytes:
     usage = result.usage
-    return orjson.dumps({"body": result.body,
-                         "usage": None if usage is None else [usage.prompt_tokens,
-                                                              usage.completion_tokens]})
+    return orjson.dumps(
+        {
+            "body": result.body,
+            "usage": None if usage is None else [usage.prompt_tokens, usage.completion_tokens],
+        }
+    )
 
 
 def _decode_chat(data: bytes) -> Any:
@@ -300,9 +328,12 @@ def _decode_chat(data: bytes) -> Any:
 def _encode_embeddings(result: Any) -> bytes:
     vectors = np.ascontiguousarray(result.vectors, dtype="<f4")
     usage = result.usage
-    header = orjson.dumps({"shape": list(vectors.shape),
-                           "usage": None if usage is None else [usage.prompt_tokens,
-                                                                usage.completion_tokens]})
+    header = orjson.dumps(
+        {
+            "shape": list(vectors.shape),
+            "usage": None if usage is None else [usage.prompt_tokens, usage.completion_tokens],
+        }
+    )
     return struct.pack("<I", len(header)) + header + vectors.tobytes()
 
 
@@ -310,12 +341,13 @@ def _decode_embeddings(data: bytes) -> Any:
     from gateway.core.llm import EmbeddingResult, Usage
 
     (length,) = struct.unpack_from("<I", data)
-    doc = orjson.loads(data[4:4 + length])
-    vectors = np.frombuffer(data[4 + length:], dtype="<f4").reshape(doc["shape"])
+    doc = orjson.loads(data[4 : 4 + length])
+    vectors = np.frombuffer(data[4 + length :], dtype="<f4").reshape(doc["shape"])
     usage = doc.get("usage")
     return EmbeddingResult(vectors, None if usage is None else Usage(*usage))
 
 
 CHAT: Codec[Any] = Codec(_encode_chat, _decode_chat, lambda r: len(_encode_chat(r)))
-EMBEDDINGS: Codec[Any] = Codec(_encode_embeddings, _decode_embeddings,
-                               lambda r: int(r.vectors.nbytes) + 64)
+EMBEDDINGS: Codec[Any] = Codec(
+    _encode_embeddings, _decode_embeddings, lambda r: int(r.vectors.nbytes) + 64
+)

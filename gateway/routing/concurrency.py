@@ -46,7 +46,9 @@ class ConcurrencyLimiter:
             self._shed_full.inc()
             raise Overloaded(
                 f"backend '{self.name}' is overloaded: {len(self._waiters)} requests waiting "
-                f"(max_queue {self.max_queue})", retry_after_s=1.0)
+                f"(max_queue {self.max_queue})",
+                retry_after_s=1.0,
+            )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._queued.inc()
@@ -65,7 +67,8 @@ class ConcurrencyLimiter:
                 raise DeadlineExceeded(
                     f"deadline exceeded after {(time.monotonic() - enqueued) * 1000:.0f} ms "
                     f"waiting for backend '{self.name}'; the request was not sent",
-                    reason="deadline_queued") from None
+                    reason="deadline_queued",
+                ) from None
             self._shed_cancelled.inc()
             raise
         self._queue_duration(time.monotonic() - enqueued)

@@ -25,7 +25,8 @@ import enum
 import logging
 import time
 from collections import deque
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 
@@ -64,11 +65,26 @@ class _State(enum.Enum):
 
 
 class _Work:
-    __slots__ = ("inputs", "outputs", "key", "rows", "future", "enqueued", "state", "abandoned",
-                 "trace")
+    __slots__ = (
+        "abandoned",
+        "enqueued",
+        "future",
+        "inputs",
+        "key",
+        "outputs",
+        "rows",
+        "state",
+        "trace",
+    )
 
-    def __init__(self, inputs: dict[str, np.ndarray], outputs: list[str], key: Hashable | None,
-                 rows: int, future: asyncio.Future[dict[str, np.ndarray]]) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        key: Hashable | None,
+        rows: int,
+        future: asyncio.Future[dict[str, np.ndarray]],
+    ) -> None:
         self.inputs = inputs
         self.outputs = outputs
         self.key = key
@@ -90,9 +106,14 @@ def _expire(future: asyncio.Future[Any]) -> None:
 class QueuedBackend:
     """A backend behind a bounded queue and `max_concurrency` execution slots."""
 
-    def __init__(self, backend: Backend, max_concurrency: int, max_queue: int,
-                 batching: BatchPolicy | None = None,
-                 max_queue_wait_s: float | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        max_concurrency: int,
+        max_queue: int,
+        batching: BatchPolicy | None = None,
+        max_queue_wait_s: float | None = None,
+    ) -> None:
         self.backend = backend
         self.name = backend.name
         self.max_concurrency = max_concurrency
@@ -128,8 +149,9 @@ class QueuedBackend:
         """Requests waiting or executing: not yet safe to close."""
         return self._waiting > 0 or any(s is not None for s in self._running_since)
 
-    async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str],
-                    timeout_s: float | None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float | None
+    ) -> dict[str, np.ndarray]:
         if self._waiting >= self.max_queue:
             self._shed_full.inc()
             raise Overloaded(
@@ -169,7 +191,8 @@ class QueuedBackend:
                 self._drop(work, self._shed_deadline)
                 raise DeadlineExceeded(
                     f"deadline exceeded after {waited_ms:.0f} ms waiting for backend "
-                    f"'{self.name}'; the request was not executed", reason="deadline_queued"
+                    f"'{self.name}'; the request was not executed",
+                    reason="deadline_queued",
                 ) from None
             work.abandoned = True
             raise DeadlineExceeded(
@@ -211,8 +234,10 @@ class QueuedBackend:
         if mean == 0.0:
             return 0.0
         now = time.monotonic()
-        first_free = min(0.0 if since is None else max(0.0, mean - (now - since))
-                         for since in self._running_since)
+        first_free = min(
+            0.0 if since is None else max(0.0, mean - (now - since))
+            for since in self._running_since
+        )
         per_round = self.max_concurrency * (self.batching.max_batch_size if self.batching else 1)
         return first_free + (self._waiting // per_round) * mean
 
@@ -226,8 +251,9 @@ class QueuedBackend:
         # Each slot in a context of its own: not the context (request id for logs,
         # current trace span) of the request that happened to start the slots.
         self._slots = [
-            asyncio.get_running_loop().create_task(self._slot(i), name=f"{self.name}-slot-{i}",
-                                                   context=contextvars.Context())
+            asyncio.get_running_loop().create_task(
+                self._slot(i), name=f"{self.name}-slot-{i}", context=contextvars.Context()
+            )
             for i in range(self.max_concurrency)
         ]
 
@@ -346,8 +372,9 @@ class QueuedBackend:
         finally:
             self._inflight.dec(len(batch))
             if traced:
-                tracing.executed([w.trace for w in batch], started_ns, self.name, sum(rows),
-                                 failure)
+                tracing.executed(
+                    [w.trace for w in batch], started_ns, self.name, sum(rows), failure
+                )
 
     @staticmethod
     def _fail(batch: list[_Work], error: GatewayError) -> None:

@@ -51,8 +51,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
 
 from prometheus_client import Counter
 
@@ -69,11 +69,14 @@ TOKEN_BURST_S = 60.0
 RATELIMIT_FALLBACK = Counter(
     "gateway_ratelimit_fallback_total",
     "Rate-limit decisions made in this replica alone because Redis was unavailable",
-    ["op"], registry=REGISTRY,
+    ["op"],
+    registry=REGISTRY,
 )
 RATELIMITED = Counter(
-    "gateway_ratelimited_total", "Requests refused by a tenant's rate limit or token quota",
-    ["tenant", "limit"], registry=REGISTRY,
+    "gateway_ratelimited_total",
+    "Requests refused by a tenant's rate limit or token quota",
+    ["tenant", "limit"],
+    registry=REGISTRY,
 )
 
 _US = 1_000_000
@@ -93,7 +96,9 @@ end
 # KEYS: request TAT, token TAT. ARGV: µs per request (0: no limit), request
 # capacity µs, µs per token (0: no quota), token capacity µs, now µs or "".
 # Returns {1, 0, 0} admitted, or {0, wait µs, 1 requests | 2 tokens}.
-_ADMIT_LUA = _NOW_LUA + """
+_ADMIT_LUA = (
+    _NOW_LUA
+    + """
 local per_token = tonumber(ARGV[3])
 if per_token > 0 then
   local tat = math.max(tonumber(redis.call('GET', KEYS[2]) or now), now)
@@ -109,14 +114,18 @@ if per_request > 0 then
 end
 return {1, 0, 0}
 """
+)
 
 # KEYS: token TAT. ARGV: µs per token, tokens, now µs or "".
-_SPEND_LUA = _NOW_LUA + """
+_SPEND_LUA = (
+    _NOW_LUA
+    + """
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
 tat = tat + tonumber(ARGV[1]) * tonumber(ARGV[2])
 redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
 return 1
 """
+)
 
 
 @dataclass(frozen=True)
@@ -134,13 +143,22 @@ class TenantLimits:
     token_key: str
 
     @classmethod
-    def build(cls, tenant: str, config: RateLimitConfig, *, request_burst_s: float,
-              token_burst_s: float, key_prefix: str) -> "TenantLimits":
+    def build(
+        cls,
+        tenant: str,
+        config: RateLimitConfig,
+        *,
+        request_burst_s: float,
+        token_burst_s: float,
+        key_prefix: str,
+    ) -> TenantLimits:
         rpm, tpm = config.requests_per_minute, config.tokens_per_minute
         per_request = round(60 * _US / rpm) if rpm else 0
         per_token = round(60 * _US / tpm) if tpm else 0
         return cls(
-            tenant=tenant, requests_per_minute=rpm, tokens_per_minute=tpm,
+            tenant=tenant,
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
             us_per_request=per_request,
             request_capacity_us=max(per_request, round(request_burst_s * _US)),
             us_per_token=per_token,
@@ -193,15 +211,26 @@ class RateLimiter:
     never fails a request: see the module docstring for the fallback.
     """
 
-    def __init__(self, limits: Mapping[str, RateLimitConfig], redis: SharedRedis | None = None,
-                 *, request_burst_s: float = REQUEST_BURST_S,
-                 token_burst_s: float = TOKEN_BURST_S,
-                 clock: Callable[[], float] | None = None, key_prefix: str = "gw:rl:") -> None:
+    def __init__(
+        self,
+        limits: Mapping[str, RateLimitConfig],
+        redis: SharedRedis | None = None,
+        *,
+        request_burst_s: float = REQUEST_BURST_S,
+        token_burst_s: float = TOKEN_BURST_S,
+        clock: Callable[[], float] | None = None,
+        key_prefix: str = "gw:rl:",
+    ) -> None:
         self.redis = redis
         self._clock = clock
         self._limits = {
-            tenant: TenantLimits.build(tenant, config, request_burst_s=request_burst_s,
-                                       token_burst_s=token_burst_s, key_prefix=key_prefix)
+            tenant: TenantLimits.build(
+                tenant,
+                config,
+                request_burst_s=request_burst_s,
+                token_burst_s=token_burst_s,
+                key_prefix=key_prefix,
+            )
             for tenant, config in limits.items()
             if config.requests_per_minute or config.tokens_per_minute
         }
@@ -209,11 +238,11 @@ class RateLimiter:
         self._in_fallback = False
 
     @classmethod
-    def for_tenants(cls, tenants: Iterable[TenantConfig], redis: SharedRedis | None = None,
-                    **options: object) -> "RateLimiter":
+    def for_tenants(
+        cls, tenants: Iterable[TenantConfig], redis: SharedRedis | None = None, **options: object
+    ) -> RateLimiter:
         """The limiter for the config's `tenants[].rate_limit`."""
-        return cls({t.name: t.rate_limit for t in tenants if t.rate_limit}, redis,
-                   **options)  # type: ignore[arg-type]
+        return cls({t.name: t.rate_limit for t in tenants if t.rate_limit}, redis, **options)  # type: ignore[arg-type]
 
     def limits(self, tenant: str) -> TenantLimits | None:
         return self._limits.get(tenant)
@@ -227,9 +256,15 @@ class RateLimiter:
         reply = UNAVAILABLE
         if self.redis is not None:
             reply = await self.redis.eval_script(
-                _ADMIT_LUA, [limits.request_key, limits.token_key],
-                [limits.us_per_request, limits.request_capacity_us, limits.us_per_token,
-                 limits.token_capacity_us, "" if now is None else now],
+                _ADMIT_LUA,
+                [limits.request_key, limits.token_key],
+                [
+                    limits.us_per_request,
+                    limits.request_capacity_us,
+                    limits.us_per_token,
+                    limits.token_capacity_us,
+                    "" if now is None else now,
+                ],
             )
         if reply is UNAVAILABLE:
             self._fell_back("admit")
@@ -251,7 +286,8 @@ class RateLimiter:
         reply = UNAVAILABLE
         if self.redis is not None:
             reply = await self.redis.eval_script(
-                _SPEND_LUA, [limits.token_key],
+                _SPEND_LUA,
+                [limits.token_key],
                 [limits.us_per_token, int(tokens), "" if now is None else now],
             )
         if reply is UNAVAILABLE:
@@ -271,13 +307,17 @@ class RateLimiter:
     def _refusal(self, limits: TenantLimits, refused_by: int, wait_s: float) -> RateLimited:
         if refused_by == _TOKENS:
             RATELIMITED.labels(limits.tenant, "tokens").inc()
-            message = (f"tenant '{limits.tenant}' has used its quota of "
-                       f"{limits.tokens_per_minute} tokens per minute; retry in {wait_s:.2f} s")
+            message = (
+                f"tenant '{limits.tenant}' has used its quota of "
+                f"{limits.tokens_per_minute} tokens per minute; retry in {wait_s:.2f} s"
+            )
         else:
             RATELIMITED.labels(limits.tenant, "requests").inc()
-            message = (f"tenant '{limits.tenant}' is over its limit of "
-                       f"{limits.requests_per_minute} requests per minute; "
-                       f"retry in {wait_s:.2f} s")
+            message = (
+                f"tenant '{limits.tenant}' is over its limit of "
+                f"{limits.requests_per_minute} requests per minute; "
+                f"retry in {wait_s:.2f} s"
+            )
         return RateLimited(message, retry_after_s=wait_s)
 
     def _fell_back(self, op: str) -> None:
@@ -287,8 +327,10 @@ class RateLimiter:
         # One call over its budget is counted, not logged: only an outage is news.
         if self.redis.degraded and not self._in_fallback:
             self._in_fallback = True
-            log.warning("redis unavailable: tenant rate limits are enforced by each replica "
-                        "on its own until it answers again")
+            log.warning(
+                "redis unavailable: tenant rate limits are enforced by each replica "
+                "on its own until it answers again"
+            )
 
     def _shared_again(self) -> None:
         if self._in_fallback:

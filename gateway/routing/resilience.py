@@ -46,8 +46,9 @@ def counts_as_failure(error: GatewayError) -> bool:
 class BackendHealth:
     """One per backend, shared by every route that uses it."""
 
-    def __init__(self, backend: str, policy: BreakerPolicy,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, backend: str, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.backend = backend
         self.policy = policy
         self.clock = clock

@@ -24,7 +24,8 @@ class Attempt:
     backend: Any  # a Backend, ChatBackend or EmbeddingBackend, by the model's kind
     timeout_s: float
     health: BackendHealth = field(
-        default_factory=lambda: BackendHealth("-", BreakerPolicy(enabled=False)))
+        default_factory=lambda: BackendHealth("-", BreakerPolicy(enabled=False))
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +46,15 @@ def fallback_class(error: GatewayError) -> str:
 
 class Route:
     def __init__(
-        self, attempts: list[Attempt], weights: list[float] | None = None,
-        rng: random.Random | None = None, fallback_on: frozenset[str] | None = None,
-        sticky_header: bytes | None = None, sticky_tenant: bool = False,
-        hedge_delay_s: float | None = None, shadow: Shadow | None = None,
+        self,
+        attempts: list[Attempt],
+        weights: list[float] | None = None,
+        rng: random.Random | None = None,
+        fallback_on: frozenset[str] | None = None,
+        sticky_header: bytes | None = None,
+        sticky_tenant: bool = False,
+        hedge_delay_s: float | None = None,
+        shadow: Shadow | None = None,
     ) -> None:
         if not attempts:
             raise ValueError("a route needs at least one backend")
@@ -85,8 +91,7 @@ class Route:
             point = zlib.crc32(sticky_key.encode()) / 2**32
         else:
             point = self._rng.random()
-        first = next((i for i, edge in enumerate(self._cumulative) if point < edge),
-                     len(self.attempts) - 1)
-        return (self.attempts[first],) + tuple(
-            a for i, a in enumerate(self.attempts) if i != first
+        first = next(
+            (i for i, edge in enumerate(self._cumulative) if point < edge), len(self.attempts) - 1
         )
+        return (self.attempts[first], *tuple(a for i, a in enumerate(self.attempts) if i != first))

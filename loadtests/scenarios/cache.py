@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from loadtests.loadgen import closed_loop, run
 from loadtests.probes import scrape_histogram
 from loadtests.scenarios.common import Settings, print_level, ratio, running_gateway
-from loadtests.loadgen import closed_loop, run
 from loadtests.workloads import DIGITS_PATH, HOST, binary_infer, digits_config
 
 LOCAL_HIT_GOAL = 0.2  # a local hit costs at most 20% of a miss
@@ -36,8 +36,9 @@ DISTINCT = 40_000  # more distinct requests than a miss run can send
 def _requests(port: int, count: int, seed: int = 7) -> list[bytes]:
     pixels = np.random.default_rng(seed).random((count, 64), dtype=np.float32) * 16
     tensor = {"name": "pixels", "datatype": "FP32", "shape": [1, 64]}
-    return [binary_infer(port, DIGITS_PATH, tensor, row.tobytes(), "probabilities")
-            for row in pixels]
+    return [
+        binary_infer(port, DIGITS_PATH, tensor, row.tobytes(), "probabilities") for row in pixels
+    ]
 
 
 def _server_mean_ms(port: int) -> tuple[float, float]:
@@ -60,18 +61,21 @@ def _in_process(config: dict[str, Any], settings: Settings, label: str) -> dict[
     argv = [sys.executable, "-m", "loadtests.cache_inprocess", "--config", str(path)]
     if settings.server_cpus:
         argv += ["--cpus", ",".join(map(str, sorted(settings.server_cpus)))]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          check=False)
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"cache_inprocess failed:\n{done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"  in-process {label:<13} miss {result['miss_us']} us, hit {result['hit_us']} us "
-          "per request", flush=True)
+    print(
+        f"  in-process {label:<13} miss {result['miss_us']} us, hit {result['hit_us']} us "
+        "per request",
+        flush=True,
+    )
     return result
 
 
-def _variant(config: dict[str, Any], settings: Settings, label: str,
-             requests_for: Any) -> dict[str, Any]:
+def _variant(
+    config: dict[str, Any], settings: Settings, label: str, requests_for: Any
+) -> dict[str, Any]:
     with running_gateway(config, settings, label) as gateway:
         requests = requests_for(gateway.port)
         if len(requests) == 1:  # a hit variant: fill the cache first
@@ -83,8 +87,9 @@ def _variant(config: dict[str, Any], settings: Settings, label: str,
     count = after[1] - before[1]
     row["server_mean_ms"] = round((after[0] - before[0]) / count * 1000, 4) if count else None
     print_level(label, row)
-    print(f"  {label:<24} gateway's own mean time per request {row['server_mean_ms']} ms",
-          flush=True)
+    print(
+        f"  {label:<24} gateway's own mean time per request {row['server_mean_ms']} ms", flush=True
+    )
     return row
 
 
@@ -102,17 +107,19 @@ def run_cache(settings: Settings) -> dict[str, Any]:
         print("  redis hit: skipped (no redis-server binary)", flush=True)
     else:
         try:
-            redis_config = {**config, "redis": {"url": redis.url},
-                            "cache": {"max_bytes": 0}}
-            variants["redis-hit"] = _variant(redis_config, settings, "redis-hit",
-                                             lambda port: _requests(port, 1))
+            redis_config = {**config, "redis": {"url": redis.url}, "cache": {"max_bytes": 0}}
+            variants["redis-hit"] = _variant(
+                redis_config, settings, "redis-hit", lambda port: _requests(port, 1)
+            )
             in_process["redis"] = _in_process(redis_config, settings, "redis")
         finally:
             redis.close()
-    return {"description": __doc__.split("\n\n")[1].replace("\n", " "),
-            "variants": {name: {"levels": [row]} for name, row in variants.items()},
-            "in_process": in_process,
-            "verdict": judge(variants, in_process)}
+    return {
+        "description": __doc__.split("\n\n")[1].replace("\n", " "),
+        "variants": {name: {"levels": [row]} for name, row in variants.items()},
+        "in_process": in_process,
+        "verdict": judge(variants, in_process),
+    }
 
 
 def _start_redis() -> Any:
@@ -136,7 +143,8 @@ def judge(variants: dict[str, Any], in_process: dict[str, Any]) -> dict[str, Any
             "http_server_ratio": ratio(local["server_mean_ms"], miss["server_mean_ms"]),
             "client_p50_ratio": ratio(local["p50_ms"], miss["p50_ms"]),
             "goal": f"<= {LOCAL_HIT_GOAL:g} (gateway's own time, in-process)",
-            "met": hit_share is not None and hit_share <= LOCAL_HIT_GOAL},
+            "met": hit_share is not None and hit_share <= LOCAL_HIT_GOAL,
+        },
     }
     redis = variants.get("redis-hit")
     if redis is not None:
@@ -145,6 +153,6 @@ def judge(variants: dict[str, Any], in_process: dict[str, Any]) -> dict[str, Any
             "client_p50_ms": added,
             "server_mean_ms": round(redis["server_mean_ms"] - local["server_mean_ms"], 4),
             "goal": f"< {REDIS_ADDED_P50_GOAL_MS:g} ms at p50",
-            "met": added < REDIS_ADDED_P50_GOAL_MS}
+            "met": added < REDIS_ADDED_P50_GOAL_MS,
+        }
     return verdict
-

@@ -46,17 +46,28 @@ def cpu_split() -> tuple[set[int] | None, set[int] | None, str]:
     if len(cpus) < 2:
         return None, None, f"not pinned: only {len(cpus)} core(s) available"
     server, client = {cpus[0]}, set(cpus[1:])
-    return server, client, (f"servers and the in-process limit pinned to core {cpus[0]}, "
-                            f"load generator to {sorted(client)}")
+    return (
+        server,
+        client,
+        (
+            f"servers and the in-process limit pinned to core {cpus[0]}, "
+            f"load generator to {sorted(client)}"
+        ),
+    )
 
 
 @contextmanager
-def running_gateway(config: dict[str, Any], settings: Settings, name: str) -> Iterator[GatewayProcess]:
+def running_gateway(
+    config: dict[str, Any], settings: Settings, name: str
+) -> Iterator[GatewayProcess]:
     if settings.audit:
-        config = {**config, "audit": {"sink": "file",
-                                      "path": str(settings.workdir / name / "audit.jsonl")}}
-    gateway = start_gateway(config, settings.workdir / name, cpus=settings.server_cpus,
-                            env=settings.gateway_env)
+        config = {
+            **config,
+            "audit": {"sink": "file", "path": str(settings.workdir / name / "audit.jsonl")},
+        }
+    gateway = start_gateway(
+        config, settings.workdir / name, cpus=settings.server_cpus, env=settings.gateway_env
+    )
     try:
         yield gateway
     finally:
@@ -67,8 +78,9 @@ def running_gateway(config: dict[str, Any], settings: Settings, name: str) -> It
 def running_floor(settings: Settings) -> Iterator[GatewayProcess]:
     port = free_port()
     argv = [sys.executable, "-m", "loadtests.floor_app", "--host", HOST, "--port", str(port)]
-    floor = start_server("FastAPI floor", argv, port, floor_app.READY_LINE.encode(),
-                         cpus=settings.server_cpus)
+    floor = start_server(
+        "FastAPI floor", argv, port, floor_app.READY_LINE.encode(), cpus=settings.server_cpus
+    )
     try:
         yield floor
     finally:
@@ -77,15 +89,24 @@ def running_floor(settings: Settings) -> Iterator[GatewayProcess]:
 
 def print_level(label: str, row: dict[str, Any]) -> None:
     batch = row.get("mean_batch_size")
-    print(f"  {label:<24} c={row['concurrency']:<3d} {row['throughput_rps']:>9.1f} req/s  "
-          f"p50 {row['p50_ms']:8.3f} ms  p99 {row['p99_ms']:8.3f} ms"
-          + (f"  batch {batch:5.2f}" if batch is not None else "")
-          + f"  statuses {row['statuses']}" + (f"  errors {row['errors']}" if row["errors"] else ""),
-          flush=True)
+    print(
+        f"  {label:<24} c={row['concurrency']:<3d} {row['throughput_rps']:>9.1f} req/s  "
+        f"p50 {row['p50_ms']:8.3f} ms  p99 {row['p99_ms']:8.3f} ms"
+        + (f"  batch {batch:5.2f}" if batch is not None else "")
+        + f"  statuses {row['statuses']}"
+        + (f"  errors {row['errors']}" if row["errors"] else ""),
+        flush=True,
+    )
 
 
-def closed_levels(server: GatewayProcess, requests: bytes | Sequence[bytes], levels: Sequence[int],
-                  settings: Settings, label: str, backend: str | None = None) -> dict[str, Any]:
+def closed_levels(
+    server: GatewayProcess,
+    requests: bytes | Sequence[bytes],
+    levels: Sequence[int],
+    settings: Settings,
+    label: str,
+    backend: str | None = None,
+) -> dict[str, Any]:
     """One closed-loop run per concurrency level against a running server.
 
     With `backend`, the gateway's batch-size histogram is scraped around each
@@ -97,8 +118,11 @@ def closed_levels(server: GatewayProcess, requests: bytes | Sequence[bytes], lev
     last: HistogramTotals | None = None
     for concurrency in levels:
         before = scrape_histogram(server.port, BATCH_SIZE, backend) if backend else None
-        result = run(closed_loop(HOST, server.port, requests, concurrency,
-                                 settings.duration_s, settings.warmup_s))
+        result = run(
+            closed_loop(
+                HOST, server.port, requests, concurrency, settings.duration_s, settings.warmup_s
+            )
+        )
         row = result.summary()
         if backend and before is not None:
             last = scrape_histogram(server.port, BATCH_SIZE, backend)
@@ -112,11 +136,19 @@ def closed_levels(server: GatewayProcess, requests: bytes | Sequence[bytes], lev
     return variant
 
 
-def gateway_variant(config: dict[str, Any], backend: str, requests_for: RequestsFor,
-                    levels: Sequence[int], settings: Settings, label: str) -> dict[str, Any]:
+def gateway_variant(
+    config: dict[str, Any],
+    backend: str,
+    requests_for: RequestsFor,
+    levels: Sequence[int],
+    settings: Settings,
+    label: str,
+) -> dict[str, Any]:
     """Start a gateway with `config`, measure every level, stop it."""
     with running_gateway(config, settings, label) as gateway:
-        variant = closed_levels(gateway, requests_for(gateway.port), levels, settings, label, backend)
+        variant = closed_levels(
+            gateway, requests_for(gateway.port), levels, settings, label, backend
+        )
     variant["config"] = config["backends"][backend]
     return variant
 

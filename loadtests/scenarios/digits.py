@@ -28,17 +28,19 @@ FLOOR = "fastapi-floor"
 def run_digits(settings: Settings, levels: Sequence[int]) -> dict[str, Any]:
     print("digits: v2 binary infer, 1 sample per request, 1 gateway worker", flush=True)
     variants = {
-        GATEWAY: gateway_variant(digits_config(batching=False), "digits-cpu", digits_request,
-                                 levels, settings, GATEWAY),
-        BATCHING: gateway_variant(digits_config(batching=True), "digits-cpu", digits_request,
-                                  levels, settings, BATCHING),
+        GATEWAY: gateway_variant(
+            digits_config(batching=False), "digits-cpu", digits_request, levels, settings, GATEWAY
+        ),
+        BATCHING: gateway_variant(
+            digits_config(batching=True), "digits-cpu", digits_request, levels, settings, BATCHING
+        ),
     }
     with running_floor(settings) as floor:
         variants[FLOOR] = closed_levels(floor, digits_request(floor.port), levels, settings, FLOOR)
     return {
         "description": "v2 HTTP binary infer of 1 digits sample per request; one gateway worker "
-                       "pinned to one core; FastAPI floor = one trivial POST route on uvicorn "
-                       "(uvloop + httptools, access log off) on the same core",
+        "pinned to one core; FastAPI floor = one trivial POST route on uvicorn "
+        "(uvloop + httptools, access log off) on the same core",
         "variants": variants,
         "vs_floor": [floor_ratios(variants, c) for c in levels],
     }

@@ -40,27 +40,42 @@ def wait_for_files(paths: Sequence[Path], wait_s: float) -> bool:
             return True
         if time.monotonic() >= deadline:
             return False
-        print(f"  waiting for {', '.join(str(p.relative_to(ROOT)) for p in missing)} "
-              f"(polling every {POLL_S:.0f} s)", flush=True)
+        print(
+            f"  waiting for {', '.join(str(p.relative_to(ROOT)) for p in missing)} "
+            f"(polling every {POLL_S:.0f} s)",
+            flush=True,
+        )
         time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 
 
 def measure_limit(settings: Settings, batch_sizes: Sequence[int]) -> dict[str, Any]:
     """Run loadtests.embedder_limit in a subprocess pinned to the server's core."""
-    argv = [sys.executable, "-m", "loadtests.embedder_limit",
-            "--batch-sizes", ",".join(map(str, batch_sizes)),
-            "--duration", str(settings.duration_s), "--warmup", str(settings.warmup_s)]
+    argv = [
+        sys.executable,
+        "-m",
+        "loadtests.embedder_limit",
+        "--batch-sizes",
+        ",".join(map(str, batch_sizes)),
+        "--duration",
+        str(settings.duration_s),
+        "--warmup",
+        str(settings.warmup_s),
+    ]
     if settings.server_cpus:
         argv += ["--cpus", ",".join(map(str, sorted(settings.server_cpus)))]
     budget = len(batch_sizes) * (settings.duration_s + settings.warmup_s) * 3 + 120
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=budget,
-                          check=False)
+    done = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=budget, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"embedder_limit failed (exit {done.returncode}):\n{done.stderr}")
     rows = json.loads(done.stdout.strip().splitlines()[-1])["batch_sizes"]
     for row in rows:
-        print(f"  {'in-process':<24} b={row['batch_size']:<3d} {row['sentences_per_s']:>9.1f} "
-              f"sentences/s  {row['ms_per_batch']:8.3f} ms per batch", flush=True)
+        print(
+            f"  {'in-process':<24} b={row['batch_size']:<3d} {row['sentences_per_s']:>9.1f} "
+            f"sentences/s  {row['ms_per_batch']:8.3f} ms per batch",
+            flush=True,
+        )
     best = max(rows, key=lambda r: r["sentences_per_s"])
     single = next((r for r in rows if r["batch_size"] == 1), None)
     return {
@@ -71,31 +86,48 @@ def measure_limit(settings: Settings, batch_sizes: Sequence[int]) -> dict[str, A
     }
 
 
-def run_embedder(settings: Settings, levels: Sequence[int], batch_sizes: Sequence[int],
-                 wait_s: float) -> dict[str, Any]:
-    print("embedder: all-MiniLM-L6-v2, 1 sentence per request (BYTES), tokenized in the gateway",
-          flush=True)
+def run_embedder(
+    settings: Settings, levels: Sequence[int], batch_sizes: Sequence[int], wait_s: float
+) -> dict[str, Any]:
+    print(
+        "embedder: all-MiniLM-L6-v2, 1 sentence per request (BYTES), tokenized in the gateway",
+        flush=True,
+    )
     if not wait_for_files([EMBEDDER_MODEL, EMBEDDER_TOKENIZER], wait_s):
         print(f"  skipped: the model files did not appear within {wait_s:.0f} s", flush=True)
         return {"skipped": f"{EMBEDDER_MODEL} / {EMBEDDER_TOKENIZER} missing after {wait_s:.0f} s"}
     limit = measure_limit(settings, batch_sizes)
     variants = {
-        BATCHING: gateway_variant(embedder_config(batching=True), "embedder-cpu", embedder_requests,
-                                  levels, settings, BATCHING),
-        NO_BATCHING: gateway_variant(embedder_config(batching=False), "embedder-cpu",
-                                     embedder_requests, levels, settings, NO_BATCHING),
+        BATCHING: gateway_variant(
+            embedder_config(batching=True),
+            "embedder-cpu",
+            embedder_requests,
+            levels,
+            settings,
+            BATCHING,
+        ),
+        NO_BATCHING: gateway_variant(
+            embedder_config(batching=False),
+            "embedder-cpu",
+            embedder_requests,
+            levels,
+            settings,
+            NO_BATCHING,
+        ),
     }
     return {
         "description": "all-MiniLM-L6-v2 (models/embedder/1), one sentence per v2 binary "
-                       "request cycling through 32 sentences; in-process limit = tokenization + "
-                       "session.run on the server's core, intra_op_num_threads=1",
+        "request cycling through 32 sentences; in-process limit = tokenization + "
+        "session.run on the server's core, intra_op_num_threads=1",
         "limit": limit,
         "variants": variants,
         "ratios": batching_ratios(limit, variants, max(levels)),
     }
 
 
-def batching_ratios(limit: dict[str, Any], variants: dict[str, Any], concurrency: int) -> dict[str, Any]:
+def batching_ratios(
+    limit: dict[str, Any], variants: dict[str, Any], concurrency: int
+) -> dict[str, Any]:
     """b/a, b/c and (b/c) / in-process gain at one concurrency, with the goals."""
     batched = (level_at(variants[BATCHING], concurrency) or {}).get("throughput_rps")
     single = (level_at(variants[NO_BATCHING], concurrency) or {}).get("throughput_rps")
@@ -110,6 +142,9 @@ def batching_ratios(limit: dict[str, Any], variants: dict[str, Any], concurrency
         "gain_ratio": gain_ratio,
         "goals": {
             "b_over_a": {"goal": f">= {GOAL}", "met": b_over_a is not None and b_over_a >= GOAL},
-            "gain_ratio": {"goal": f">= {GOAL}", "met": gain_ratio is not None and gain_ratio >= GOAL},
+            "gain_ratio": {
+                "goal": f">= {GOAL}",
+                "met": gain_ratio is not None and gain_ratio >= GOAL,
+            },
         },
     }

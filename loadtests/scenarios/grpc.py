@@ -52,8 +52,15 @@ def digits_grpc_request() -> bytes:
     return request.SerializeToString()
 
 
-def grpc_levels(target: str, request: bytes, levels: Sequence[int], settings: Settings,
-                label: str, channels: int, metrics_port: int | None = None) -> dict[str, Any]:
+def grpc_levels(
+    target: str,
+    request: bytes,
+    levels: Sequence[int],
+    settings: Settings,
+    label: str,
+    channels: int,
+    metrics_port: int | None = None,
+) -> dict[str, Any]:
     """`closed_levels` for gRPC: one closed-loop run per level, with the gateway's
     mean batch size when `metrics_port` (its HTTP port) is given."""
     rows = []
@@ -61,18 +68,33 @@ def grpc_levels(target: str, request: bytes, levels: Sequence[int], settings: Se
         before = scrape_histogram(metrics_port, BATCH_SIZE, BACKEND) if metrics_port else None
         grpc_ok = grpc_answers(metrics_port) if metrics_port else None
         if h2load_grpc.available():
-            row = h2load_grpc.closed_loop(target, request, concurrency, settings.duration_s,
-                                          settings.warmup_s, connections=channels)
+            row = h2load_grpc.closed_loop(
+                target,
+                request,
+                concurrency,
+                settings.duration_s,
+                settings.warmup_s,
+                connections=channels,
+            )
         else:
-            row = run(grpc_loadgen.closed_loop(target, request, concurrency, settings.duration_s,
-                                               settings.warmup_s, channels=channels)).summary()
+            row = run(
+                grpc_loadgen.closed_loop(
+                    target,
+                    request,
+                    concurrency,
+                    settings.duration_s,
+                    settings.warmup_s,
+                    channels=channels,
+                )
+            ).summary()
             row["load_generator"] = "grpc.aio client (install nghttp2-client for h2load)"
         if metrics_port and grpc_ok is not None:
             # h2load sees HTTP statuses only: the gateway counts gRPC outcomes.
             row["gateway_grpc_ok"] = grpc_answers(metrics_port) - grpc_ok
         if metrics_port and before is not None:
-            row["mean_batch_size"] = scrape_histogram(metrics_port, BATCH_SIZE,
-                                                      BACKEND).mean_since(before)
+            row["mean_batch_size"] = scrape_histogram(metrics_port, BATCH_SIZE, BACKEND).mean_since(
+                before
+            )
         rows.append(row)
         print_level(label, row)
     return {"levels": rows}
@@ -85,38 +107,49 @@ def grpc_answers(port: int) -> float:
 
 def run_grpc(settings: Settings, levels: Sequence[int], channels: int = 1) -> dict[str, Any]:
     generator = "h2load" if h2load_grpc.available() else "a grpc.aio client"
-    print(f"grpc: v2 infer of 1 digits sample per request over HTTP and gRPC ({channels} "
-          f"connection(s), load from {generator}), one gateway worker with batching", flush=True)
+    print(
+        f"grpc: v2 infer of 1 digits sample per request over HTTP and gRPC ({channels} "
+        f"connection(s), load from {generator}), one gateway worker with batching",
+        flush=True,
+    )
     request = digits_grpc_request()
     variants: dict[str, Any] = {}
     for engine, label in (("threads", GRPC), ("aio", GRPC_AIO)):
         config = digits_config(batching=True)
         config["server"] = {"grpc": {"engine": engine}}
         grpc_port = free_port()
-        gateway = start_gateway(config, settings.workdir / f"grpc-{engine}", "--grpc-port",
-                                str(grpc_port), cpus=settings.server_cpus,
-                                env=settings.gateway_env)
+        gateway = start_gateway(
+            config,
+            settings.workdir / f"grpc-{engine}",
+            "--grpc-port",
+            str(grpc_port),
+            cpus=settings.server_cpus,
+            env=settings.gateway_env,
+        )
         try:
             if engine == "threads":  # HTTP does not depend on the gRPC engine: measured once
-                variants[HTTP] = closed_levels(gateway, digits_request(gateway.port), levels,
-                                               settings, HTTP, BACKEND)
-            variants[label] = grpc_levels(f"{HOST}:{grpc_port}", request, levels, settings,
-                                          label, channels, gateway.port)
+                variants[HTTP] = closed_levels(
+                    gateway, digits_request(gateway.port), levels, settings, HTTP, BACKEND
+                )
+            variants[label] = grpc_levels(
+                f"{HOST}:{grpc_port}", request, levels, settings, label, channels, gateway.port
+            )
         finally:
             gateway.stop()
     for engine, label in (("threads", FLOOR), ("aio", FLOOR_AIO)):
         floor = _start_floor(settings, engine)
         try:
-            variants[label] = grpc_levels(f"{HOST}:{floor.port}", request, levels, settings,
-                                          label, channels)
+            variants[label] = grpc_levels(
+                f"{HOST}:{floor.port}", request, levels, settings, label, channels
+            )
         finally:
             floor.stop()
     return {
         "description": "v2 infer of 1 digits sample per request, HTTP binary vs gRPC raw "
-                       "contents (one gateway worker pinned to one core, batching on), on the "
-                       "threaded engine (default) and grpc.aio; floors = bare Python gRPC "
-                       "servers answering ModelInfer with a fixed reply on the same core; "
-                       f"gRPC over {channels} connection(s), load from {generator}",
+        "contents (one gateway worker pinned to one core, batching on), on the "
+        "threaded engine (default) and grpc.aio; floors = bare Python gRPC "
+        "servers answering ModelInfer with a fixed reply on the same core; "
+        f"gRPC over {channels} connection(s), load from {generator}",
         "config": config["backends"][BACKEND],
         "variants": variants,
         "ratios": [ratios(variants, c) for c in levels],
@@ -125,10 +158,24 @@ def run_grpc(settings: Settings, levels: Sequence[int], channels: int = 1) -> di
 
 def _start_floor(settings: Settings, engine: str) -> GatewayProcess:
     port = free_port()
-    argv = [sys.executable, "-m", "loadtests.grpc_floor", "--host", HOST, "--port", str(port),
-            "--engine", engine]
-    return start_server(f"gRPC floor ({engine})", argv, port, grpc_floor.READY_LINE.encode(),
-                        cpus=settings.server_cpus)
+    argv = [
+        sys.executable,
+        "-m",
+        "loadtests.grpc_floor",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--engine",
+        engine,
+    ]
+    return start_server(
+        f"gRPC floor ({engine})",
+        argv,
+        port,
+        grpc_floor.READY_LINE.encode(),
+        cpus=settings.server_cpus,
+    )
 
 
 def ratios(variants: dict[str, Any], concurrency: int) -> dict[str, Any]:
@@ -138,9 +185,11 @@ def ratios(variants: dict[str, Any], concurrency: int) -> dict[str, Any]:
     throughput = ratio(rps[GRPC], rps[HTTP])
     return {
         "concurrency": concurrency,
-        "grpc_over_http": {"throughput": throughput,
-                           "p50": ratio(grpc.get("p50_ms"), http.get("p50_ms")),
-                           "p99": ratio(grpc.get("p99_ms"), http.get("p99_ms"))},
+        "grpc_over_http": {
+            "throughput": throughput,
+            "p50": ratio(grpc.get("p50_ms"), http.get("p50_ms")),
+            "p99": ratio(grpc.get("p99_ms"), http.get("p99_ms")),
+        },
         "grpc_aio_over_http": {"throughput": ratio(rps[GRPC_AIO], rps[HTTP])},
         "grpc_over_floor": {"throughput": ratio(rps[GRPC], rps[FLOOR])},
         "floor_over_http": {"throughput": ratio(rps[FLOOR], rps[HTTP])},

@@ -37,19 +37,29 @@ CONCURRENCY = 32
 BACKEND = "digits-cpu"
 
 
-def run_observability(settings: Settings, rounds: int = 5,
-                      duration_s: float = 5.0) -> dict[str, Any]:
-    print(f"observability: digits c={CONCURRENCY}, {rounds} alternating rounds of "
-          f"{duration_s:g} s per variant", flush=True)
+def run_observability(
+    settings: Settings, rounds: int = 5, duration_s: float = 5.0
+) -> dict[str, Any]:
+    print(
+        f"observability: digits c={CONCURRENCY}, {rounds} alternating rounds of "
+        f"{duration_s:g} s per variant",
+        flush=True,
+    )
     sink_port = free_port()
-    sink = start_server("otlp sink", [sys.executable, "-m", "loadtests.otlp_sink", "--port",
-                                      str(sink_port)], sink_port, otlp_sink.READY_LINE.encode(),
-                        cpus=settings.client_cpus)
+    sink = start_server(
+        "otlp sink",
+        [sys.executable, "-m", "loadtests.otlp_sink", "--port", str(sink_port)],
+        sink_port,
+        otlp_sink.READY_LINE.encode(),
+        cpus=settings.client_cpus,
+    )
     environments = {
         BARE: {"GATEWAY_METRICS": "off", "OTEL_TRACES_EXPORTER": "none"},
         AUDIT: {"OTEL_TRACES_EXPORTER": "none"},
-        TRACING: {"OTEL_TRACES_EXPORTER": "otlp",
-                  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces"},
+        TRACING: {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces",
+        },
     }
     modes: dict[str, Any] = {}
     try:
@@ -62,30 +72,44 @@ def run_observability(settings: Settings, rounds: int = 5,
                     if variant != BARE:
                         workdir = settings.workdir / f"observability-{round_}"
                         config["audit"] = {"sink": "file", "path": str(workdir / "audit.jsonl")}
-                    row = _measure(config, environments[variant], settings, duration_s,
-                                   f"{mode}/{variant}")
+                    row = _measure(
+                        config, environments[variant], settings, duration_s, f"{mode}/{variant}"
+                    )
                     runs[variant].append(row)
             modes[mode] = _compare(runs)
     finally:
         sink.stop()
     return {
         "description": "digits v2 HTTP binary, c=32, one gateway worker pinned to one core; "
-                       "bare = GATEWAY_METRICS=off, no audit, no tracing; metrics+audit = "
-                       "metrics on and an audit record per request to a file; +tracing = "
-                       "also every request traced and exported over OTLP/HTTP to a "
-                       f"stand-in collector; medians of {rounds} alternating rounds",
+        "bare = GATEWAY_METRICS=off, no audit, no tracing; metrics+audit = "
+        "metrics on and an audit record per request to a file; +tracing = "
+        "also every request traced and exported over OTLP/HTTP to a "
+        f"stand-in collector; medians of {rounds} alternating rounds",
         "modes": modes,
     }
 
 
-def _measure(config: dict[str, Any], env: dict[str, str], settings: Settings,
-             duration_s: float, label: str) -> dict[str, Any]:
+def _measure(
+    config: dict[str, Any], env: dict[str, str], settings: Settings, duration_s: float, label: str
+) -> dict[str, Any]:
     name = label.replace(" ", "-").replace("/", "-").replace("+", "")
-    gateway = start_gateway(config, settings.workdir / name, cpus=settings.server_cpus,
-                            env={**settings.gateway_env, **env})
+    gateway = start_gateway(
+        config,
+        settings.workdir / name,
+        cpus=settings.server_cpus,
+        env={**settings.gateway_env, **env},
+    )
     try:
-        result = run(closed_loop(HOST, gateway.port, digits_request(gateway.port), CONCURRENCY,
-                                 duration_s, min(settings.warmup_s, 2.0)))
+        result = run(
+            closed_loop(
+                HOST,
+                gateway.port,
+                digits_request(gateway.port),
+                CONCURRENCY,
+                duration_s,
+                min(settings.warmup_s, 2.0),
+            )
+        )
     finally:
         gateway.stop()
     row = result.summary()
@@ -98,17 +122,31 @@ def _compare(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     bare = medians[BARE]["throughput_rps"]
     ratios = {}
     for variant, goal in GOALS.items():
-        per_round = [ratio(row["throughput_rps"], base["throughput_rps"])
-                     for row, base in zip(runs[variant], runs[BARE])]
-        value = round(statistics.median(r for r in per_round if r is not None), 3) \
-            if any(r is not None for r in per_round) else None
-        ratios[variant] = {"throughput_vs_bare": value, "per_round": per_round,
-                           "of_medians": ratio(medians[variant]["throughput_rps"], bare),
-                           "goal": goal, "met": None if value is None else value >= goal}
-    return {"medians": medians, "ratios": ratios,
-            "rounds": {v: [r["throughput_rps"] for r in rows] for v, rows in runs.items()}}
+        per_round = [
+            ratio(row["throughput_rps"], base["throughput_rps"])
+            for row, base in zip(runs[variant], runs[BARE])
+        ]
+        value = (
+            round(statistics.median(r for r in per_round if r is not None), 3)
+            if any(r is not None for r in per_round)
+            else None
+        )
+        ratios[variant] = {
+            "throughput_vs_bare": value,
+            "per_round": per_round,
+            "of_medians": ratio(medians[variant]["throughput_rps"], bare),
+            "goal": goal,
+            "met": None if value is None else value >= goal,
+        }
+    return {
+        "medians": medians,
+        "ratios": ratios,
+        "rounds": {v: [r["throughput_rps"] for r in rows] for v, rows in runs.items()},
+    }
 
 
 def _median(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    return {key: round(statistics.median(r[key] for r in rows), 3)
-            for key in ("throughput_rps", "p50_ms", "p99_ms")}
+    return {
+        key: round(statistics.median(r[key] for r in rows), 3)
+        for key in ("throughput_rps", "p50_ms", "p99_ms")
+    }

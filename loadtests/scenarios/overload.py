@@ -66,12 +66,20 @@ EMBEDDER_QUEUE_WAIT_MS = 3
 DIGITS_QUEUE = 64
 WORKLOADS = {
     "embedder": Workload(
-        "embedder-cpu", f"embedder, no batching, max_concurrency 1, max_queue {EMBEDDER_QUEUE}, "
-                        f"max_queue_wait_ms {EMBEDDER_QUEUE_WAIT_MS}",
-        _embedder_config, lambda port: embedder_requests(port)[0], (1, 2)),
+        "embedder-cpu",
+        f"embedder, no batching, max_concurrency 1, max_queue {EMBEDDER_QUEUE}, "
+        f"max_queue_wait_ms {EMBEDDER_QUEUE_WAIT_MS}",
+        _embedder_config,
+        lambda port: embedder_requests(port)[0],
+        (1, 2),
+    ),
     "digits": Workload(
-        "digits-cpu", f"digits, batching, max_queue {DIGITS_QUEUE}",
-        lambda: digits_config(batching=True, max_queue=DIGITS_QUEUE), digits_request, (32,)),
+        "digits-cpu",
+        f"digits, batching, max_queue {DIGITS_QUEUE}",
+        lambda: digits_config(batching=True, max_queue=DIGITS_QUEUE),
+        digits_request,
+        (32,),
+    ),
 }
 ADMITTED_P99_GOAL = 2.0  # x the unloaded p99
 SHED_P99_GOAL_MS = 5.0
@@ -79,8 +87,9 @@ SHED_P99_GOAL_MS = 5.0
 RSS_FLAT_MIB = 10.0
 
 
-async def _open_loop_with_rss(pid: int, port: int, request: bytes, rate: float, duration_s: float,
-                              connections: int) -> tuple[OpenLoopResult, list[dict[str, float]]]:
+async def _open_loop_with_rss(
+    pid: int, port: int, request: bytes, rate: float, duration_s: float, connections: int
+) -> tuple[OpenLoopResult, list[dict[str, float]]]:
     """The open loop, with the gateway's RSS sampled about once a second meanwhile."""
     load = asyncio.ensure_future(open_loop(HOST, port, request, rate, duration_s, connections))
     samples = []
@@ -91,23 +100,32 @@ async def _open_loop_with_rss(pid: int, port: int, request: bytes, rate: float, 
     return load.result(), samples
 
 
-def run_overload(settings: Settings, factor: float, duration_s: float,
-                 connections: int, model: str = "embedder") -> dict[str, Any]:
+def run_overload(
+    settings: Settings, factor: float, duration_s: float, connections: int, model: str = "embedder"
+) -> dict[str, Any]:
     workload = WORKLOADS[model]
     print(f"overload: {workload.description}, open loop at {factor:g}x capacity", flush=True)
     config = workload.config()
     with running_gateway(config, settings, "overload") as gateway:
         request = workload.request(gateway.port)
-        capacity = max((_closed(gateway.port, request, c, settings, "capacity")
-                        for c in workload.capacity_levels), key=lambda r: r["throughput_rps"])
+        capacity = max(
+            (
+                _closed(gateway.port, request, c, settings, "capacity")
+                for c in workload.capacity_levels
+            ),
+            key=lambda r: r["throughput_rps"],
+        )
         unloaded = _closed(gateway.port, request, 1, settings, "unloaded")
         rate = factor * capacity["throughput_rps"]
-        print(f"  open loop: {rate:.0f} req/s for {duration_s:g} s over {connections} connections",
-              flush=True)
+        print(
+            f"  open loop: {rate:.0f} req/s for {duration_s:g} s over {connections} connections",
+            flush=True,
+        )
         rss_before = rss_mib(gateway.pid)
         before = _histograms(gateway.port, workload.backend)
-        result, rss_during = run(_open_loop_with_rss(gateway.pid, gateway.port, request, rate,
-                                                     duration_s, connections))
+        result, rss_during = run(
+            _open_loop_with_rss(gateway.pid, gateway.port, request, rate, duration_s, connections)
+        )
         rss_after = rss_mib(gateway.pid)
         after = _histograms(gateway.port, workload.backend)
     load = result.summary()
@@ -117,13 +135,16 @@ def run_overload(settings: Settings, factor: float, duration_s: float,
     load["mean_queue_wait_ms"] = after[QUEUE_DURATION].mean_since(before[QUEUE_DURATION], 1000.0)
     rss = {"before_mib": rss_before, "during_mib": rss_during, "after_mib": rss_after}
     verdict = judge(load, unloaded, rss)
-    print(f"  open loop done: {load['sent']} sent, {load['not_sent']} not sent, "
-          f"statuses { {s: v['count'] for s, v in load['statuses'].items()} }", flush=True)
+    print(
+        f"  open loop done: {load['sent']} sent, {load['not_sent']} not sent, "
+        f"statuses { {s: v['count'] for s, v in load['statuses'].items()} }",
+        flush=True,
+    )
     return {
         "model": model,
         "description": f"{workload.description}: capacity = closed loop "
-                       f"c={capacity['concurrency']}, unloaded = closed loop c=1, then open "
-                       f"loop at {factor:g}x capacity",
+        f"c={capacity['concurrency']}, unloaded = closed loop c=1, then open "
+        f"loop at {factor:g}x capacity",
         "config": config["backends"][workload.backend],
         "capacity": capacity,
         "unloaded": unloaded,
@@ -134,13 +155,17 @@ def run_overload(settings: Settings, factor: float, duration_s: float,
 
 
 def _histograms(port: int, backend: str) -> dict[str, HistogramTotals]:
-    return {metric: scrape_histogram(port, metric, backend) for metric in (BATCH_SIZE, QUEUE_DURATION)}
+    return {
+        metric: scrape_histogram(port, metric, backend) for metric in (BATCH_SIZE, QUEUE_DURATION)
+    }
 
 
-def _closed(port: int, request: bytes, concurrency: int, settings: Settings,
-            label: str) -> dict[str, Any]:
-    result = run(closed_loop(HOST, port, request, concurrency, settings.duration_s,
-                             settings.warmup_s))
+def _closed(
+    port: int, request: bytes, concurrency: int, settings: Settings, label: str
+) -> dict[str, Any]:
+    result = run(
+        closed_loop(HOST, port, request, concurrency, settings.duration_s, settings.warmup_s)
+    )
     row = result.summary()
     print_level(label, row)
     return row
@@ -156,20 +181,34 @@ def judge(load: dict[str, Any], unloaded: dict[str, Any], rss: dict[str, Any]) -
     peak = max([rss["before_mib"], rss["after_mib"]] + [s["rss_mib"] for s in rss["during_mib"]])
     growth = round(peak - rss["before_mib"], 1)
     return {
-        "admitted": {"count": admitted["count"], "p50_ms": admitted["p50_ms"],
-                     "p99_ms": admitted["p99_ms"], "unloaded_p99_ms": unloaded["p99_ms"],
-                     "p99_vs_unloaded": admitted_x, "goal": f"<= {ADMITTED_P99_GOAL:g}x",
-                     "met": admitted_x is not None and admitted_x <= ADMITTED_P99_GOAL},
-        "shed": {"count": shed["count"], "p50_ms": shed["p50_ms"], "p99_ms": shed["p99_ms"],
-                 "goal": f"p99 < {SHED_P99_GOAL_MS:g} ms",
-                 # None: nothing was shed, so there is no time-to-shed to judge.
-                 "met": shed["p99_ms"] < SHED_P99_GOAL_MS if shed["count"] else None},
+        "admitted": {
+            "count": admitted["count"],
+            "p50_ms": admitted["p50_ms"],
+            "p99_ms": admitted["p99_ms"],
+            "unloaded_p99_ms": unloaded["p99_ms"],
+            "p99_vs_unloaded": admitted_x,
+            "goal": f"<= {ADMITTED_P99_GOAL:g}x",
+            "met": admitted_x is not None and admitted_x <= ADMITTED_P99_GOAL,
+        },
+        "shed": {
+            "count": shed["count"],
+            "p50_ms": shed["p50_ms"],
+            "p99_ms": shed["p99_ms"],
+            "goal": f"p99 < {SHED_P99_GOAL_MS:g} ms",
+            # None: nothing was shed, so there is no time-to-shed to judge.
+            "met": shed["p99_ms"] < SHED_P99_GOAL_MS if shed["count"] else None,
+        },
         "deadline_504": statuses.get("504", {"count": 0})["count"],
         "other_statuses": other,
         "errors": load["errors"],
         "unanswered": load["unanswered"],
         "not_sent": load["not_sent"],
-        "rss": {"before_mib": rss["before_mib"], "peak_mib": peak, "after_mib": rss["after_mib"],
-                "growth_mib": growth, "goal": f"flat (peak - before <= {RSS_FLAT_MIB:g} MiB)",
-                "met": growth <= RSS_FLAT_MIB},
+        "rss": {
+            "before_mib": rss["before_mib"],
+            "peak_mib": peak,
+            "after_mib": rss["after_mib"],
+            "growth_mib": growth,
+            "goal": f"flat (peak - before <= {RSS_FLAT_MIB:g} MiB)",
+            "met": growth <= RSS_FLAT_MIB,
+        },
     }

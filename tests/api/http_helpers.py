@@ -18,8 +18,13 @@ class Reply:
         return json.loads(self.body)["error"]
 
 
-def post(port: int, path: str, body: bytes | str, headers: dict[str, str] | None = None,
-         chunked: bool = False) -> Reply:
+def post(
+    port: int,
+    path: str,
+    body: bytes | str,
+    headers: dict[str, str] | None = None,
+    chunked: bool = False,
+) -> Reply:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     data = body.encode() if isinstance(body, str) else body
     if chunked:
@@ -27,10 +32,14 @@ def post(port: int, path: str, body: bytes | str, headers: dict[str, str] | None
     else:
         conn.request("POST", path, data, headers or {})
     response = conn.getresponse()
-    reply = Reply(response.status, response.read(), {k.lower(): v for k, v in response.getheaders()})
+    reply = Reply(
+        response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+    )
     conn.close()
     return reply
 
 
 def tensor_json(name: str, datatype: str, shape: list[int], data: object) -> str:
-    return json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]})
+    return json.dumps(
+        {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]}
+    )

@@ -3,8 +3,8 @@ inside the gateway, batched across callers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -26,15 +26,19 @@ def embedder_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatew
     config = {
         "backends": {
             "embedder-cpu": {
-                "type": "onnx", "path": str(MODEL_DIR / "model.onnx"), "max_concurrency": 1,
+                "type": "onnx",
+                "path": str(MODEL_DIR / "model.onnx"),
+                "max_concurrency": 1,
                 "tokenizer": {"path": str(MODEL_DIR / "tokenizer.json"), "max_length": 256},
                 "batching": {"max_batch_size": 16, "max_queue_delay_us": 20000},
             }
         },
         "models": {
             "embedder": {
-                "signature": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-                              "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]},
+                "signature": {
+                    "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                    "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}],
+                },
                 "route": {"backends": ["embedder-cpu"]},
             }
         },
@@ -47,9 +51,14 @@ def embedder_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatew
 def embed(gateway: GatewayProcess, texts: list[str], binary: bool = True) -> np.ndarray:
     client = httpclient.InferenceServerClient(gateway.url)
     tensor = httpclient.InferInput("text", [len(texts)], "BYTES")
-    tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object), binary_data=binary)
-    result = client.infer("embedder", [tensor],
-                          outputs=[httpclient.InferRequestedOutput("embedding", binary_data=binary)])
+    tensor.set_data_from_numpy(
+        np.array([t.encode() for t in texts], dtype=object), binary_data=binary
+    )
+    result = client.infer(
+        "embedder",
+        [tensor],
+        outputs=[httpclient.InferRequestedOutput("embedding", binary_data=binary)],
+    )
     return result.as_numpy("embedding")
 
 

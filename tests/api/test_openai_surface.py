@@ -35,10 +35,16 @@ COMPLETION_TOKENS = 8  # the fake vendor's default reply length
 EMBEDDING_DIM = 384  # the fake vendor's default, and the local embedder's
 
 PRICES = {
-    "a-gpt": {"usd_per_request": 0.0001, "usd_per_1k_input_tokens": 0.5,
-              "usd_per_1k_output_tokens": 1.5},
-    "b-claude": {"usd_per_request": 0.0002, "usd_per_1k_input_tokens": 3.0,
-                 "usd_per_1k_output_tokens": 15.0},
+    "a-gpt": {
+        "usd_per_request": 0.0001,
+        "usd_per_1k_input_tokens": 0.5,
+        "usd_per_1k_output_tokens": 1.5,
+    },
+    "b-claude": {
+        "usd_per_request": 0.0002,
+        "usd_per_1k_input_tokens": 3.0,
+        "usd_per_1k_output_tokens": 15.0,
+    },
     "a-embed": {"usd_per_request": 0.00005, "usd_per_1k_input_tokens": 0.02},
 }
 BACKEND_OF = {"gpt": "a-gpt", "claude": "b-claude"}
@@ -60,8 +66,9 @@ def words(*texts: str) -> int:
     return sum(len(t.split()) for t in texts)
 
 
-def expected_reply(user_text: str, max_tokens: int | None = None,
-                   completion_tokens: int = COMPLETION_TOKENS) -> str:
+def expected_reply(
+    user_text: str, max_tokens: int | None = None, completion_tokens: int = COMPLETION_TOKENS
+) -> str:
     """The fake vendor's reply to a last user message `user_text`."""
     reply = ("echo: " + user_text).split()[:completion_tokens]
     reply += ["pad"] * (completion_tokens - len(reply))
@@ -75,13 +82,25 @@ _ONE_CALL_AT_A_TIME = {"retries": {"max": 0}, "circuit_breaker": {"enabled": Fal
 
 
 def openai_backend(vendor_url: str, **extra: object) -> dict:
-    return {"type": "openai", "base_url": f"http://{vendor_url}/v1", "api_key_env": KEY_ENV,
-            "model": "fake-chat", **_ONE_CALL_AT_A_TIME, **extra}
+    return {
+        "type": "openai",
+        "base_url": f"http://{vendor_url}/v1",
+        "api_key_env": KEY_ENV,
+        "model": "fake-chat",
+        **_ONE_CALL_AT_A_TIME,
+        **extra,
+    }
 
 
 def anthropic_backend(vendor_url: str, **extra: object) -> dict:
-    return {"type": "anthropic", "base_url": f"http://{vendor_url}", "api_key_env": KEY_ENV,
-            "model": "fake-claude", **_ONE_CALL_AT_A_TIME, **extra}
+    return {
+        "type": "anthropic",
+        "base_url": f"http://{vendor_url}",
+        "api_key_env": KEY_ENV,
+        "model": "fake-claude",
+        **_ONE_CALL_AT_A_TIME,
+        **extra,
+    }
 
 
 def chat_model(*backends: str) -> dict:
@@ -112,8 +131,9 @@ def running_vendors() -> Iterator[Vendors]:
 
 
 @contextmanager
-def serving(config: dict, workdir: Path, env: dict[str, str] | None = None
-            ) -> Iterator[GatewayProcess]:
+def serving(
+    config: dict, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[GatewayProcess]:
     """A gateway for `config` whose vendor keys (and `env`) are in its environment;
     on the way out, checks it stayed alive and never hit an internal error."""
     with pytest.MonkeyPatch.context() as patch:
@@ -137,15 +157,16 @@ def sdk(gateway: GatewayProcess, api_key: str = "unused") -> openai.OpenAI:
 
 
 def async_sdk(gateway: GatewayProcess, api_key: str = "unused") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"http://{gateway.url}/v1", api_key=api_key,
-                              max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"http://{gateway.url}/v1", api_key=api_key, max_retries=0)
 
 
 def cost_of(backend: str, prompt_tokens: int, completion_tokens: int) -> float:
     price = PRICES[backend]
-    return (price.get("usd_per_request", 0.0)
-            + prompt_tokens * price.get("usd_per_1k_input_tokens", 0.0) / 1000.0
-            + completion_tokens * price.get("usd_per_1k_output_tokens", 0.0) / 1000.0)
+    return (
+        price.get("usd_per_request", 0.0)
+        + prompt_tokens * price.get("usd_per_1k_input_tokens", 0.0) / 1000.0
+        + completion_tokens * price.get("usd_per_1k_output_tokens", 0.0) / 1000.0
+    )
 
 
 # -- fixtures -----------------------------------------------------------------------
@@ -163,8 +184,7 @@ def fresh_vendors(vendors: Vendors) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(vendors: Vendors, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[GatewayProcess]:
+def gateway(vendors: Vendors, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     embedder = "models/embedder/1"
     text_to_vector = {
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
@@ -176,18 +196,27 @@ def gateway(vendors: Vendors, tmp_path_factory: pytest.TempPathFactory
             "b-claude": anthropic_backend(vendors.b, cost=PRICES["b-claude"]),
             "a-embed": openai_backend(vendors.a, model="fake-embed", cost=PRICES["a-embed"]),
             "embedder-cpu": {
-                "type": "onnx", "path": f"{embedder}/model.onnx", "providers": ["cpu"],
-                "intra_op_threads": 1, "max_concurrency": 1,
-                "tokenizer": {"path": f"{embedder}/tokenizer.json", "input": "text",
-                              "max_length": 256},
+                "type": "onnx",
+                "path": f"{embedder}/model.onnx",
+                "providers": ["cpu"],
+                "intra_op_threads": 1,
+                "max_concurrency": 1,
+                "tokenizer": {
+                    "path": f"{embedder}/tokenizer.json",
+                    "input": "text",
+                    "max_length": 256,
+                },
             },
         },
         "models": {
             "gpt": chat_model("a-gpt"),
             "claude": chat_model("b-claude"),
             "vendor-embed": {"kind": "embeddings", "route": {"backends": ["a-embed"]}},
-            "local-embed": {"kind": "embeddings", "signature": text_to_vector,
-                            "route": {"backends": ["embedder-cpu"]}},
+            "local-embed": {
+                "kind": "embeddings",
+                "signature": text_to_vector,
+                "route": {"backends": ["embedder-cpu"]},
+            },
             "embedder": {"signature": text_to_vector, "route": {"backends": ["embedder-cpu"]}},
         },
     }
@@ -199,15 +228,18 @@ def gateway(vendors: Vendors, tmp_path_factory: pytest.TempPathFactory
 
 
 def conversation(question: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": "You answer briefly."},
-            {"role": "user", "content": "hello"},
-            {"role": "assistant", "content": "hi there"},
-            {"role": "user", "content": question}]
+    return [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi there"},
+        {"role": "user", "content": question},
+    ]
 
 
 @pytest.mark.parametrize("model", CHAT_MODELS)
 def test_sync_completion_has_the_vendors_text_usage_and_the_gateway_model_name(
-        gateway: GatewayProcess, model: str) -> None:
+    gateway: GatewayProcess, model: str
+) -> None:
     question = f"what is the capital of France, asks {model}"
     messages = conversation(question)
     raw = sdk(gateway).chat.completions.with_raw_response.create(model=model, messages=messages)
@@ -222,24 +254,30 @@ def test_sync_completion_has_the_vendors_text_usage_and_the_gateway_model_name(
     assert choice.message.content == expected_reply(question)
     assert choice.finish_reason == "stop"
     prompt = words(*(m["content"] for m in messages))
-    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens,
-            answer.usage.total_tokens) == (prompt, COMPLETION_TOKENS, prompt + COMPLETION_TOKENS)
+    assert (
+        answer.usage.prompt_tokens,
+        answer.usage.completion_tokens,
+        answer.usage.total_tokens,
+    ) == (prompt, COMPLETION_TOKENS, prompt + COMPLETION_TOKENS)
 
 
 @pytest.mark.parametrize("model", CHAT_MODELS)
-def test_max_tokens_cuts_the_answer_with_finish_reason_length(gateway: GatewayProcess,
-                                                             model: str) -> None:
+def test_max_tokens_cuts_the_answer_with_finish_reason_length(
+    gateway: GatewayProcess, model: str
+) -> None:
     question = "one two three four five six seven"
     answer = sdk(gateway).chat.completions.create(
-        model=model, messages=[{"role": "user", "content": question}], max_tokens=3)
+        model=model, messages=[{"role": "user", "content": question}], max_tokens=3
+    )
     assert answer.choices[0].message.content == expected_reply(question, max_tokens=3)
     assert answer.choices[0].finish_reason == "length"
     assert answer.usage.completion_tokens == 3
 
 
 @pytest.mark.parametrize("model", CHAT_MODELS)
-def test_async_client_gets_the_same_answer_whole_and_streamed(gateway: GatewayProcess,
-                                                             model: str) -> None:
+def test_async_client_gets_the_same_answer_whole_and_streamed(
+    gateway: GatewayProcess, model: str
+) -> None:
     question = f"async question for {model}"
     messages = [{"role": "user", "content": question}]
 
@@ -247,8 +285,8 @@ def test_async_client_gets_the_same_answer_whole_and_streamed(gateway: GatewayPr
         async with async_sdk(gateway) as client:
             whole = await client.chat.completions.create(model=model, messages=messages)
             stream = await client.chat.completions.create(
-                model=model, messages=messages, stream=True,
-                stream_options={"include_usage": True})
+                model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+            )
             return whole, [chunk async for chunk in stream]
 
     whole, chunks = asyncio.run(both())
@@ -270,7 +308,8 @@ def streamed_text(chunks: list) -> str:
 
 @pytest.mark.parametrize("model", CHAT_MODELS)
 def test_stream_concatenates_to_the_whole_answer_without_a_usage_chunk(
-        gateway: GatewayProcess, model: str) -> None:
+    gateway: GatewayProcess, model: str
+) -> None:
     question = f"tell me a story about {model} streams"
     messages = [{"role": "user", "content": question}]
     client = sdk(gateway)
@@ -289,20 +328,30 @@ def test_stream_concatenates_to_the_whole_answer_without_a_usage_chunk(
 
 
 @pytest.mark.parametrize("model", CHAT_MODELS)
-def test_stream_with_include_usage_ends_with_a_usage_chunk(gateway: GatewayProcess,
-                                                          model: str) -> None:
+def test_stream_with_include_usage_ends_with_a_usage_chunk(
+    gateway: GatewayProcess, model: str
+) -> None:
     question = f"count the words of {model}"
     messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": question}]
-    chunks = list(sdk(gateway).chat.completions.create(
-        model=model, messages=messages, stream=True, stream_options={"include_usage": True},
-        max_tokens=5))
+    chunks = list(
+        sdk(gateway).chat.completions.create(
+            model=model,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=5,
+        )
+    )
 
     *content, last = chunks
     assert streamed_text(content) == expected_reply(question, max_tokens=5)
     assert [c.choices[0].finish_reason for c in content if c.choices[0].finish_reason] == ["length"]
     assert last.choices == []
-    assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == \
-        (words("Be terse.", question), 5, words("Be terse.", question) + 5)
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (
+        words("Be terse.", question),
+        5,
+        words("Be terse.", question) + 5,
+    )
     assert all(c.choices for c in content)
 
 
@@ -311,8 +360,9 @@ def test_stream_with_include_usage_ends_with_a_usage_chunk(gateway: GatewayProce
 
 @pytest.mark.parametrize("model", CHAT_MODELS)
 def test_langchain_chat_invoke_and_stream(gateway: GatewayProcess, model: str) -> None:
-    chat = ChatOpenAI(base_url=f"http://{gateway.url}/v1", api_key="unused", model=model,
-                      max_retries=0)
+    chat = ChatOpenAI(
+        base_url=f"http://{gateway.url}/v1", api_key="unused", model=model, max_retries=0
+    )
     question = f"langchain asks {model} something"
     message = chat.invoke(question)
     assert message.content == expected_reply(question)
@@ -323,16 +373,25 @@ def test_langchain_chat_invoke_and_stream(gateway: GatewayProcess, model: str) -
 
 def test_langchain_embeddings_from_the_vendor_and_the_local_model(gateway: GatewayProcess) -> None:
     texts = ["first document here", "second one"]
-    vendor = OpenAIEmbeddings(base_url=f"http://{gateway.url}/v1", api_key="unused",
-                              model="vendor-embed", check_embedding_ctx_length=False,
-                              max_retries=0)
+    vendor = OpenAIEmbeddings(
+        base_url=f"http://{gateway.url}/v1",
+        api_key="unused",
+        model="vendor-embed",
+        check_embedding_ctx_length=False,
+        max_retries=0,
+    )
     vectors = np.array(vendor.embed_documents(texts))
-    np.testing.assert_allclose(vectors, [embedding_vector(t, EMBEDDING_DIM) for t in texts],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        vectors, [embedding_vector(t, EMBEDDING_DIM) for t in texts], atol=1e-6
+    )
 
-    local = OpenAIEmbeddings(base_url=f"http://{gateway.url}/v1", api_key="unused",
-                             model="local-embed", check_embedding_ctx_length=False,
-                             max_retries=0)
+    local = OpenAIEmbeddings(
+        base_url=f"http://{gateway.url}/v1",
+        api_key="unused",
+        model="local-embed",
+        check_embedding_ctx_length=False,
+        max_retries=0,
+    )
     a, b = PARAPHRASES[0]
     va, vb, vu = np.array(local.embed_documents([a, b, UNRELATED]))
     assert va.shape == (EMBEDDING_DIM,)
@@ -344,17 +403,21 @@ def test_langchain_embeddings_from_the_vendor_and_the_local_model(gateway: Gatew
 
 def accounting(gateway: GatewayProcess, model: str, backend: str) -> tuple[float, float, float]:
     """(input tokens, output tokens, cost) counted so far for `model` on `backend`."""
-    return (value(gateway.port, "gateway_tokens_total", model=model, backend=backend,
-                  direction="input"),
-            value(gateway.port, "gateway_tokens_total", model=model, backend=backend,
-                  direction="output"),
-            value(gateway.port, "gateway_cost_usd_total", model=model, backend=backend,
-                  tenant=""))
+    return (
+        value(
+            gateway.port, "gateway_tokens_total", model=model, backend=backend, direction="input"
+        ),
+        value(
+            gateway.port, "gateway_tokens_total", model=model, backend=backend, direction="output"
+        ),
+        value(gateway.port, "gateway_cost_usd_total", model=model, backend=backend, tenant=""),
+    )
 
 
 @pytest.mark.parametrize("model", CHAT_MODELS)
-def test_cost_header_and_metrics_follow_the_usage_and_the_prices(gateway: GatewayProcess,
-                                                                model: str) -> None:
+def test_cost_header_and_metrics_follow_the_usage_and_the_prices(
+    gateway: GatewayProcess, model: str
+) -> None:
     backend = BACKEND_OF[model]
     messages = conversation("how much does this cost")
     before = accounting(gateway, model, backend)
@@ -373,19 +436,24 @@ def test_cost_header_and_metrics_follow_the_usage_and_the_prices(gateway: Gatewa
 
 @pytest.mark.parametrize("model", CHAT_MODELS)
 def test_a_stream_is_accounted_even_when_the_caller_did_not_ask_for_usage(
-        gateway: GatewayProcess, model: str) -> None:
+    gateway: GatewayProcess, model: str
+) -> None:
     backend = BACKEND_OF[model]
     question = "stream me something costly please"
     before = accounting(gateway, model, backend)
-    chunks = list(sdk(gateway).chat.completions.create(
-        model=model, messages=[{"role": "user", "content": question}], stream=True))
+    chunks = list(
+        sdk(gateway).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], stream=True
+        )
+    )
     after = accounting(gateway, model, backend)
 
     assert streamed_text(chunks) == expected_reply(question)
     assert after[0] - before[0] == words(question)
     assert after[1] - before[1] == COMPLETION_TOKENS
     assert after[2] - before[2] == pytest.approx(
-        cost_of(backend, words(question), COMPLETION_TOKENS), rel=1e-9)
+        cost_of(backend, words(question), COMPLETION_TOKENS), rel=1e-9
+    )
 
 
 def test_embeddings_are_accounted_by_input_tokens(gateway: GatewayProcess) -> None:
@@ -405,8 +473,9 @@ def test_embeddings_are_accounted_by_input_tokens(gateway: GatewayProcess) -> No
 
 
 @pytest.mark.parametrize("encoding", [None, "float", "base64"])
-def test_vendor_embeddings_reach_the_caller_unchanged(gateway: GatewayProcess,
-                                                      encoding: str | None) -> None:
+def test_vendor_embeddings_reach_the_caller_unchanged(
+    gateway: GatewayProcess, encoding: str | None
+) -> None:
     texts = ["the quick brown fox", "jumps over", "the lazy dog"]
     options = {} if encoding is None else {"encoding_format": encoding}
     result = sdk(gateway).embeddings.create(model="vendor-embed", input=texts, **options)
@@ -417,22 +486,26 @@ def test_vendor_embeddings_reach_the_caller_unchanged(gateway: GatewayProcess,
         vectors = [np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in result.data]
     else:  # by default the SDK asks for base64 and decodes it itself
         vectors = [d.embedding for d in result.data]
-    np.testing.assert_allclose(np.array(vectors),
-                               [embedding_vector(t, EMBEDDING_DIM) for t in texts], atol=1e-6)
+    np.testing.assert_allclose(
+        np.array(vectors), [embedding_vector(t, EMBEDDING_DIM) for t in texts], atol=1e-6
+    )
     assert result.usage.prompt_tokens == result.usage.total_tokens == words(*texts)
 
 
 def test_a_single_string_input_gives_one_embedding(gateway: GatewayProcess) -> None:
-    result = sdk(gateway).embeddings.create(model="vendor-embed", input="just one text",
-                                            encoding_format="float")
+    result = sdk(gateway).embeddings.create(
+        model="vendor-embed", input="just one text", encoding_format="float"
+    )
     assert len(result.data) == 1
-    np.testing.assert_allclose(result.data[0].embedding,
-                               embedding_vector("just one text", EMBEDDING_DIM), atol=1e-6)
+    np.testing.assert_allclose(
+        result.data[0].embedding, embedding_vector("just one text", EMBEDDING_DIM), atol=1e-6
+    )
 
 
 def v2_embeddings(gateway: GatewayProcess, texts: list[str]) -> np.ndarray:
-    body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)],
-                                   "data": texts}]})
+    body = json.dumps(
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+    )
     reply = post(gateway.port, "/v2/models/embedder/infer", body)
     assert reply.status == 200, reply.body
     output = json.loads(reply.body)["outputs"][0]
@@ -442,16 +515,19 @@ def v2_embeddings(gateway: GatewayProcess, texts: list[str]) -> np.ndarray:
 
 @pytest.mark.parametrize("encoding", ["float", "base64"])
 def test_local_embedder_serves_the_sdk_with_the_same_vectors_as_v2_infer(
-        gateway: GatewayProcess, encoding: str) -> None:
+    gateway: GatewayProcess, encoding: str
+) -> None:
     texts = [t for pair in PARAPHRASES for t in pair] + [UNRELATED]
     raw = sdk(gateway).embeddings.with_raw_response.create(
-        model="local-embed", input=texts, encoding_format=encoding)
+        model="local-embed", input=texts, encoding_format=encoding
+    )
     result = raw.parse()
     assert raw.headers["x-gateway-backend"] == "embedder-cpu"
     assert result.model == "local-embed"
     if encoding == "base64":
-        vectors = np.stack([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4")
-                            for d in result.data])
+        vectors = np.stack(
+            [np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in result.data]
+        )
     else:
         vectors = np.array([d.embedding for d in result.data], dtype=np.float32)
 

@@ -23,12 +23,12 @@ from tests.api.test_openai_surface import (
     anthropic_backend,
     chat_model,
     expected_reply,
+    fresh_vendors,
     openai_backend,
-    fresh_vendors,  # noqa: F401  (fixture: reset both vendors before each test)
     sdk,
     serving,
-    vendors,  # noqa: F401  (fixture: the two fake vendors of this module)
     streamed_text,
+    vendors,
     words,
 )
 from tests.conftest import GatewayProcess
@@ -39,8 +39,7 @@ QUICK_RETRIES = {"max": 2, "backoff_ms": 1}
 
 
 @pytest.fixture(scope="module")
-def gateway(vendors: Vendors, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[GatewayProcess]:
+def gateway(vendors: Vendors, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     config = {
         "backends": {
             "a-gpt": openai_backend(vendors.a),
@@ -74,7 +73,8 @@ def received(vendor_url: str, path: str) -> int:
 def ask(client: openai.OpenAI, model: str, question: str, **options: object):
     """The raw response (headers and parsed body) of one chat completion."""
     return client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": question}], **options)
+        model=model, messages=[{"role": "user", "content": question}], **options
+    )
 
 
 def failure(call) -> openai.APIStatusError:
@@ -106,8 +106,9 @@ def test_healthy_first_backend_answers_alone(gateway: GatewayProcess, vendors: V
     assert (received(vendors.a, CHAT), received(vendors.b, MESSAGES)) == (1, 0)
 
 
-def test_a_failing_first_backend_falls_back_to_the_second(gateway: GatewayProcess,
-                                                          vendors: Vendors) -> None:
+def test_a_failing_first_backend_falls_back_to_the_second(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     control_fake_vendor(vendors.a, error_rate=1.0, error_kind="500")
     raw = ask(sdk(gateway), "fallback", "who answers now")
     answer = raw.parse()
@@ -119,13 +120,14 @@ def test_a_failing_first_backend_falls_back_to_the_second(gateway: GatewayProces
     assert (received(vendors.a, CHAT), received(vendors.b, MESSAGES)) == (1, 1)
 
 
-def test_a_stream_falls_back_before_its_first_chunk(gateway: GatewayProcess,
-                                                    vendors: Vendors) -> None:
+def test_a_stream_falls_back_before_its_first_chunk(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     control_fake_vendor(vendors.a, error_rate=1.0, error_kind="500")
     question = "stream from whoever works"
     with sdk(gateway).chat.completions.with_streaming_response.create(
-            model="fallback", messages=[{"role": "user", "content": question}],
-            stream=True) as response:
+        model="fallback", messages=[{"role": "user", "content": question}], stream=True
+    ) as response:
         assert response.headers["x-gateway-backend"] == "b-claude"
         assert response.headers["x-gateway-attempts"] == "2"
         chunks = list(response.parse())
@@ -133,8 +135,9 @@ def test_a_stream_falls_back_before_its_first_chunk(gateway: GatewayProcess,
     assert all(c.model == "fallback" for c in chunks)
 
 
-def test_every_backend_failing_is_a_502_naming_the_model(gateway: GatewayProcess,
-                                                         vendors: Vendors) -> None:
+def test_every_backend_failing_is_a_502_naming_the_model(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     control_fake_vendor(vendors.a, error_rate=1.0, error_kind="500")
     control_fake_vendor(vendors.b, error_rate=1.0, error_kind="500")
     error = failure(lambda: ask(sdk(gateway), "fallback", "anyone there"))
@@ -144,8 +147,9 @@ def test_every_backend_failing_is_a_502_naming_the_model(gateway: GatewayProcess
     assert error.response.headers["x-gateway-attempts"] == "2"
 
 
-def test_attempts_count_the_retries_of_a_backend_that_failed(gateway: GatewayProcess,
-                                                            vendors: Vendors) -> None:
+def test_attempts_count_the_retries_of_a_backend_that_failed(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     # A successful backend's retries count in x-gateway-attempts (see the retry
     # tests below), so a failed backend's must too. Here A retries twice (3 HTTP
     # tries) and fails.
@@ -166,8 +170,9 @@ def test_attempts_count_the_retries_of_a_backend_that_failed(gateway: GatewayPro
 
 
 @pytest.mark.parametrize("model", ["gpt-retry", "claude-retry"])
-def test_retries_get_past_transient_failures(gateway: GatewayProcess, vendors: Vendors,
-                                             model: str) -> None:
+def test_retries_get_past_transient_failures(
+    gateway: GatewayProcess, vendors: Vendors, model: str
+) -> None:
     vendor = getattr(vendors, VENDOR_OF[model])
     control_fake_vendor(vendor, fail_first_n=2, error_kind="500")
     raw = ask(sdk(gateway), model, "third time lucky")
@@ -178,13 +183,17 @@ def test_retries_get_past_transient_failures(gateway: GatewayProcess, vendors: V
 
 
 @pytest.mark.parametrize("model", ["gpt-retry", "claude-retry"])
-def test_a_stream_is_retried_while_it_has_not_started(gateway: GatewayProcess,
-                                                      vendors: Vendors, model: str) -> None:
+def test_a_stream_is_retried_while_it_has_not_started(
+    gateway: GatewayProcess, vendors: Vendors, model: str
+) -> None:
     vendor = getattr(vendors, VENDOR_OF[model])
     control_fake_vendor(vendor, fail_first_n=2, error_kind="500")
     question = "retry before the stream starts"
-    chunks = list(sdk(gateway).chat.completions.create(
-        model=model, messages=[{"role": "user", "content": question}], stream=True))
+    chunks = list(
+        sdk(gateway).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], stream=True
+        )
+    )
     assert streamed_text(chunks) == expected_reply(question)
     assert received(vendor, PATH_OF[VENDOR_OF[model]]) == 3
 
@@ -208,8 +217,9 @@ def test_429_retry_waits_for_retry_after(gateway: GatewayProcess, vendors: Vendo
     assert elapsed >= retry_after_s
 
 
-def test_429_without_retries_is_a_503_with_retry_after(gateway: GatewayProcess,
-                                                       vendors: Vendors) -> None:
+def test_429_without_retries_is_a_503_with_retry_after(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     control_fake_vendor(vendors.a, error_rate=1.0, error_kind="429", retry_after_s=3)
     error = failure(lambda: ask(sdk(gateway), "gpt", "slow down"))
     assert error.status_code == 503
@@ -218,35 +228,46 @@ def test_429_without_retries_is_a_503_with_retry_after(gateway: GatewayProcess,
 
 @pytest.mark.parametrize("model", ["gpt-retry", "claude-retry"])
 def test_a_stream_cut_midway_is_not_retried_and_ends_with_an_error_event(
-        gateway: GatewayProcess, vendors: Vendors, model: str) -> None:
+    gateway: GatewayProcess, vendors: Vendors, model: str
+) -> None:
     vendor = getattr(vendors, VENDOR_OF[model])
     # Events apart in time, so the chunks before the cut reach the gateway before
     # the connection closes (aiohttp drops what it buffered once the cut is seen).
-    control_fake_vendor(vendor, error_rate=1.0, error_kind="cut_stream",
-                        completion_tokens=16, chunk_interval_ms=5)
+    control_fake_vendor(
+        vendor, error_rate=1.0, error_kind="cut_stream", completion_tokens=16, chunk_interval_ms=5
+    )
     request_id = f"cut-{model}-{uuid.uuid4().hex[:8]}"
     question = "a long story that breaks"
     chunks = []
     with pytest.raises(openai.APIError) as caught:
         for chunk in sdk(gateway).chat.completions.create(
-                model=model, messages=[{"role": "user", "content": question}], stream=True,
-                extra_headers={"x-request-id": request_id}):
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            stream=True,
+            extra_headers={"x-request-id": request_id},
+        ):
             chunks.append(chunk)
     assert "stream" in str(caught.value.message)
     # What came before the cut reached the caller, and it was a true prefix.
     got = streamed_text(chunks)
     assert got and expected_reply(question, completion_tokens=16).startswith(got)
     assert received(vendor, PATH_OF[VENDOR_OF[model]]) == 1
-    wait_for(lambda: any(request_id in line and "failed" in line
-                         for line in gateway.logs().splitlines()),
-             what="the gateway to log the broken stream")
+    wait_for(
+        lambda: any(
+            request_id in line and "failed" in line for line in gateway.logs().splitlines()
+        ),
+        what="the gateway to log the broken stream",
+    )
 
 
 def test_a_cut_stream_does_not_fall_back(gateway: GatewayProcess, vendors: Vendors) -> None:
     control_fake_vendor(vendors.a, error_rate=1.0, error_kind="cut_stream")
     with pytest.raises(openai.APIError):
-        list(sdk(gateway).chat.completions.create(
-            model="fallback", messages=[{"role": "user", "content": "half"}], stream=True))
+        list(
+            sdk(gateway).chat.completions.create(
+                model="fallback", messages=[{"role": "user", "content": "half"}], stream=True
+            )
+        )
     assert (received(vendors.a, CHAT), received(vendors.b, MESSAGES)) == (1, 0)
 
 
@@ -262,12 +283,16 @@ def test_a_garbage_answer_is_a_502(gateway: GatewayProcess, vendors: Vendors, mo
 
 
 @pytest.mark.parametrize("model", ["gpt", "claude"])
-def test_a_garbage_stream_fails_as_the_backends_fault(gateway: GatewayProcess, vendors: Vendors,
-                                                      model: str) -> None:
+def test_a_garbage_stream_fails_as_the_backends_fault(
+    gateway: GatewayProcess, vendors: Vendors, model: str
+) -> None:
     control_fake_vendor(getattr(vendors, VENDOR_OF[model]), error_rate=1.0, error_kind="garbage")
     with pytest.raises(openai.APIError) as caught:
-        list(sdk(gateway).chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "garbage please"}], stream=True))
+        list(
+            sdk(gateway).chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "garbage please"}], stream=True
+            )
+        )
     # The garbage is the stream's first event: a 502, or (had the status been
     # sent already) an error event; either way the backend's failure.
     if isinstance(caught.value, openai.APIStatusError):
@@ -276,29 +301,35 @@ def test_a_garbage_stream_fails_as_the_backends_fault(gateway: GatewayProcess, v
 
 
 @pytest.mark.parametrize("model", ["gpt", "claude"])
-def test_a_json_answer_cut_midway_is_a_502(gateway: GatewayProcess, vendors: Vendors,
-                                           model: str) -> None:
-    control_fake_vendor(getattr(vendors, VENDOR_OF[model]), error_rate=1.0,
-                        error_kind="cut_stream")
+def test_a_json_answer_cut_midway_is_a_502(
+    gateway: GatewayProcess, vendors: Vendors, model: str
+) -> None:
+    control_fake_vendor(getattr(vendors, VENDOR_OF[model]), error_rate=1.0, error_kind="cut_stream")
     error = failure(lambda: ask(sdk(gateway), model, "half an answer"))
     assert error.status_code == 502
 
 
 @pytest.mark.parametrize("model", ["gpt", "claude"])
 def test_a_hanging_vendor_is_a_504_at_the_deadline_and_the_gateway_serves_on(
-        gateway: GatewayProcess, vendors: Vendors, model: str) -> None:
+    gateway: GatewayProcess, vendors: Vendors, model: str
+) -> None:
     vendor = getattr(vendors, VENDOR_OF[model])
     control_fake_vendor(vendor, error_rate=1.0, error_kind="timeout")
     started = time.monotonic()
-    error = failure(lambda: ask(sdk(gateway), model, "are you there",
-                                extra_headers={"x-request-timeout-ms": "300"}))
+    error = failure(
+        lambda: ask(
+            sdk(gateway), model, "are you there", extra_headers={"x-request-timeout-ms": "300"}
+        )
+    )
     elapsed = time.monotonic() - started
     assert error.status_code == 504
     assert error.body["code"] == "timeout"
     assert 0.3 <= elapsed < 1.5
     # The gateway gave up on the vendor's connection too, not only on its caller.
-    wait_for(lambda: fake_vendor_stats(vendor)["held_open"] == 0,
-             what="the gateway to close the hanging vendor connection")
+    wait_for(
+        lambda: fake_vendor_stats(vendor)["held_open"] == 0,
+        what="the gateway to close the hanging vendor connection",
+    )
 
     control_fake_vendor(vendor, error_rate=0.0)
     raw = ask(sdk(gateway), model, "and now")
@@ -307,14 +338,23 @@ def test_a_hanging_vendor_is_a_504_at_the_deadline_and_the_gateway_serves_on(
 
 @pytest.mark.parametrize("model", ["gpt", "claude"])
 def test_a_stream_slower_than_the_deadline_ends_with_a_timeout_event(
-        gateway: GatewayProcess, vendors: Vendors, model: str) -> None:
-    control_fake_vendor(getattr(vendors, VENDOR_OF[model]), chunk_interval_ms=100,
-                        completion_tokens=COMPLETION_TOKENS)
+    gateway: GatewayProcess, vendors: Vendors, model: str
+) -> None:
+    control_fake_vendor(
+        getattr(vendors, VENDOR_OF[model]),
+        chunk_interval_ms=100,
+        completion_tokens=COMPLETION_TOKENS,
+    )
     started = time.monotonic()
     with pytest.raises(openai.APIError) as caught:
-        list(sdk(gateway).chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "slowly"}], stream=True,
-            extra_headers={"x-request-timeout-ms": "300"}))
+        list(
+            sdk(gateway).chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "slowly"}],
+                stream=True,
+                extra_headers={"x-request-timeout-ms": "300"},
+            )
+        )
     assert caught.value.body["code"] == "timeout"
     assert time.monotonic() - started < 1.0  # the whole stream would take over a second
 
@@ -322,27 +362,32 @@ def test_a_stream_slower_than_the_deadline_ends_with_a_timeout_event(
 # -- callers who go away ------------------------------------------------------------------------
 
 
-def test_a_caller_who_gives_up_frees_the_vendor_connection(gateway: GatewayProcess,
-                                                           vendors: Vendors) -> None:
+def test_a_caller_who_gives_up_frees_the_vendor_connection(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     control_fake_vendor(vendors.a, error_rate=1.0, error_kind="timeout")
     impatient = sdk(gateway).with_options(timeout=0.3)
     with pytest.raises(openai.APITimeoutError):
         ask(impatient, "gpt", "I will not wait")
     assert fake_vendor_stats(vendors.a)["total"] == 1
     # The backend's own timeout is 30 s: only the caller's leaving ends the wait.
-    wait_for(lambda: fake_vendor_stats(vendors.a)["held_open"] == 0,
-             what="the gateway to drop the vendor call of a caller who left")
+    wait_for(
+        lambda: fake_vendor_stats(vendors.a)["held_open"] == 0,
+        what="the gateway to drop the vendor call of a caller who left",
+    )
 
 
-def test_an_abandoned_stream_frees_its_backend_slot(gateway: GatewayProcess,
-                                                    vendors: Vendors) -> None:
+def test_an_abandoned_stream_frees_its_backend_slot(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     # gpt-single's backend runs one call at a time. A stream that would take
     # about 2 s is abandoned after its first chunk; the next call must get the
     # slot long before that stream would have ended.
     control_fake_vendor(vendors.a, chunk_interval_ms=50, completion_tokens=40)
     client = sdk(gateway)
     stream = client.chat.completions.create(
-        model="gpt-single", messages=[{"role": "user", "content": "a long one"}], stream=True)
+        model="gpt-single", messages=[{"role": "user", "content": "a long one"}], stream=True
+    )
     assert next(iter(stream)).model == "gpt-single"
     stream.close()
 

@@ -90,11 +90,19 @@ def test_single_samples_and_versioned_requests_agree(client, held_out, direct_se
 
 
 def test_request_id_is_echoed_and_gateway_headers_are_set(digits_gateway, held_out) -> None:
-    body = json.dumps({
-        "id": "req-42",
-        "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
-                    "data": held_out[0][0].tolist()}],
-    })
+    body = json.dumps(
+        {
+            "id": "req-42",
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "datatype": "FP32",
+                    "shape": [1, 64],
+                    "data": held_out[0][0].tolist(),
+                }
+            ],
+        }
+    )
     conn = http.client.HTTPConnection("127.0.0.1", digits_gateway.port, timeout=10)
     conn.request("POST", "/v2/models/digits/infer", body, {"x-request-id": "trace-me"})
     response = conn.getresponse()

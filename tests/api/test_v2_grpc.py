@@ -10,7 +10,7 @@ import queue
 import struct
 import subprocess
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -52,8 +52,9 @@ class Served:
 # loop (the default) and grpc.aio on the loop. The servicer is one; the engines
 # differ in how calls, streams, aborts and cancellations reach it.
 @pytest.fixture(scope="module", params=["threads", "aio"])
-def served(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp(f"grpc-{request.param}")
     identity = identity_model(workdir / "identity.onnx", DATATYPES)
     typed_only = [dt for dt in DATATYPES if dt != "FP16"]
@@ -61,26 +62,48 @@ def served(request: pytest.FixtureRequest,
     # Many layers per row: a long execution stays well under the request size limit.
     slow = slow_model(workdir / "slow.onnx", WIDTH, repeats=512)
     spec = lambda side, dt: {"name": f"{side}_{dt}", "datatype": dt, "shape": [-1, 3]}  # noqa: E731
-    config = digits_config(max_request_bytes=MAX_REQUEST_BYTES,
-                           grpc={"engine": request.param, "threads": 8})
-    config["backends"].update({
-        "identity": {"type": "onnx", "path": str(identity), "max_concurrency": 1},
-        "identity-typed": {"type": "onnx", "path": str(identity_typed), "max_concurrency": 1},
-        "slow": {"type": "onnx", "path": str(slow), "max_concurrency": 1, "max_queue": 1,
-                 "intra_op_threads": 1, "timeout_ms": 60000},
-    })
-    config["models"].update({
-        "typed": {"signature": {"inputs": [spec("in", dt) for dt in DATATYPES],
-                                "outputs": [spec("out", dt) for dt in DATATYPES]},
-                  "route": {"backends": ["identity"]}},
-        "typed_contents": {
-            "signature": {"inputs": [spec("in", dt) for dt in typed_only],
-                          "outputs": [spec("out", dt) for dt in typed_only]},
-            "route": {"backends": ["identity-typed"]}},
-        "slow": {"signature": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, WIDTH]}],
-                               "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, WIDTH]}]},
-                 "route": {"backends": ["slow"]}},
-    })
+    config = digits_config(
+        max_request_bytes=MAX_REQUEST_BYTES, grpc={"engine": request.param, "threads": 8}
+    )
+    config["backends"].update(
+        {
+            "identity": {"type": "onnx", "path": str(identity), "max_concurrency": 1},
+            "identity-typed": {"type": "onnx", "path": str(identity_typed), "max_concurrency": 1},
+            "slow": {
+                "type": "onnx",
+                "path": str(slow),
+                "max_concurrency": 1,
+                "max_queue": 1,
+                "intra_op_threads": 1,
+                "timeout_ms": 60000,
+            },
+        }
+    )
+    config["models"].update(
+        {
+            "typed": {
+                "signature": {
+                    "inputs": [spec("in", dt) for dt in DATATYPES],
+                    "outputs": [spec("out", dt) for dt in DATATYPES],
+                },
+                "route": {"backends": ["identity"]},
+            },
+            "typed_contents": {
+                "signature": {
+                    "inputs": [spec("in", dt) for dt in typed_only],
+                    "outputs": [spec("out", dt) for dt in typed_only],
+                },
+                "route": {"backends": ["identity-typed"]},
+            },
+            "slow": {
+                "signature": {
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, WIDTH]}],
+                    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, WIDTH]}],
+                },
+                "route": {"backends": ["slow"]},
+            },
+        }
+    )
     grpc_port = free_port()
     # start_gateway passes --grpc-port 0 first; argparse keeps the last one.
     process = start_gateway(config, workdir, "--grpc-port", str(grpc_port))
@@ -101,8 +124,9 @@ def onnxruntime_digits(rows: np.ndarray) -> np.ndarray:
 
 def sample(datatype: str, rng: np.random.Generator) -> np.ndarray:
     if datatype == "BYTES":
-        return np.array([[b"", b"caf\xc3\xa9", b"x" * 40], [b"\xe2\x82\xac 5", b"a", b"bc"]],
-                        dtype=object)
+        return np.array(
+            [[b"", b"caf\xc3\xa9", b"x" * 40], [b"\xe2\x82\xac 5", b"a", b"bc"]], dtype=object
+        )
     if datatype == "BOOL":
         return rng.integers(0, 2, size=(2, 3)).astype(bool)
     dtype = np.dtype(grpcclient.triton_to_np_dtype(datatype))
@@ -174,11 +198,17 @@ def test_typed_contents_answer_in_typed_contents_with_gateway_metadata(served) -
     request = pb.ModelInferRequest(model_name="digits", model_version="1", id="typed-1")
     tensor = request.inputs.add(name="pixels", datatype="FP32", shape=rows.shape)
     tensor.contents.fp32_contents.extend(rows.ravel().tolist())
-    requests_before = value(served.process.port, "gateway_requests_total", model="digits",
-                            protocol="v2_grpc", code="200")
+    requests_before = value(
+        served.process.port,
+        "gateway_requests_total",
+        model="digits",
+        protocol="v2_grpc",
+        code="200",
+    )
     with served.channel() as channel:
         response, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(
-            request, metadata=[("x-request-id", "trace-42")], timeout=10)
+            request, metadata=[("x-request-id", "trace-42")], timeout=10
+        )
     assert (response.model_name, response.model_version, response.id) == ("digits", "1", "typed-1")
     assert len(response.raw_output_contents) == 0
     (output,) = response.outputs
@@ -191,8 +221,16 @@ def test_typed_contents_answer_in_typed_contents_with_gateway_metadata(served) -
     assert trailing["x-gateway-attempts"] == "1"
     assert float(trailing["x-gateway-overhead-ms"]) >= 0
     # Counted once, under its protocol, by the same pipeline as HTTP.
-    assert value(served.process.port, "gateway_requests_total", model="digits",
-                 protocol="v2_grpc", code="200") == requests_before + 1
+    assert (
+        value(
+            served.process.port,
+            "gateway_requests_total",
+            model="digits",
+            protocol="v2_grpc",
+            code="200",
+        )
+        == requests_before + 1
+    )
 
 
 def test_every_datatype_round_trips_exactly_as_raw_contents(served) -> None:
@@ -234,10 +272,18 @@ def test_every_typed_datatype_round_trips_exactly_as_typed_contents(served) -> N
 
 
 CONTENTS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
-    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -259,8 +305,9 @@ def test_the_aio_client_serves_metadata_and_infer(served) -> None:
         finally:
             await client.close()
 
-    np.testing.assert_allclose(asyncio.run(scenario()), onnxruntime_digits(rows),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        asyncio.run(scenario()), onnxruntime_digits(rows), rtol=1e-5, atol=1e-7
+    )
 
 
 # -- streaming ---------------------------------------------------------------------------
@@ -291,8 +338,12 @@ def test_a_stream_answers_every_request_and_an_error_does_not_end_it(served) -> 
     errors = sorted(e.message() for r, e in received if e is not None)
     assert sorted(results) == ["ok-0", "ok-1", "ok-2"]
     for request_id, rows in good.items():
-        np.testing.assert_allclose(results[request_id].as_numpy("probabilities"),
-                                   onnxruntime_digits(rows), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            results[request_id].as_numpy("probabilities"),
+            onnxruntime_digits(rows),
+            rtol=1e-5,
+            atol=1e-7,
+        )
     assert len(errors) == 2
     assert errors[0].startswith("input 'pixels': expected FP32 [-1,64], got FP32 [1,65]")
     assert errors[1].startswith("unknown model 'nope'")
@@ -306,8 +357,11 @@ def test_the_aio_client_streams(served) -> None:
 
         async def requests():  # type: ignore[no-untyped-def]
             for i in range(4):
-                yield {"model_name": "digits", "request_id": f"r{i}",
-                       "inputs": [digits_input(rows[i:i + 1], aioclient)]}
+                yield {
+                    "model_name": "digits",
+                    "request_id": f"r{i}",
+                    "inputs": [digits_input(rows[i : i + 1], aioclient)],
+                }
             yield {"model_name": "digits", "request_id": "missing", "inputs": []}
 
         answers: dict[str, object] = {}
@@ -326,7 +380,7 @@ def test_the_aio_client_streams(served) -> None:
     answers = asyncio.run(scenario())
     expected = onnxruntime_digits(rows)
     for i in range(4):
-        np.testing.assert_allclose(answers[f"r{i}"], expected[i:i + 1], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(answers[f"r{i}"], expected[i : i + 1], rtol=1e-5, atol=1e-7)
     (error,) = [k for k in answers if not k.startswith("r")]
     assert "'inputs': expected a non-empty list of tensors" in error
 
@@ -373,16 +427,27 @@ def _extra_raw(request: pb.ModelInferRequest) -> None:
     request.raw_input_contents.append(b"\0" * 4)
 
 
-@pytest.mark.parametrize("request_, fragment", [
-    (_digits(_short), "input 'pixels': FP32 [1,64] needs 256 bytes, raw_input_contents[0] has 255"),
-    (_digits(_both), "input 'pixels': has both 'contents' and raw_input_contents[0]"),
-    (_digits(_datatype), "input 'pixels': unknown datatype 'FP8'"),
-    (_digits(_extra_raw), "request has 2 raw_input_contents for 1 inputs ['pixels']"),
-    (bytes_request(_broken_bytes()), "input 'in_BYTES': BYTES element 5 declares 100 bytes, "
-                                     "only 3 remain"),
-    (pb.ModelInferRequest(model_name="digits"), "'inputs': expected a non-empty list"),
-], ids=["raw-size", "contents-and-raw", "datatype", "extra-raw", "bytes-prefix", "no-inputs"])
-def test_malformed_requests_are_invalid_argument_naming_the_input(served, request_, fragment) -> None:
+@pytest.mark.parametrize(
+    "request_, fragment",
+    [
+        (
+            _digits(_short),
+            "input 'pixels': FP32 [1,64] needs 256 bytes, raw_input_contents[0] has 255",
+        ),
+        (_digits(_both), "input 'pixels': has both 'contents' and raw_input_contents[0]"),
+        (_digits(_datatype), "input 'pixels': unknown datatype 'FP8'"),
+        (_digits(_extra_raw), "request has 2 raw_input_contents for 1 inputs ['pixels']"),
+        (
+            bytes_request(_broken_bytes()),
+            "input 'in_BYTES': BYTES element 5 declares 100 bytes, only 3 remain",
+        ),
+        (pb.ModelInferRequest(model_name="digits"), "'inputs': expected a non-empty list"),
+    ],
+    ids=["raw-size", "contents-and-raw", "datatype", "extra-raw", "bytes-prefix", "no-inputs"],
+)
+def test_malformed_requests_are_invalid_argument_naming_the_input(
+    served, request_, fragment
+) -> None:
     with served.channel() as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         code, details = status_of(lambda: stub.ModelInfer(request_, timeout=10))
@@ -397,7 +462,8 @@ def test_an_oversized_request_is_resource_exhausted_and_the_channel_goes_on(serv
     with served.channel() as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         code, details = status_of(
-            lambda: stub.ModelInfer(raw_request("digits", {"pixels": rows}, "FP32"), timeout=10))
+            lambda: stub.ModelInfer(raw_request("digits", {"pixels": rows}, "FP32"), timeout=10)
+        )
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert str(MAX_REQUEST_BYTES) in details
         assert stub.ModelInfer(_digits(), timeout=10).outputs[0].name == "probabilities"
@@ -414,8 +480,10 @@ def test_an_unknown_model_or_version_is_not_found(served) -> None:
         request = _digits()
         request.model_version = "3"
         code, details = status_of(lambda: stub.ModelInfer(request, timeout=10))
-        assert (code, details) == (grpc.StatusCode.NOT_FOUND,
-                                   "model 'digits' has no version '3' (available: 1)")
+        assert (code, details) == (
+            grpc.StatusCode.NOT_FOUND,
+            "model 'digits' has no version '3' (available: 1)",
+        )
 
 
 # -- deadlines -------------------------------------------------------------------------------
@@ -431,8 +499,10 @@ def test_a_deadline_shorter_than_the_queue_wait_is_deadline_exceeded_and_never_r
         assert not holder.done(), holder.exception()
         assert time.monotonic() < deadline, "the long execution never started"
     executions = value(port, "gateway_batch_size_count", backend="slow")
-    dropped = sum(value(port, "gateway_shed_total", backend="slow", reason=r)
-                  for r in ("deadline", "cancelled"))
+    dropped = sum(
+        value(port, "gateway_shed_total", backend="slow", reason=r)
+        for r in ("deadline", "cancelled")
+    )
     started = time.monotonic()
     short = raw_request("slow", {"x": np.ones((2, WIDTH), np.float32)}, "FP32")
     code, _ = status_of(lambda: stub.ModelInfer(short, timeout=0.3))
@@ -442,8 +512,13 @@ def test_a_deadline_shorter_than_the_queue_wait_is_deadline_exceeded_and_never_r
     assert len(holder.result().outputs) == 1
     # The expired request was dropped from the queue: only the long run executed.
     assert value(port, "gateway_batch_size_count", backend="slow") == executions
-    assert sum(value(port, "gateway_shed_total", backend="slow", reason=r)
-               for r in ("deadline", "cancelled")) == dropped + 1
+    assert (
+        sum(
+            value(port, "gateway_shed_total", backend="slow", reason=r)
+            for r in ("deadline", "cancelled")
+        )
+        == dropped + 1
+    )
 
 
 def test_a_call_cancelled_by_its_client_while_queued_never_runs(served) -> None:
@@ -459,7 +534,8 @@ def test_a_call_cancelled_by_its_client_while_queued_never_runs(served) -> None:
     cancelled = value(port, "gateway_shed_total", backend="slow", reason="cancelled")
     queued = value(port, "gateway_queued_requests", backend="slow")
     waiting = stub.ModelInfer.future(
-        raw_request("slow", {"x": np.ones((2, WIDTH), np.float32)}, "FP32"), timeout=60)
+        raw_request("slow", {"x": np.ones((2, WIDTH), np.float32)}, "FP32"), timeout=60
+    )
     while value(port, "gateway_queued_requests", backend="slow") != queued + 1:
         assert time.monotonic() < deadline, "the second call never queued"
     waiting.cancel()
@@ -480,7 +556,8 @@ def test_health_is_serving_overall_and_per_model(served) -> None:
         for name in ("", "inference.GRPCInferenceService", "digits", "typed"):
             assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == serving
         code, details = status_of(
-            lambda: health.Check(health_pb2.HealthCheckRequest(service="nope")))
+            lambda: health.Check(health_pb2.HealthCheckRequest(service="nope"))
+        )
         assert code == grpc.StatusCode.NOT_FOUND and "'nope'" in details
         watch = health.Watch(health_pb2.HealthCheckRequest(service="digits"), timeout=10)
         assert next(watch).status == serving
@@ -536,14 +613,20 @@ def test_each_worker_serves_grpc_on_the_shared_port_with_tenant_keys(tmp_path, m
             request = raw_request("digits", {"pixels": rows}, "FP32")
             code, details = status_of(lambda: stub.ModelInfer(request, timeout=10))
             assert code == grpc.StatusCode.UNAUTHENTICATED and details.startswith("missing API key")
-            code, details = status_of(lambda: stub.ModelInfer(
-                request, metadata=[("authorization", "Bearer wrong")], timeout=10))
+            code, details = status_of(
+                lambda: stub.ModelInfer(
+                    request, metadata=[("authorization", "Bearer wrong")], timeout=10
+                )
+            )
             assert (code, details) == (grpc.StatusCode.UNAUTHENTICATED, "invalid API key")
             request.model_name = "other"
-            code, details = status_of(lambda: stub.ModelInfer(
-                request, metadata=[("x-api-key", "k-123")], timeout=10))
-            assert (code, details) == (grpc.StatusCode.PERMISSION_DENIED,
-                                       "tenant 'team' may not use model 'other'")
+            code, details = status_of(
+                lambda: stub.ModelInfer(request, metadata=[("x-api-key", "k-123")], timeout=10)
+            )
+            assert (code, details) == (
+                grpc.StatusCode.PERMISSION_DENIED,
+                "tenant 'team' may not use model 'other'",
+            )
         pids = {line.split()[3] for line in gateway.logs().splitlines() if "gRPC on" in line}
         assert len(pids) == 2, gateway.logs()
         assert gateway.process.poll() is None

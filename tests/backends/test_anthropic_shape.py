@@ -48,8 +48,13 @@ def test_full_request_is_translated() -> None:
         "model": VENDOR_MODEL,
         "system": "You are terse.\n\nAnswer in French.",
         "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "Hello"},
-                                         {"type": "text", "text": "Who are you?"}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Hello"},
+                    {"type": "text", "text": "Who are you?"},
+                ],
+            },
             {"role": "assistant", "content": "Bonjour."},
             {"role": "user", "content": "Et alors ?"},
         ],
@@ -59,14 +64,23 @@ def test_full_request_is_translated() -> None:
         "stop_sequences": ["\n\nHuman:", "END"],
         "stream": True,
     }
-    assert {"user", "seed", "presence_penalty", "frequency_penalty", "logit_bias",
-            "stream_options"} <= DROPPED_FIELDS.keys()
+    assert {
+        "user",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "stream_options",
+    } <= DROPPED_FIELDS.keys()
 
 
 def test_minimal_request_gets_the_default_max_tokens_and_no_optional_fields() -> None:
     body = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "stream": False}
     assert chat_request_to_anthropic(body, VENDOR_MODEL, default_max_tokens=333) == {
-        "model": VENDOR_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 333}
+        "model": VENDOR_MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 333,
+    }
 
 
 def test_max_tokens_and_a_single_stop_string() -> None:
@@ -85,43 +99,82 @@ def test_temperature_above_anthropics_range_is_capped_like_anthropics_own_compat
 
 
 def test_empty_turns_are_dropped_and_their_neighbours_merged() -> None:
-    body = {"messages": [
-        {"role": "user", "content": "a"},
-        {"role": "assistant", "content": ""},
-        {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "b"}]},
-    ]}
+    body = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": ""},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": ""}, {"type": "text", "text": "b"}],
+            },
+        ]
+    }
     assert chat_request_to_anthropic(body, VENDOR_MODEL)["messages"] == [
-        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+    ]
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"n": 2}, "n"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"functions": [{"name": "f"}]}, "functions"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"logprobs": True}, "logprobs"),
-    ({"modalities": ["text", "audio"]}, "modalities"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_completion_tokens": "100"}, "max_completion_tokens"),
-    ({"temperature": 3}, "temperature"),
-    ({"top_p": -0.1}, "top_p"),
-    ({"stop": ["ok", 3]}, "stop"),
-    ({"stop": "\n"}, "stop"),
-    ({"stream": "yes"}, "stream"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "system", "content": "only a system prompt"}]}, "messages"),
-    ({"messages": [{"role": "user", "content": "x"},
-                   {"role": "tool", "tool_call_id": "c1", "content": "42"}]}, "messages[1].role"),
-    ({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
-     "messages[0].content[1]"),
-    ({"messages": [{"role": "user", "content": "x"},
-                   {"role": "assistant", "content": None,
-                    "tool_calls": [{"id": "c1", "type": "function"}]}]}, "messages[1].tool_calls"),
-    ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"n": 2}, "n"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": "100"}, "max_completion_tokens"),
+        ({"temperature": 3}, "temperature"),
+        ({"top_p": -0.1}, "top_p"),
+        ({"stop": ["ok", 3]}, "stop"),
+        ({"stop": "\n"}, "stop"),
+        ({"stream": "yes"}, "stream"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "system", "content": "only a system prompt"}]}, "messages"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "tool", "tool_call_id": "c1", "content": "42"},
+                ]
+            },
+            "messages[1].role",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "what is this?"},
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "https://example.com/cat.png"},
+                            },
+                        ],
+                    }
+                ]
+            },
+            "messages[0].content[1]",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{"id": "c1", "type": "function"}],
+                    },
+                ]
+            },
+            "messages[1].tool_calls",
+        ),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+    ],
+)
 def test_requests_that_would_change_meaning_are_rejected_naming_the_field(
     change: dict, field: str
 ) -> None:
@@ -133,10 +186,16 @@ def test_requests_that_would_change_meaning_are_rejected_naming_the_field(
 
 
 def test_harmless_tool_and_format_defaults_are_accepted() -> None:
-    body = {"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "none",
-            "response_format": {"type": "text"}, "logprobs": False, "tools": []}
+    body = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "tool_choice": "none",
+        "response_format": {"type": "text"},
+        "logprobs": False,
+        "tools": [],
+    }
     assert chat_request_to_anthropic(body, VENDOR_MODEL)["messages"] == [
-        {"role": "user", "content": "Hi"}]
+        {"role": "user", "content": "Hi"}
+    ]
 
 
 # ---------------------------------------------------------------- responses
@@ -167,54 +226,70 @@ def test_response_is_translated_into_a_chat_completion() -> None:
         "object": "chat.completion",
         "created": 1700000000,
         "model": "chat",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": "Hello! How can I help?", "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Hello! How can I help?",
+                    "refusal": None,
+                },
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
         "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
     }
 
 
-@pytest.mark.parametrize(("stop_reason", "finish_reason"), [
-    ("end_turn", "stop"),
-    ("stop_sequence", "stop"),
-    ("max_tokens", "length"),
-    ("tool_use", "tool_calls"),
-    ("refusal", "content_filter"),
-    ("model_context_window_exceeded", "length"),
-    ("pause_turn", "stop"),
-    ("a_reason_from_the_future", "stop"),
-])
+@pytest.mark.parametrize(
+    ("stop_reason", "finish_reason"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("model_context_window_exceeded", "length"),
+        ("pause_turn", "stop"),
+        ("a_reason_from_the_future", "stop"),
+    ],
+)
 def test_every_stop_reason_maps_to_a_finish_reason(stop_reason: str, finish_reason: str) -> None:
     chat = anthropic_response_to_chat(anthropic_message(stop_reason), "chat", 0)
     assert chat["choices"][0]["finish_reason"] == finish_reason
 
 
 def test_cached_input_tokens_count_as_prompt_tokens_like_openai() -> None:
-    usage = {"input_tokens": 5, "cache_creation_input_tokens": 100,
-             "cache_read_input_tokens": 1000, "output_tokens": 3}
+    usage = {
+        "input_tokens": 5,
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 1000,
+        "output_tokens": 3,
+    }
     chat = anthropic_response_to_chat(anthropic_message(usage=usage), "chat", 0)
     assert chat["usage"] == {"prompt_tokens": 1105, "completion_tokens": 3, "total_tokens": 1108}
 
 
-@pytest.mark.parametrize("resp", [
-    None,
-    [],
-    "Internal Server Error",
-    {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}},
-    anthropic_message(content=None),
-    anthropic_message(content="Hello"),
-    anthropic_message(content=["Hello"]),
-    anthropic_message(content=[{"text": "no type"}]),
-    anthropic_message(content=[{"type": "text", "text": 5}]),
-    anthropic_message(id=None),
-    anthropic_message(usage=None),
-    anthropic_message(usage={"input_tokens": 3}),
-    anthropic_message(usage={"input_tokens": "3", "output_tokens": 1}),
-    anthropic_message(usage={"input_tokens": True, "output_tokens": 1}),
-])
+@pytest.mark.parametrize(
+    "resp",
+    [
+        None,
+        [],
+        "Internal Server Error",
+        {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}},
+        anthropic_message(content=None),
+        anthropic_message(content="Hello"),
+        anthropic_message(content=["Hello"]),
+        anthropic_message(content=[{"text": "no type"}]),
+        anthropic_message(content=[{"type": "text", "text": 5}]),
+        anthropic_message(id=None),
+        anthropic_message(usage=None),
+        anthropic_message(usage={"input_tokens": 3}),
+        anthropic_message(usage={"input_tokens": "3", "output_tokens": 1}),
+        anthropic_message(usage={"input_tokens": True, "output_tokens": 1}),
+    ],
+)
 def test_garbage_responses_raise_vendor_protocol_error(resp: object) -> None:
     with pytest.raises(VendorProtocolError):
         anthropic_response_to_chat(resp, "chat", 0)  # type: ignore[arg-type]
@@ -224,27 +299,70 @@ def test_garbage_responses_raise_vendor_protocol_error(resp: object) -> None:
 
 MESSAGE_ID = "msg_014p7gG3wDgGV9EUtLvnow3U"
 ANTHROPIC_EVENTS = [
-    ("message_start", {"type": "message_start", "message": {
-        "id": MESSAGE_ID, "type": "message", "role": "assistant", "content": [],
-        "model": VENDOR_MODEL, "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": 472, "cache_read_input_tokens": 28, "output_tokens": 2}}}),
-    ("content_block_start", {"type": "content_block_start", "index": 0,
-                             "content_block": {"type": "thinking", "thinking": ""}}),
-    ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                             "delta": {"type": "thinking_delta", "thinking": "Short answer."}}),
+    (
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": MESSAGE_ID,
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": VENDOR_MODEL,
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 472, "cache_read_input_tokens": 28, "output_tokens": 2},
+            },
+        },
+    ),
+    (
+        "content_block_start",
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "thinking", "thinking": ""},
+        },
+    ),
+    (
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": "Short answer."},
+        },
+    ),
     ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-    ("content_block_start", {"type": "content_block_start", "index": 1,
-                             "content_block": {"type": "text", "text": ""}}),
+    (
+        "content_block_start",
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
+    ),
     ("ping", {"type": "ping"}),
-    ("content_block_delta", {"type": "content_block_delta", "index": 1,
-                             "delta": {"type": "text_delta", "text": "Okay, let"}}),
-    ("content_block_delta", {"type": "content_block_delta", "index": 1,
-                             "delta": {"type": "text_delta", "text": "'s go — π ≈ 3.14"}}),
+    (
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "text_delta", "text": "Okay, let"},
+        },
+    ),
+    (
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "text_delta", "text": "'s go — π ≈ 3.14"},
+        },
+    ),
     ("some_future_event", {"type": "some_future_event", "whatever": 1}),
     ("content_block_stop", {"type": "content_block_stop", "index": 1}),
-    ("message_delta", {"type": "message_delta",
-                       "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
-                       "usage": {"output_tokens": 89}}),
+    (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+            "usage": {"output_tokens": 89},
+        },
+    ),
     ("message_stop", {"type": "message_stop"}),
 ]
 
@@ -252,15 +370,21 @@ ANTHROPIC_EVENTS = [
 def sse_bytes(events: list[tuple[str, dict]]) -> bytes:
     return b"".join(
         b"event: " + name.encode() + b"\r\ndata: " + orjson.dumps(data) + b"\r\n\r\n"
-        for name, data in events)
+        for name, data in events
+    )
 
 
 def expected_chunks(include_usage: bool) -> list[dict]:
     def chunk(delta: dict, finish_reason: str | None) -> dict:
-        out = {"id": "chatcmpl-" + MESSAGE_ID, "object": "chat.completion.chunk",
-               "created": 1700000001, "model": "chat",
-               "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                            "finish_reason": finish_reason}]}
+        out = {
+            "id": "chatcmpl-" + MESSAGE_ID,
+            "object": "chat.completion.chunk",
+            "created": 1700000001,
+            "model": "chat",
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
         if include_usage:
             out["usage"] = None
         return out
@@ -272,10 +396,16 @@ def expected_chunks(include_usage: bool) -> list[dict]:
         chunk({}, "length"),
     ]
     if include_usage:
-        chunks.append({"id": "chatcmpl-" + MESSAGE_ID, "object": "chat.completion.chunk",
-                       "created": 1700000001, "model": "chat", "choices": [],
-                       "usage": {"prompt_tokens": 500, "completion_tokens": 89,
-                                 "total_tokens": 589}})
+        chunks.append(
+            {
+                "id": "chatcmpl-" + MESSAGE_ID,
+                "object": "chat.completion.chunk",
+                "created": 1700000001,
+                "model": "chat",
+                "choices": [],
+                "usage": {"prompt_tokens": 500, "completion_tokens": 89, "total_tokens": 589},
+            }
+        )
     return chunks
 
 
@@ -316,22 +446,35 @@ def test_an_error_event_raises_with_the_vendor_error_type() -> None:
     translator = AnthropicStreamTranslator("chat", 0, include_usage=False)
     translator.feed(*ANTHROPIC_EVENTS[0])
     with pytest.raises(VendorStreamError, match="Overloaded") as caught:
-        translator.feed("error", {"type": "error",
-                                  "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        translator.feed(
+            "error",
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        )
     assert caught.value.error_type == "overloaded_error"
     assert not translator.finished
 
 
-@pytest.mark.parametrize("events", [
-    [("content_block_delta", {"delta": {"type": "text_delta", "text": "early"}})],
-    [("message_start", {"type": "message_start"})],
-    [("message_start", {"message": {"id": 5}})],
-    [ANTHROPIC_EVENTS[0], ("content_block_delta", {"delta": "oops"})],
-    [ANTHROPIC_EVENTS[0], ("content_block_delta", {"delta": {"type": "text_delta", "text": 1}})],
-    [ANTHROPIC_EVENTS[0], ("message_delta", {"delta": {"stop_reason": "end_turn"},
-                                             "usage": {"output_tokens": -1}})],
-    [ANTHROPIC_EVENTS[0], ANTHROPIC_EVENTS[0]],
-])
+@pytest.mark.parametrize(
+    "events",
+    [
+        [("content_block_delta", {"delta": {"type": "text_delta", "text": "early"}})],
+        [("message_start", {"type": "message_start"})],
+        [("message_start", {"message": {"id": 5}})],
+        [ANTHROPIC_EVENTS[0], ("content_block_delta", {"delta": "oops"})],
+        [
+            ANTHROPIC_EVENTS[0],
+            ("content_block_delta", {"delta": {"type": "text_delta", "text": 1}}),
+        ],
+        [
+            ANTHROPIC_EVENTS[0],
+            (
+                "message_delta",
+                {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": -1}},
+            ),
+        ],
+        [ANTHROPIC_EVENTS[0], ANTHROPIC_EVENTS[0]],
+    ],
+)
 def test_malformed_stream_events_raise_vendor_protocol_error(events: list) -> None:
     translator = AnthropicStreamTranslator("chat", 0, include_usage=False)
     with pytest.raises(VendorProtocolError):
@@ -343,31 +486,49 @@ def test_malformed_stream_events_raise_vendor_protocol_error(events: list) -> No
 
 
 def test_error_message_extracts_type_message_and_request_id() -> None:
-    body = (b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},'
-            b'"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}')
+    body = (
+        b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},'
+        b'"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}'
+    )
     assert anthropic_error_message(529, body) == (
         "anthropic returned HTTP 529: overloaded_error: Overloaded "
-        "(request_id req_011CSHoEeqs5C35K2UUqR7Fy)")
+        "(request_id req_011CSHoEeqs5C35K2UUqR7Fy)"
+    )
 
 
-@pytest.mark.parametrize(("status", "body", "expected"), [
-    (502, b"", "anthropic returned HTTP 502 with an empty body"),
-    (502, b"<html><body>\n  <h1>502 Bad Gateway</h1>\n</body></html>",
-     "anthropic returned HTTP 502: <html><body> <h1>502 Bad Gateway</h1> </body></html>"),
-    (500, b'["not", "an", "object"]', "anthropic returned HTTP 500"),
-    (500, b'{"error": "flat string"}', "anthropic returned HTTP 500"),
-    (400, b'{"error": {"type": 7, "message": null}}',
-     "anthropic returned HTTP 400: unrecognised error body"),
-    (500, b"\xff\xfe garbage", "anthropic returned HTTP 500: \ufffd\ufffd garbage"),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (502, b"", "anthropic returned HTTP 502 with an empty body"),
+        (
+            502,
+            b"<html><body>\n  <h1>502 Bad Gateway</h1>\n</body></html>",
+            "anthropic returned HTTP 502: <html><body> <h1>502 Bad Gateway</h1> </body></html>",
+        ),
+        (500, b'["not", "an", "object"]', "anthropic returned HTTP 500"),
+        (500, b'{"error": "flat string"}', "anthropic returned HTTP 500"),
+        (
+            400,
+            b'{"error": {"type": 7, "message": null}}',
+            "anthropic returned HTTP 400: unrecognised error body",
+        ),
+        (500, b"\xff\xfe garbage", "anthropic returned HTTP 500: \ufffd\ufffd garbage"),
+    ],
+)
 def test_error_message_tolerates_garbage(status: int, body: bytes, expected: str) -> None:
     assert anthropic_error_message(status, body) == expected
 
 
 def test_error_message_redacts_key_shaped_strings_and_bounds_its_length() -> None:
-    body = orjson.dumps({"type": "error", "error": {
-        "type": "authentication_error",
-        "message": "invalid x-api-key sk-ant-api03-abcdefghijklmnop " + "x" * 5000}})
+    body = orjson.dumps(
+        {
+            "type": "error",
+            "error": {
+                "type": "authentication_error",
+                "message": "invalid x-api-key sk-ant-api03-abcdefghijklmnop " + "x" * 5000,
+            },
+        }
+    )
     message = anthropic_error_message(401, body)
     assert "sk-ant" not in message and "abcdefghijklmnop" not in message
     assert "[redacted]" in message

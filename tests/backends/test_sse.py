@@ -17,15 +17,15 @@ def parse_in_pieces(stream: bytes, size: int) -> tuple[list[tuple[str | None, by
     events: list[tuple[str | None, bytes]] = []
     buffer = b""
     for start in range(0, len(stream), size):
-        found, buffer = parse_sse(buffer + stream[start:start + size])
+        found, buffer = parse_sse(buffer + stream[start : start + size])
         events.extend(found)
     return events, buffer
 
 
 def test_complete_events_are_returned_and_the_partial_tail_is_kept_verbatim() -> None:
-    events, rest = parse_sse(b"event: ping\ndata: {}\n\nevent: message_stop\ndata: {\"ty")
+    events, rest = parse_sse(b'event: ping\ndata: {}\n\nevent: message_stop\ndata: {"ty')
     assert events == [("ping", b"{}")]
-    assert rest == b"event: message_stop\ndata: {\"ty"
+    assert rest == b'event: message_stop\ndata: {"ty'
 
 
 def test_openai_stream_with_comments_parses_the_same_whole_or_byte_by_byte() -> None:
@@ -59,7 +59,8 @@ def test_only_one_space_after_the_colon_is_stripped() -> None:
 
 def test_blocks_without_data_dispatch_nothing_and_unknown_fields_are_ignored() -> None:
     events, rest = parse_sse(
-        b"event: lonely\n\n: comment only\n\nid: 7\nretry: 10\nfoo: bar\ndata: z\n\n")
+        b"event: lonely\n\n: comment only\n\nid: 7\nretry: 10\nfoo: bar\ndata: z\n\n"
+    )
     assert events == [(None, b"z")]
     assert rest == b""
 

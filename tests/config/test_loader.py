@@ -40,17 +40,23 @@ def test_a_valid_config_loads_into_typed_objects() -> None:
 def test_environment_variables_are_expanded_with_defaults() -> None:
     assert parse_config(VALID, env={"PORT": "9001"}).config.server.http_port == 9001
     problems = problems_of(VALID.replace("${PORT:-8100}", "${PORT}"))
-    assert problems == ["server.http_port (line 1): environment variable PORT is not set (and has no default)"]
+    assert problems == [
+        "server.http_port (line 1): environment variable PORT is not set (and has no default)"
+    ]
 
 
 def test_unknown_keys_and_bad_values_name_their_yaml_path_and_line() -> None:
     text = VALID.replace("max_concurrency: 2", "max_concurency: 2").replace(
-        "datatype: FP32, shape: [-1, 64]", "datatype: FLOAT, shape: [-1, 64]")
+        "datatype: FP32, shape: [-1, 64]", "datatype: FLOAT, shape: [-1, 64]"
+    )
     problems = problems_of(text)
-    assert "backends.digits-cpu.max_concurency (line 6): unknown key (check the spelling)" in problems
+    assert (
+        "backends.digits-cpu.max_concurency (line 6): unknown key (check the spelling)" in problems
+    )
     assert any(
         p.startswith("models.digits.signature.inputs[0].datatype (line 11): Input should be")
-        and "'FLOAT'" in p for p in problems
+        and "'FLOAT'" in p
+        for p in problems
     ), problems
 
 
@@ -66,7 +72,8 @@ def test_a_tensor_model_needs_a_signature_and_dimensions_are_checked() -> None:
     assert any("dimension -2 is invalid" in p for p in problems_of(text))
     dropped = ("inputs:", "outputs:", "signature:")
     no_signature = "\n".join(
-        line for line in VALID.splitlines() if not any(key in line for key in dropped))
+        line for line in VALID.splitlines() if not any(key in line for key in dropped)
+    )
     assert any("signature: required" in p for p in problems_of(no_signature))
 
 

@@ -26,12 +26,18 @@ def test_valid_inputs_return_the_batch_size() -> None:
     [
         (lambda d: d.pop("mask"), "missing input 'mask': expected BOOL [-1,64]"),
         (lambda d: d.update(extra=np.zeros(1)), "unknown input 'extra'"),
-        (lambda d: d.update(pixels=np.zeros((2, 65), np.int64)),
-         "input 'pixels': expected FP32 [-1,64], got INT64 [2,65]"),
-        (lambda d: d.update(pixels=np.zeros((2, 64, 1), np.float32)),
-         "input 'pixels': expected FP32 [-1,64], got FP32 [2,64,1]"),
-        (lambda d: d.update(mask=np.ones((3, 64), bool)),
-         "input 'mask': batch size 3 differs from input 'pixels' batch size 2"),
+        (
+            lambda d: d.update(pixels=np.zeros((2, 65), np.int64)),
+            "input 'pixels': expected FP32 [-1,64], got INT64 [2,65]",
+        ),
+        (
+            lambda d: d.update(pixels=np.zeros((2, 64, 1), np.float32)),
+            "input 'pixels': expected FP32 [-1,64], got FP32 [2,64,1]",
+        ),
+        (
+            lambda d: d.update(mask=np.ones((3, 64), bool)),
+            "input 'mask': batch size 3 differs from input 'pixels' batch size 2",
+        ),
     ],
 )
 def test_invalid_inputs_name_the_input_the_expected_and_the_actual(change, message) -> None:
@@ -54,7 +60,9 @@ def test_outputs_that_break_the_signature_are_the_backends_fault() -> None:
 
 def test_a_backend_may_be_wider_than_the_signature_but_not_narrower() -> None:
     dynamic = [TensorSpec("pixels", "FP32", (-1, -1)), TensorSpec("mask", "BOOL", (-1, 64))]
-    assert compatibility_problems(SIG, dynamic, [TensorSpec("probabilities", "FP32", (-1, 10))]) == []
+    assert (
+        compatibility_problems(SIG, dynamic, [TensorSpec("probabilities", "FP32", (-1, 10))]) == []
+    )
 
     fixed_batch = [TensorSpec("pixels", "FP32", (1, 64)), TensorSpec("mask", "BOOL", (-1, 64))]
     problems = compatibility_problems(SIG, fixed_batch, [PROBS])

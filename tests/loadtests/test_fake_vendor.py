@@ -16,8 +16,13 @@ import openai
 import pytest
 
 from loadtests.fake_vendor import (
-    MODELS, compose_reply, control_fake_vendor, embedding_vector, fake_vendor_stats,
-    reset_fake_vendor, start_fake_vendor,
+    MODELS,
+    compose_reply,
+    control_fake_vendor,
+    embedding_vector,
+    fake_vendor_stats,
+    reset_fake_vendor,
+    start_fake_vendor,
 )
 from loadtests.gateway_process import GatewayProcess
 
@@ -46,23 +51,28 @@ def fresh(vendor: GatewayProcess) -> None:
 @pytest.fixture()
 def oai(vendor: GatewayProcess) -> Iterator[openai.OpenAI]:
     # A short timeout turns a server that forgot to answer into a failure, not a hang.
-    with openai.OpenAI(base_url=f"http://{vendor.url}/v1", api_key=KEY, max_retries=0,
-                       timeout=10) as client:
+    with openai.OpenAI(
+        base_url=f"http://{vendor.url}/v1", api_key=KEY, max_retries=0, timeout=10
+    ) as client:
         yield client
 
 
 @pytest.fixture()
 def claude(vendor: GatewayProcess) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=f"http://{vendor.url}", api_key=KEY, max_retries=0,
-                             timeout=10) as client:
+    with anthropic.Anthropic(
+        base_url=f"http://{vendor.url}", api_key=KEY, max_retries=0, timeout=10
+    ) as client:
         yield client
 
 
-def raw_post(vendor: GatewayProcess, path: str, body: bytes,
-             headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+def raw_post(
+    vendor: GatewayProcess, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
     conn = http.client.HTTPConnection("127.0.0.1", vendor.port, timeout=5)
     try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **headers})
+        conn.request(
+            "POST", path, body=body, headers={"Content-Type": "application/json", **headers}
+        )
         response = conn.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -88,7 +98,10 @@ def test_reply_rule() -> None:
 def test_openai_chat_text_usage_and_finish(oai: openai.OpenAI) -> None:
     answer = oai.chat.completions.create(
         model="fake-chat",
-        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}],
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hello there"},
+        ],
     )
     assert answer.model == "fake-chat"
     assert answer.choices[0].message.role == "assistant"
@@ -102,7 +115,10 @@ def test_openai_chat_content_parts_and_max_tokens(oai: openai.OpenAI) -> None:
     messages: Any = [
         {"role": "user", "content": "first question here"},
         {"role": "assistant", "content": "an answer"},
-        {"role": "user", "content": [{"type": "text", "text": "the"}, {"type": "text", "text": "last one"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "the"}, {"type": "text", "text": "last one"}],
+        },
     ]
     answer = oai.chat.completions.create(model="m", messages=messages, max_completion_tokens=3)
     assert answer.choices[0].message.content == "echo: the last"
@@ -113,8 +129,11 @@ def test_openai_chat_content_parts_and_max_tokens(oai: openai.OpenAI) -> None:
 
 
 def test_openai_stream_one_word_per_delta_then_usage(oai: openai.OpenAI) -> None:
-    chunks = list(oai.chat.completions.create(model="m", messages=USER, stream=True,
-                                              stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(
+            model="m", messages=USER, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     deltas = [c.choices[0].delta.content for c in chunks[1:-2]]
     assert deltas == ["echo:"] + [" " + word for word in HELLO_REPLY.split()[1:]]
@@ -133,8 +152,9 @@ def test_openai_stream_without_usage_stops_at_length(oai: openai.OpenAI) -> None
 
 def test_openai_async_client(vendor: GatewayProcess) -> None:
     async def talk() -> tuple[str, str]:
-        async with openai.AsyncOpenAI(base_url=f"http://{vendor.url}/v1", api_key=KEY,
-                                      max_retries=0) as client:
+        async with openai.AsyncOpenAI(
+            base_url=f"http://{vendor.url}/v1", api_key=KEY, max_retries=0
+        ) as client:
             plain = await client.chat.completions.create(model="m", messages=USER)
             stream = await client.chat.completions.create(model="m", messages=USER, stream=True)
             streamed = "".join([c.choices[0].delta.content or "" async for c in stream])
@@ -159,13 +179,17 @@ def test_embeddings_base64_default_and_float(oai: openai.OpenAI) -> None:
     assert not np.allclose(default.data[0].embedding, default.data[1].embedding)
 
 
-def test_embeddings_single_string_dimensions_and_raw_base64(vendor: GatewayProcess,
-                                                            oai: openai.OpenAI) -> None:
+def test_embeddings_single_string_dimensions_and_raw_base64(
+    vendor: GatewayProcess, oai: openai.OpenAI
+) -> None:
     one = oai.embeddings.create(model="m", input="just one", dimensions=16, encoding_format="float")
     assert len(one.data) == 1 and len(one.data[0].embedding) == 16
-    status, body = raw_post(vendor, "/v1/embeddings",
-                            json.dumps({"model": "m", "input": "x", "encoding_format": "base64"}).encode(),
-                            {"Authorization": f"Bearer {KEY}"})
+    status, body = raw_post(
+        vendor,
+        "/v1/embeddings",
+        json.dumps({"model": "m", "input": "x", "encoding_format": "base64"}).encode(),
+        {"Authorization": f"Bearer {KEY}"},
+    )
     assert status == 200
     raw = base64.b64decode(body["data"][0]["embedding"])
     np.testing.assert_array_equal(np.frombuffer(raw, dtype="<f4"), embedding_vector("x", 384))
@@ -181,7 +205,9 @@ def test_models_in_both_shapes(oai: openai.OpenAI, claude: anthropic.Anthropic) 
 
 def test_anthropic_create(claude: anthropic.Anthropic) -> None:
     message = claude.messages.create(
-        model="fake-claude", max_tokens=100, system="you are terse",
+        model="fake-claude",
+        max_tokens=100,
+        system="you are terse",
         messages=[{"role": "user", "content": [{"type": "text", "text": "hello there"}]}],
     )
     assert (message.type, message.role, message.model) == ("message", "assistant", "fake-claude")
@@ -193,16 +219,25 @@ def test_anthropic_create(claude: anthropic.Anthropic) -> None:
 def test_anthropic_max_tokens_and_stop_sequences(claude: anthropic.Anthropic) -> None:
     capped = claude.messages.create(model="m", max_tokens=3, messages=USER)
     assert (capped.content[0].text, capped.stop_reason, capped.usage.output_tokens) == (
-        "echo: hello there", "max_tokens", 3)
-    stopped = claude.messages.create(model="m", max_tokens=50, messages=USER, stop_sequences=["there"])
+        "echo: hello there",
+        "max_tokens",
+        3,
+    )
+    stopped = claude.messages.create(
+        model="m", max_tokens=50, messages=USER, stop_sequences=["there"]
+    )
     assert (stopped.content[0].text, stopped.stop_reason, stopped.stop_sequence) == (
-        "echo: hello", "stop_sequence", "there")
+        "echo: hello",
+        "stop_sequence",
+        "there",
+    )
     assert stopped.usage.output_tokens == 2
 
 
 def test_anthropic_stream_helper(claude: anthropic.Anthropic) -> None:
-    with claude.messages.stream(model="m", max_tokens=4, system=[{"type": "text", "text": "short"}],
-                                messages=USER) as stream:
+    with claude.messages.stream(
+        model="m", max_tokens=4, system=[{"type": "text", "text": "short"}], messages=USER
+    ) as stream:
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
     assert pieces == ["echo:", " hello", " there", " pad"]
@@ -215,8 +250,14 @@ def test_anthropic_raw_event_order(vendor: GatewayProcess, claude: anthropic.Ant
     control_fake_vendor(vendor.url, completion_tokens=2)
     events = list(claude.messages.create(model="m", max_tokens=10, messages=USER, stream=True))
     assert [e.type for e in events] == [
-        "message_start", "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_stop", "message_delta", "message_stop"]  # the SDK drops the ping
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]  # the SDK drops the ping
     assert events[0].message.usage.input_tokens == 2
     assert (events[-2].delta.stop_reason, events[-2].usage.output_tokens) == ("end_turn", 2)
 
@@ -225,9 +266,11 @@ def test_anthropic_raw_event_order(vendor: GatewayProcess, claude: anthropic.Ant
 
 
 def test_openai_wrong_and_missing_key(vendor: GatewayProcess) -> None:
-    with openai.OpenAI(base_url=f"http://{vendor.url}/v1", api_key="wrong", max_retries=0) as client:
-        with pytest.raises(openai.AuthenticationError) as caught:
-            client.chat.completions.create(model="m", messages=USER)
+    with (
+        openai.OpenAI(base_url=f"http://{vendor.url}/v1", api_key="wrong", max_retries=0) as client,
+        pytest.raises(openai.AuthenticationError) as caught,
+    ):
+        client.chat.completions.create(model="m", messages=USER)
     assert caught.value.status_code == 401
     assert caught.value.code == "invalid_api_key"
     status, body = raw_post(vendor, "/v1/chat/completions", b"{}", {})
@@ -238,10 +281,12 @@ def test_openai_wrong_and_missing_key(vendor: GatewayProcess) -> None:
 
 def test_openai_bad_bodies(vendor: GatewayProcess, oai: openai.OpenAI) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
-    for body, needle in [(b"{not json", "not valid JSON"),
-                         (b'{"model": "m"}', "messages"),
-                         (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
-                         (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "content")]:
+    for body, needle in [
+        (b"{not json", "not valid JSON"),
+        (b'{"model": "m"}', "messages"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "content"),
+    ]:
         status, answer = raw_post(vendor, "/v1/chat/completions", body, auth)
         assert status == 400, body
         assert answer["error"]["type"] == "invalid_request_error"
@@ -251,22 +296,42 @@ def test_openai_bad_bodies(vendor: GatewayProcess, oai: openai.OpenAI) -> None:
 
 
 def test_anthropic_auth_and_bad_requests(vendor: GatewayProcess) -> None:
-    with anthropic.Anthropic(base_url=f"http://{vendor.url}", api_key="wrong", max_retries=0) as client:
-        with pytest.raises(anthropic.AuthenticationError) as caught:
-            client.messages.create(model="m", max_tokens=10, messages=USER)
+    with (
+        anthropic.Anthropic(
+            base_url=f"http://{vendor.url}", api_key="wrong", max_retries=0
+        ) as client,
+        pytest.raises(anthropic.AuthenticationError) as caught,
+    ):
+        client.messages.create(model="m", max_tokens=10, messages=USER)
     assert caught.value.body["error"]["type"] == "authentication_error"
     good = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
     status, body = raw_post(vendor, "/v1/messages", b"{}", {**good, "x-api-key": "wrong"})
     assert (status, body["error"]["type"]) == (401, "authentication_error")
-    status, body = raw_post(vendor, "/v1/messages", b'{"model": "m", "max_tokens": 5, "temperature": 0.5, '
-                            b'"messages": [{"role": "user", "content": "hi"}]}', good)
+    status, body = raw_post(
+        vendor,
+        "/v1/messages",
+        b'{"model": "m", "max_tokens": 5, "temperature": 0.5, '
+        b'"messages": [{"role": "user", "content": "hi"}]}',
+        good,
+    )
     assert (status, body["content"][0]["text"], body["stop_reason"]) == (
-        200, "echo: hi pad pad pad", "max_tokens")
+        200,
+        "echo: hi pad pad pad",
+        "max_tokens",
+    )
     for headers, payload, expected in [
-        ({"x-api-key": KEY}, {"model": "m", "max_tokens": 5, "messages": USER}, "anthropic-version"),
+        (
+            {"x-api-key": KEY},
+            {"model": "m", "max_tokens": 5, "messages": USER},
+            "anthropic-version",
+        ),
         (good, {"model": "m", "messages": USER}, "max_tokens"),
         (good, {"model": "m", "max_tokens": 5}, "messages"),
-        (good, {"model": "m", "max_tokens": 5, "messages": USER, "temperature": "hot"}, "temperature"),
+        (
+            good,
+            {"model": "m", "max_tokens": 5, "messages": USER, "temperature": "hot"},
+            "temperature",
+        ),
     ]:
         status, body = raw_post(vendor, "/v1/messages", json.dumps(payload).encode(), headers)
         assert status == 400
@@ -277,8 +342,9 @@ def test_anthropic_auth_and_bad_requests(vendor: GatewayProcess) -> None:
 # -- injected faults -----------------------------------------------------------------
 
 
-def test_429_carries_retry_after(vendor: GatewayProcess, oai: openai.OpenAI,
-                                 claude: anthropic.Anthropic) -> None:
+def test_429_carries_retry_after(
+    vendor: GatewayProcess, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
     control_fake_vendor(vendor.url, error_kind="429", error_rate=1.0, retry_after_s=7)
     with pytest.raises(openai.RateLimitError) as caught:
         oai.chat.completions.create(model="m", messages=USER)
@@ -289,8 +355,9 @@ def test_429_carries_retry_after(vendor: GatewayProcess, oai: openai.OpenAI,
     assert anthropic_caught.value.body["error"]["type"] == "rate_limit_error"
 
 
-def test_500_in_both_shapes(vendor: GatewayProcess, oai: openai.OpenAI,
-                            claude: anthropic.Anthropic) -> None:
+def test_500_in_both_shapes(
+    vendor: GatewayProcess, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
     control_fake_vendor(vendor.url, error_kind="500", error_rate=1.0)
     with pytest.raises(openai.InternalServerError):
         oai.embeddings.create(model="m", input="x")
@@ -333,7 +400,10 @@ def test_error_rate_is_reproducible(vendor: GatewayProcess, oai: openai.OpenAI) 
     first, second = pattern(), pattern()
     assert first == second
     assert 0 < sum(first) < len(first)
-    assert fake_vendor_stats(vendor.url)["outcomes"] == {"500": 2 * sum(first), "ok": 2 * (24 - sum(first))}
+    assert fake_vendor_stats(vendor.url)["outcomes"] == {
+        "500": 2 * sum(first),
+        "ok": 2 * (24 - sum(first)),
+    }
 
 
 def test_timeout_holds_until_the_client_leaves(vendor: GatewayProcess, oai: openai.OpenAI) -> None:
@@ -344,10 +414,15 @@ def test_timeout_holds_until_the_client_leaves(vendor: GatewayProcess, oai: open
     assert time.perf_counter() - started >= 0.3
     assert route_stats(vendor, "/v1/chat/completions") == {"received": 1, "timeout": 1}
     # The held request does not block the next one.
-    assert oai.chat.completions.create(model="m", messages=USER).choices[0].message.content == HELLO_REPLY
+    assert (
+        oai.chat.completions.create(model="m", messages=USER).choices[0].message.content
+        == HELLO_REPLY
+    )
 
 
-def test_garbage_is_not_json(vendor: GatewayProcess, oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+def test_garbage_is_not_json(
+    vendor: GatewayProcess, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
     control_fake_vendor(vendor.url, error_kind="garbage", error_rate=1.0)
     with pytest.raises(json.JSONDecodeError):
         oai.chat.completions.create(model="m", messages=USER)
@@ -358,8 +433,9 @@ def test_garbage_is_not_json(vendor: GatewayProcess, oai: openai.OpenAI, claude:
     assert fake_vendor_stats(vendor.url)["outcomes"] == {"garbage": 3}
 
 
-def test_cut_stream_fails_the_client(vendor: GatewayProcess, oai: openai.OpenAI,
-                                     claude: anthropic.Anthropic) -> None:
+def test_cut_stream_fails_the_client(
+    vendor: GatewayProcess, oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
     control_fake_vendor(vendor.url, error_kind="cut_stream", error_rate=1.0)
     received: list[Any] = []
     with pytest.raises(openai.APIConnectionError):
@@ -368,9 +444,11 @@ def test_cut_stream_fails_the_client(vendor: GatewayProcess, oai: openai.OpenAI,
     assert received, "the cut should come after some chunks"
     assert all(c.choices[0].finish_reason is None for c in received)
     pieces: list[str] = []
-    with pytest.raises(anthropic.APIConnectionError):
-        with claude.messages.stream(model="m", max_tokens=50, messages=USER) as stream:
-            pieces.extend(stream.text_stream)
+    with (
+        pytest.raises(anthropic.APIConnectionError),
+        claude.messages.stream(model="m", max_tokens=50, messages=USER) as stream,
+    ):
+        pieces.extend(stream.text_stream)
     assert pieces and "".join(pieces) != HELLO_REPLY
     # A JSON answer is cut midway through its declared length.
     with pytest.raises(openai.APIConnectionError):
@@ -396,9 +474,17 @@ def test_latency_and_chunk_interval(vendor: GatewayProcess, oai: openai.OpenAI) 
 def test_control_validates_and_reset_restores(vendor: GatewayProcess, oai: openai.OpenAI) -> None:
     knobs = control_fake_vendor(vendor.url, completion_tokens=2, error_kind=429)
     assert (knobs["completion_tokens"], knobs["error_kind"]) == (2, "429")
-    assert oai.chat.completions.create(model="m", messages=USER).choices[0].message.content == "echo: hello"
-    for bad in ({"no_such_knob": 1}, {"error_kind": "teapot"}, {"error_rate": 2},
-                {"completion_tokens": "many"}, {"latency_ms": True}):
+    assert (
+        oai.chat.completions.create(model="m", messages=USER).choices[0].message.content
+        == "echo: hello"
+    )
+    for bad in (
+        {"no_such_knob": 1},
+        {"error_kind": "teapot"},
+        {"error_rate": 2},
+        {"completion_tokens": "many"},
+        {"latency_ms": True},
+    ):
         status, body = raw_post(vendor, "/_control", json.dumps(bad).encode(), {})
         assert status == 400, bad
         assert next(iter(bad)) in body["error"]
@@ -407,15 +493,24 @@ def test_control_validates_and_reset_restores(vendor: GatewayProcess, oai: opena
     assert fake_vendor_stats(vendor.url)["total"] == 1
     knobs = reset_fake_vendor(vendor.url)
     assert (knobs["completion_tokens"], knobs["error_kind"]) == (8, "500")
-    assert fake_vendor_stats(vendor.url) == {"total": 0, "routes": {}, "outcomes": {}, "held_open": 0}
+    assert fake_vendor_stats(vendor.url) == {
+        "total": 0,
+        "routes": {},
+        "outcomes": {},
+        "held_open": 0,
+    }
 
 
 def test_start_up_knobs_reach_the_program() -> None:
     with pytest.raises(TypeError):
         start_fake_vendor(no_such_knob=1)
-    server = start_fake_vendor(completion_tokens=3, api_key="other-key", fail_first_n=1, error_kind="500")
+    server = start_fake_vendor(
+        completion_tokens=3, api_key="other-key", fail_first_n=1, error_kind="500"
+    )
     try:
-        with openai.OpenAI(base_url=f"http://{server.url}/v1", api_key="other-key", max_retries=0) as client:
+        with openai.OpenAI(
+            base_url=f"http://{server.url}/v1", api_key="other-key", max_retries=0
+        ) as client:
             with pytest.raises(openai.InternalServerError):
                 client.chat.completions.create(model="m", messages=USER)
             answer = client.chat.completions.create(model="m", messages=USER)

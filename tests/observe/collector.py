@@ -21,14 +21,15 @@ class ThreadedCollector:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 self.send_response(200)
                 self.send_header("content-length", "0")
                 self.end_headers()
                 with collector.changed:
                     collector.received.append(
-                        (self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                        (self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                    )
                     collector.changed.notify_all()
 
             def log_message(self, *args: Any) -> None:
@@ -51,7 +52,7 @@ class ThreadedCollector:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> "ThreadedCollector":
+    def __enter__(self) -> ThreadedCollector:
         return self
 
     def __exit__(self, *exc: Any) -> None:

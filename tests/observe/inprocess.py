@@ -23,8 +23,7 @@ VENDOR_KEY_ENV = "OBSERVE_TEST_VENDOR_KEY"
 VENDOR_KEY = "sk-vendor-secret-0123456789"
 
 PIXELS = [float(i % 16) for i in range(64)]
-DIGITS_BODY = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
-                           "data": PIXELS}]}
+DIGITS_BODY = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": PIXELS}]}
 
 
 @dataclass
@@ -57,25 +56,41 @@ async def fake_vendor(**knobs: Any) -> AsyncIterator[Vendor]:
 
 
 def vendor_backend(url: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "openai", "base_url": url, "api_key_env": VENDOR_KEY_ENV,
-            "model": "fake-model", "timeout_ms": 5000,
-            "circuit_breaker": {"enabled": False}, **extra}
+    return {
+        "type": "openai",
+        "base_url": url,
+        "api_key_env": VENDOR_KEY_ENV,
+        "model": "fake-model",
+        "timeout_ms": 5000,
+        "circuit_breaker": {"enabled": False},
+        **extra,
+    }
 
 
 def digits_backend(batching: bool = True) -> dict[str, Any]:
-    backend: dict[str, Any] = {"type": "onnx", "path": str(DIGITS_MODEL), "providers": ["cpu"],
-                               "max_concurrency": 1, "intra_op_threads": 1, "timeout_ms": 5000}
+    backend: dict[str, Any] = {
+        "type": "onnx",
+        "path": str(DIGITS_MODEL),
+        "providers": ["cpu"],
+        "max_concurrency": 1,
+        "intra_op_threads": 1,
+        "timeout_ms": 5000,
+    }
     if batching:
         backend["batching"] = {"max_batch_size": 8, "max_queue_delay_us": 0}
     return backend
 
 
 def digits_model(**extra: Any) -> dict[str, Any]:
-    return {"version": 1,
-            "signature": {
-                "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
-                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]},
-            "route": {"backends": ["digits-cpu"]}, **extra}
+    return {
+        "version": 1,
+        "signature": {
+            "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
+            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+        },
+        "route": {"backends": ["digits-cpu"]},
+        **extra,
+    }
 
 
 @dataclass

@@ -17,9 +17,12 @@ def _samples(registry: CollectorRegistry) -> list[bytes]:
 
 def _pair(name: str) -> tuple[CollectorRegistry, CollectorRegistry, Histogram, Histogram]:
     slow, fast = CollectorRegistry(), CollectorRegistry()
-    return (slow, fast,
-            Histogram(name, "h", ["model"], buckets=LATENCY_BUCKETS, registry=slow),
-            Histogram(name, "h", ["model"], buckets=LATENCY_BUCKETS, registry=fast))
+    return (
+        slow,
+        fast,
+        Histogram(name, "h", ["model"], buckets=LATENCY_BUCKETS, registry=slow),
+        Histogram(name, "h", ["model"], buckets=LATENCY_BUCKETS, registry=fast),
+    )
 
 
 def test_fast_observe_fills_the_same_buckets_and_sum_as_observe() -> None:

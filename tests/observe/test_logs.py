@@ -51,8 +51,9 @@ def test_a_json_line_carries_the_request_and_its_trace(json_lines: io.StringIO) 
     log = logging.getLogger("gateway.test")
 
     def in_a_request() -> None:
-        request_context({b"x-request-id": b"req-42", b"traceparent": TRACEPARENT.encode()},
-                        "v2_http")
+        request_context(
+            {b"x-request-id": b"req-42", b"traceparent": TRACEPARENT.encode()}, "v2_http"
+        )
         log.warning("backend %s is slow", "digits-cpu", extra={"backend": "digits-cpu"})
         try:
             raise ValueError("boom")
@@ -63,8 +64,13 @@ def test_a_json_line_carries_the_request_and_its_trace(json_lines: io.StringIO) 
     contextvars.Context().run(log.warning, "outside any request")
     slow, broke, outside = map(json.loads, json_lines.getvalue().splitlines())
     assert slow["message"] == "backend digits-cpu is slow"
-    assert (slow["level"], slow["logger"], slow["request_id"], slow["trace_id"],
-            slow["backend"]) == ("WARNING", "gateway.test", "req-42", TRACE_ID, "digits-cpu")
+    assert (
+        slow["level"],
+        slow["logger"],
+        slow["request_id"],
+        slow["trace_id"],
+        slow["backend"],
+    ) == ("WARNING", "gateway.test", "req-42", TRACE_ID, "digits-cpu")
     assert slow["time"].endswith("Z") and "T" in slow["time"]
     assert broke["request_id"] == "req-42" and "ValueError: boom" in broke["exception"]
     assert "request_id" not in outside and "trace_id" not in outside
@@ -72,7 +78,8 @@ def test_a_json_line_carries_the_request_and_its_trace(json_lines: io.StringIO) 
 
 
 def test_request_logs_carry_the_request_id_and_span_trace_id(
-        json_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    json_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A fallback logs a warning from inside the pipeline: it names the request
     and the trace the gateway exported (the caller's trace id)."""
     monkeypatch.setenv(VENDOR_KEY_ENV, VENDOR_KEY)
@@ -81,13 +88,16 @@ def test_request_logs_carry_the_request_id_and_span_trace_id(
 
     async def run() -> int:
         async with fake_vendor(error_rate=1.0, error_kind="500") as bad, fake_vendor() as good:
-            config = {"backends": {"bad": vendor_backend(bad.url), "good": vendor_backend(good.url)},
-                      "models": {"chat": {"kind": "chat", "route": {"backends": ["bad", "good"]}}}}
+            config = {
+                "backends": {"bad": vendor_backend(bad.url), "good": vendor_backend(good.url)},
+                "models": {"chat": {"kind": "chat", "route": {"backends": ["bad", "good"]}}},
+            }
             async with gateway(config) as gw:
                 reply = await gw.client.post(
                     "/v1/chat/completions",
                     headers={"traceparent": TRACEPARENT, "x-request-id": "logged-request"},
-                    json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+                    json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+                )
                 return reply.status_code
 
     try:
@@ -120,13 +130,23 @@ def test_a_served_gateway_logs_json_exports_spans_and_writes_audit(tmp_path: Pat
     audit_file = tmp_path / "audit.jsonl"
     config = digits_config(log_format="json")
     config["audit"] = {"sink": "file", "path": str(audit_file)}
-    gw = start_gateway(config, tmp_path / "gw", env={"OTEL_TRACES_EXPORTER": "console",
-                                                     "OTEL_SERVICE_NAME": "gw-test"})
+    gw = start_gateway(
+        config,
+        tmp_path / "gw",
+        env={"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "gw-test"},
+    )
     try:
         conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
-        conn.request("POST", "/v2/models/digits/infer", json.dumps(DIGITS_BODY),
-                     {"traceparent": TRACEPARENT, "x-request-id": "served-1",
-                      "content-type": "application/json"})
+        conn.request(
+            "POST",
+            "/v2/models/digits/infer",
+            json.dumps(DIGITS_BODY),
+            {
+                "traceparent": TRACEPARENT,
+                "x-request-id": "served-1",
+                "content-type": "application/json",
+            },
+        )
         response = conn.getresponse()
         response.read()
         assert response.status == 200
@@ -142,8 +162,15 @@ def test_a_served_gateway_logs_json_exports_spans_and_writes_audit(tmp_path: Pat
     assert root["context"]["trace_id"] == f"0x{TRACE_ID}"
     assert root["resource"]["attributes"]["service.name"] == "gw-test"
     assert root["attributes"]["gateway.request_id"] == "served-1"
-    assert {s["name"] for s in spans} >= {"validate", "attempt digits-cpu", "queue wait",
-                                          "batch execution"}
+    assert {s["name"] for s in spans} >= {
+        "validate",
+        "attempt digits-cpu",
+        "queue wait",
+        "batch execution",
+    }
     [record] = [json.loads(line) for line in audit_file.read_text().splitlines()]
     assert (record["request_id"], record["trace_id"], record["status"]) == (
-        "served-1", TRACE_ID, 200)
+        "served-1",
+        TRACE_ID,
+        200,
+    )

@@ -24,8 +24,14 @@ DIGITS_SIGNATURE = {
 
 
 def vendor_backend(url: str) -> dict:
-    return {"type": "openai", "base_url": f"http://{url}/v1", "api_key_env": KEY_ENV,
-            "model": "fake", "timeout_ms": 5000, "circuit_breaker": {"enabled": False}}
+    return {
+        "type": "openai",
+        "base_url": f"http://{url}/v1",
+        "api_key_env": KEY_ENV,
+        "model": "fake",
+        "timeout_ms": 5000,
+        "circuit_breaker": {"enabled": False},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +41,26 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPro
     config = {
         "backends": {
             "digits-cpu": {"type": "onnx", "path": str(DIGITS_MODEL), "intra_op_threads": 1},
-            "a": vendor_backend(a.url), "b": vendor_backend(b.url),
+            "a": vendor_backend(a.url),
+            "b": vendor_backend(b.url),
         },
         "models": {
-            "digits": {"signature": DIGITS_SIGNATURE, "route": {"backends": ["digits-cpu"]},
-                       "cache": {"ttl_s": 600}},
+            "digits": {
+                "signature": DIGITS_SIGNATURE,
+                "route": {"backends": ["digits-cpu"]},
+                "cache": {"ttl_s": 600},
+            },
             "chain": {"kind": "chat", "route": {"backends": ["a", "b"]}},
-            "slow-chat": {"kind": "chat", "route": {"backends": ["a"]},
-                          "slo": {"latency_ms": 50, "latency_target": 0.95,
-                                  "availability": 0.95, "window": "1h"}},
+            "slow-chat": {
+                "kind": "chat",
+                "route": {"backends": ["a"]},
+                "slo": {
+                    "latency_ms": 50,
+                    "latency_target": 0.95,
+                    "availability": 0.95,
+                    "window": "1h",
+                },
+            },
         },
     }
     gateway = start_gateway(config, tmp_path_factory.mktemp("metrics"))
@@ -55,14 +72,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPro
 
 
 def digits(gateway: GatewayProcess, pixels: list[float] | None = None) -> Reply:
-    return post(gateway.port, "/v2/models/digits/infer",
-                tensor_json("pixels", "FP32", [1, 64], pixels or [1.0] * 64))
+    return post(
+        gateway.port,
+        "/v2/models/digits/infer",
+        tensor_json("pixels", "FP32", [1, 64], pixels or [1.0] * 64),
+    )
 
 
 def chat(gateway: GatewayProcess, model: str, text: str = "hello") -> Reply:
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": text}]})
-    return post(gateway.port, "/v1/chat/completions", body.encode(),
-                {"content-type": "application/json"})
+    return post(
+        gateway.port, "/v1/chat/completions", body.encode(), {"content-type": "application/json"}
+    )
 
 
 def delta(before: dict, after: dict, name: str, **labels: str) -> float:
@@ -76,8 +97,9 @@ def test_metrics_move_by_exactly_what_a_scripted_sequence_did(setup) -> None:
     reset_fake_vendor(b.url)
     before = scrape(gateway.port)
     assert [digits(gateway).status for _ in range(3)] == [200] * 3  # 1 miss, then 2 hits
-    bad = post(gateway.port, "/v2/models/digits/infer",
-               tensor_json("pixels", "FP32", [1, 63], [1.0] * 63))
+    bad = post(
+        gateway.port, "/v2/models/digits/infer", tensor_json("pixels", "FP32", [1, 63], [1.0] * 63)
+    )
     assert bad.status == 400
     assert post(gateway.port, "/v2/models/nope/infer", b"{}").status == 404
     control_fake_vendor(a.url, error_rate=1.0, error_kind="500")
@@ -100,14 +122,42 @@ def test_metrics_move_by_exactly_what_a_scripted_sequence_did(setup) -> None:
     assert delta(before, after, cache, model="digits", tier="local", result="hit") == 2
     # The miss, and the 503's lookup (its answer was not there either).
     assert delta(before, after, cache, model="digits", tier="local", result="miss") == 2
-    assert delta(before, after, "gateway_fallbacks_total", model="chain", from_backend="a",
-                 to_backend="b", reason="5xx") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "gateway_fallbacks_total",
+            model="chain",
+            from_backend="a",
+            to_backend="b",
+            reason="5xx",
+        )
+        == 1
+    )
     durations = "gateway_request_duration_seconds_count"
     assert delta(before, after, durations, model="digits", protocol="v2_http") == 5
-    assert delta(before, after, "gateway_backend_duration_seconds_count", model="chain",
-                 backend="a", outcome="5xx") == 1
-    assert delta(before, after, "gateway_backend_duration_seconds_count", model="digits",
-                 backend="digits-cpu", outcome="ok") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "gateway_backend_duration_seconds_count",
+            model="chain",
+            backend="a",
+            outcome="5xx",
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "gateway_backend_duration_seconds_count",
+            model="digits",
+            backend="digits-cpu",
+            outcome="ok",
+        )
+        == 1
+    )
 
 
 def slo_status(gateway: GatewayProcess) -> dict:

@@ -7,8 +7,9 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -40,11 +41,28 @@ CONTRACT_METRICS = [
     ("gateway_slo_burn_rate", "gauge"),
     ("gateway_overhead_seconds", "histogram"),
 ]
-SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",),
-                   "gauge": ("",), "summary": ("", "_sum", "_count")}
+SERIES_SUFFIXES = {
+    "histogram": ("_bucket", "_sum", "_count"),
+    "counter": ("_total",),
+    "gauge": ("",),
+    "summary": ("", "_sum", "_count"),
+}
 
-PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
-                   "group_right", "bool", "offset", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 RULE_KEYS = {"record", "alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
 DURATION = re.compile(r"^(\d+(ms|[smhdwy]))+$")
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -70,10 +88,10 @@ def exported_series() -> set[str]:
 def metric_names(expr: str) -> set[str]:
     """The series names a PromQL expression selects (Grafana variables allowed)."""
     text = re.sub(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`', '""', expr)
-    text = re.sub(r"\{[^{}]*\}", " ", text)     # label matchers
-    text = re.sub(r"\[[^\[\]]*\]", " ", text)   # ranges and subqueries
+    text = re.sub(r"\{[^{}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\[\]]*\]", " ", text)  # ranges and subqueries
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", text)
-    text = re.sub(r"\$\{?\w+\}?", " ", text)    # $__rate_interval, ${var}
+    text = re.sub(r"\$\{?\w+\}?", " ", text)  # $__rate_interval, ${var}
     names = set()
     for match in re.finditer(r"(?<![\w:.])([a-zA-Z_:][\w:]*)(\s*\()?", text):
         name, call = match.group(1), match.group(2)
@@ -114,23 +132,32 @@ def data_panels(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 # -- the checker checks -----------------------------------------------------------
 
+
 def test_metric_names_are_found_in_promql() -> None:
-    expr = ('histogram_quantile(0.99, sum by (model, le) (rate(gateway_x_bucket{code=~"5..", '
-            'model=~"$model"}[$__rate_interval]))) / on (model) group_left '
-            '(1 - max by (model) (job:y:rate5m offset 1h)) > bool 0.5 and z')
+    expr = (
+        'histogram_quantile(0.99, sum by (model, le) (rate(gateway_x_bucket{code=~"5..", '
+        'model=~"$model"}[$__rate_interval]))) / on (model) group_left '
+        "(1 - max by (model) (job:y:rate5m offset 1h)) > bool 0.5 and z"
+    )
     assert metric_names(expr) == {"gateway_x_bucket", "job:y:rate5m", "z"}
 
 
 def test_the_exported_set_includes_histogram_and_counter_series() -> None:
     names = exported_series()
-    for name in ("gateway_batch_size_bucket", "gateway_shed_total", "gateway_queued_requests",
-                 "gateway_slo_burn_rate", "gateway_slo_objective",
-                 "gateway_request_duration_seconds_count"):
+    for name in (
+        "gateway_batch_size_bucket",
+        "gateway_shed_total",
+        "gateway_queued_requests",
+        "gateway_slo_burn_rate",
+        "gateway_slo_objective",
+        "gateway_request_duration_seconds_count",
+    ):
         assert name in names
     assert "gateway_shed_total_total" not in names and "gateway_shed" not in names
 
 
 # -- rule files -------------------------------------------------------------------
+
 
 def test_rule_files_have_the_prometheus_structure() -> None:
     for path, doc in rule_files().items():
@@ -160,9 +187,11 @@ def test_rule_files_have_the_prometheus_structure() -> None:
 
 def test_rules_only_use_exported_metrics_and_recorded_series() -> None:
     allowed = exported_series() | recorded_names()
-    unknown = {f"{path.name}: {rule.get('record') or rule.get('alert')}: {name}"
-               for path, _, rule in all_rules()
-               for name in metric_names(rule["expr"]) - allowed}
+    unknown = {
+        f"{path.name}: {rule.get('record') or rule.get('alert')}: {name}"
+        for path, _, rule in all_rules()
+        for name in metric_names(rule["expr"]) - allowed
+    }
     assert not unknown
     records = [rule["record"] for _, _, rule in all_rules() if "record" in rule]
     assert len(records) == len(set(records))
@@ -170,19 +199,26 @@ def test_rules_only_use_exported_metrics_and_recorded_series() -> None:
 
 def test_recording_rules_cover_the_operational_signals() -> None:
     used = set().union(*(metric_names(rule["expr"]) for _, _, rule in all_rules()))
-    for name in ("gateway_requests_total", "gateway_request_duration_seconds_bucket",
-                 "gateway_shed_total", "gateway_fallbacks_total", "gateway_cache_requests_total",
-                 "gateway_cost_usd_total"):
+    for name in (
+        "gateway_requests_total",
+        "gateway_request_duration_seconds_bucket",
+        "gateway_shed_total",
+        "gateway_fallbacks_total",
+        "gateway_cache_requests_total",
+        "gateway_cost_usd_total",
+    ):
         assert name in used, name
 
 
 def test_burn_rate_alerts_match_the_trackers_pairs() -> None:
-    alerts = [rule for path, _, rule in all_rules()
-              if path.name == "alerts.yaml" and "alert" in rule]
+    alerts = [
+        rule for path, _, rule in all_rules() if path.name == "alerts.yaml" and "alert" in rule
+    ]
     for kind in slo.SLO_KINDS:
         for short, long, threshold, _status in slo.ALERT_PAIRS:
             matching = [
-                rule for rule in alerts
+                rule
+                for rule in alerts
                 if rule["labels"].get("short_window") == short
                 and rule["labels"].get("long_window") == long
                 and f'slo="{kind}"' in rule["expr"]
@@ -198,6 +234,7 @@ def test_burn_rate_alerts_match_the_trackers_pairs() -> None:
 
 
 # -- the dashboard ----------------------------------------------------------------
+
 
 def test_the_dashboard_is_templated_on_datasource_and_model() -> None:
     doc = dashboard()
@@ -216,7 +253,8 @@ def test_every_panel_has_a_datasource_and_targets() -> None:
     variables = {v["name"] for v in doc["templating"]["list"]}
     panels = data_panels(doc)
     ids = [panel["id"] for panel in doc["panels"]] + [
-        p["id"] for row in doc["panels"] if row["type"] == "row" for p in row.get("panels", [])]
+        p["id"] for row in doc["panels"] if row["type"] == "row" for p in row.get("panels", [])
+    ]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels:
         title = panel["title"]
@@ -235,7 +273,7 @@ def test_dashboard_panels_do_not_overlap() -> None:
     cells: dict[tuple[int, int], str] = {}
     for panel in dashboard()["panels"]:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         for x in range(grid["x"], grid["x"] + grid["w"]):
             for y in range(grid["y"], grid["y"] + grid["h"]):
                 assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
@@ -251,12 +289,21 @@ def test_dashboard_uses_only_exported_metrics_and_covers_them() -> None:
             assert names, f"{panel['title']}: no metric in {target['expr']!r}"
             assert names <= allowed, f"{panel['title']}: {names - allowed}"
             used |= names
-    for name in ("gateway_requests_total", "gateway_request_duration_seconds_bucket",
-                 "gateway_shed_total", "gateway_fallbacks_total", "gateway_circuit_open",
-                 "gateway_cache_requests_total", "gateway_batch_size_bucket",
-                 "gateway_queue_duration_seconds_bucket", "gateway_cost_usd_total",
-                 "gateway_tokens_total", "gateway_slo_error_budget_remaining",
-                 "gateway_slo_burn_rate", "gateway_overhead_seconds_bucket"):
+    for name in (
+        "gateway_requests_total",
+        "gateway_request_duration_seconds_bucket",
+        "gateway_shed_total",
+        "gateway_fallbacks_total",
+        "gateway_circuit_open",
+        "gateway_cache_requests_total",
+        "gateway_batch_size_bucket",
+        "gateway_queue_duration_seconds_bucket",
+        "gateway_cost_usd_total",
+        "gateway_tokens_total",
+        "gateway_slo_error_budget_remaining",
+        "gateway_slo_burn_rate",
+        "gateway_overhead_seconds_bucket",
+    ):
         assert name in used, f"no panel shows {name}"
 
 
@@ -288,10 +335,16 @@ def test_promtool_parses_the_dashboard_queries(tmp_path: Path) -> None:
     rules = []
     for panel in data_panels(dashboard()):
         for target in panel["targets"]:
-            expr = (target["expr"].replace("$__rate_interval", "5m").replace("$__range", "6h")
-                    .replace("$model", ".*").replace("$backend", ".*"))
-            rules.append({"record": f"dashboard:panel_{panel['id']}:{target['refId']}",
-                          "expr": expr})
+            expr = (
+                target["expr"]
+                .replace("$__rate_interval", "5m")
+                .replace("$__range", "6h")
+                .replace("$model", ".*")
+                .replace("$backend", ".*")
+            )
+            rules.append(
+                {"record": f"dashboard:panel_{panel['id']}:{target['refId']}", "expr": expr}
+            )
     path = tmp_path / "dashboard-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     promtool("check", "rules", str(path))

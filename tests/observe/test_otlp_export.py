@@ -34,12 +34,13 @@ class Collector:
     async def _traces(self, request: web.Request) -> web.StreamResponse:
         self.bodies.append(await request.read())
         self.headers.append({k.lower(): v for k, v in request.headers.items()})
-        self.peers.append(request.transport.get_extra_info("peername") if request.transport
-                          else None)
+        self.peers.append(
+            request.transport.get_extra_info("peername") if request.transport else None
+        )
         answer = self.answers.pop(0) if self.answers else ok
         return await answer(request)
 
-    async def __aenter__(self) -> "Collector":
+    async def __aenter__(self) -> Collector:
         app = web.Application()
         app.router.add_post("/v1/traces", self._traces)
         self._runner = web.AppRunner(app)
@@ -61,6 +62,7 @@ async def ok(request: web.Request) -> web.StreamResponse:
 def status(code: int) -> Callable[[web.Request], Any]:
     async def answer(request: web.Request) -> web.StreamResponse:
         return web.Response(status=code, text=f"status {code}")
+
     return answer
 
 
@@ -90,11 +92,13 @@ def endpoint(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
 
     def point_at(port: int) -> None:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+
     return point_at
 
 
 def test_posts_from_the_loop_over_one_kept_alive_connection(
-        endpoint: Callable[[int], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint: Callable[[int], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=gw%20test,Authorization=Basic abc")
 
     async def run() -> tuple[list[bool], Collector]:
@@ -111,19 +115,26 @@ def test_posts_from_the_loop_over_one_kept_alive_connection(
     assert len(set(collector.peers)) == 1  # one connection for all three
     sent = collector.headers[0]
     assert (sent["content-type"], sent["x-tenant"], sent["authorization"]) == (
-        "application/x-protobuf", "gw test", "Basic abc")
+        "application/x-protobuf",
+        "gw test",
+        "Basic abc",
+    )
     assert sent["host"] == f"127.0.0.1:{collector.port}"
 
 
 @pytest.mark.parametrize("answer", [chunked, no_content, closing], ids=lambda a: a.__name__)
-def test_reads_every_kind_of_answer_and_goes_on(endpoint: Callable[[int], None],
-                                                answer: Callable[[web.Request], Any]) -> None:
+def test_reads_every_kind_of_answer_and_goes_on(
+    endpoint: Callable[[int], None], answer: Callable[[web.Request], Any]
+) -> None:
     async def run() -> tuple[list[bool], Collector]:
         async with Collector([answer, answer]) as collector:
             endpoint(collector.port)
             exporter = OtlpHttpExporter()
-            delivered = [await exporter.post(b"one"), await exporter.post(b"two"),
-                         await exporter.post(b"three")]
+            delivered = [
+                await exporter.post(b"one"),
+                await exporter.post(b"two"),
+                await exporter.post(b"three"),
+            ]
             exporter.close()
             return delivered, collector
 
@@ -148,8 +159,10 @@ def test_retries_what_a_collector_may_recover_from(endpoint: Callable[[int], Non
 
 
 def test_a_missing_collector_is_a_false_and_one_warning(
-        endpoint: Callable[[int], None], monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    endpoint: Callable[[int], None],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]  # nothing listens there once closed
@@ -168,7 +181,8 @@ def test_a_missing_collector_is_a_false_and_one_warning(
 
 
 def test_the_blocking_way_compresses_and_shares_the_policy(
-        endpoint: Callable[[int], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint: Callable[[int], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
 
     async def run() -> tuple[bool, bool, Collector]:
@@ -186,13 +200,15 @@ def test_the_blocking_way_compresses_and_shares_the_policy(
     # aiohttp hands the handler the body decompressed; the length says what travelled
     assert collector.bodies == [b"blocking", b"blocking", b"on the loop"]
     assert [int(h["content-length"]) for h in collector.headers] == [
-        len(gzip.compress(body)) for body in collector.bodies]
+        len(gzip.compress(body)) for body in collector.bodies
+    ]
     assert {h["content-encoding"] for h in collector.headers} == {"gzip"}
 
 
 @pytest.mark.parametrize("headers", ["x-bad=a%0d%0aInjected: yes", "bad name=x"])
 def test_a_header_that_cannot_be_sent_is_refused_at_start(
-        endpoint: Callable[[int], None], monkeypatch: pytest.MonkeyPatch, headers: str) -> None:
+    endpoint: Callable[[int], None], monkeypatch: pytest.MonkeyPatch, headers: str
+) -> None:
     endpoint(4318)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", headers)
     with pytest.raises(RuntimeError, match="OTEL_EXPORTER_OTLP_HEADERS"):

@@ -8,7 +8,10 @@ from gateway.config.schema import ModelConfig
 from gateway.observe import slo as slo_module
 from gateway.observe.metrics import REGISTRY
 from gateway.observe.slo import (
-    BURN_WINDOWS, SloTracker, availability_of, parse_window,
+    BURN_WINDOWS,
+    SloTracker,
+    availability_of,
+    parse_window,
 )
 
 MINUTE = 60.0
@@ -35,8 +38,13 @@ def model(slo: dict | None = None) -> ModelConfig:
 
 
 def tracker(clock: Clock, **slo: object) -> SloTracker:
-    config = {"latency_ms": 50, "latency_target": 0.99, "availability": 0.99, "window": "30d",
-              **slo}
+    config = {
+        "latency_ms": 50,
+        "latency_target": 0.99,
+        "availability": 0.99,
+        "window": "30d",
+        **slo,
+    }
     return SloTracker.from_config({"m": model(config), "plain": model()}, clock=clock)
 
 
@@ -51,21 +59,39 @@ def record_many(t: SloTracker, n: int, good: bool | None = True, latency_s: floa
 
 # -- windows ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, seconds", [
-    ("30d", 30 * 86400), ("7d", 7 * 86400), ("1h", 3600), ("90m", 5400), ("1w", 7 * 86400),
-    ("1h30m", 5400), ("120s", 120), ("28d", 28 * 86400),
-])
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30d", 30 * 86400),
+        ("7d", 7 * 86400),
+        ("1h", 3600),
+        ("90m", 5400),
+        ("1w", 7 * 86400),
+        ("1h30m", 5400),
+        ("120s", 120),
+        ("28d", 28 * 86400),
+    ],
+)
 def test_windows_parse(text: str, seconds: int) -> None:
     assert parse_window(text) == seconds
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "expected a duration"), ("30", "expected a duration"), ("d", "expected a duration"),
-    ("30 days", "expected a duration"), ("1.5h", "expected a duration"),
-    ("-1h", "expected a duration"), ("1y", "expected a duration"),
-    ("0m", "whole number of minutes"), ("90s", "whole number of minutes"),
-    ("400d", "366d maximum"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "expected a duration"),
+        ("30", "expected a duration"),
+        ("d", "expected a duration"),
+        ("30 days", "expected a duration"),
+        ("1.5h", "expected a duration"),
+        ("-1h", "expected a duration"),
+        ("1y", "expected a duration"),
+        ("0m", "whole number of minutes"),
+        ("90s", "whole number of minutes"),
+        ("400d", "366d maximum"),
+    ],
+)
 def test_bad_windows_are_refused_with_the_reason(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_window(text)
@@ -78,13 +104,14 @@ def test_a_bad_window_in_the_config_names_the_model() -> None:
 
 # -- counting ---------------------------------------------------------------------
 
+
 def test_counts_ratio_and_budget_over_the_window() -> None:
     clock = Clock()
     t = tracker(clock)
     record_many(t, 990)
-    record_many(t, 5, latency_s=0.2)       # successful but slow
-    record_many(t, 5, good=False)           # failed: bad for availability only
-    record_many(t, 7, good=None)            # the caller's fault: not counted at all
+    record_many(t, 5, latency_s=0.2)  # successful but slow
+    record_many(t, 5, good=False)  # failed: bad for availability only
+    record_many(t, 7, good=None)  # the caller's fault: not counted at all
 
     availability = report(t)
     assert (availability["good"], availability["total"]) == (995, 1000)
@@ -168,6 +195,7 @@ def test_burn_rate_of_each_window() -> None:
 
 # -- status -----------------------------------------------------------------------
 
+
 def test_a_burst_of_failures_breaches_then_recovers_once_the_windows_pass() -> None:
     clock = Clock()
     t = tracker(clock, availability=0.99, window="30d")
@@ -218,8 +246,8 @@ def test_an_exhausted_budget_is_a_breach_even_without_a_burst() -> None:
     clock = Clock()
     t = tracker(clock, availability=0.99, window="1d")
     record_many(t, 98)
-    record_many(t, 2, good=False)   # 2% of errors against a 1% budget
-    clock.advance(23 * HOUR)        # the burst is old: only the budget tells
+    record_many(t, 2, good=False)  # 2% of errors against a 1% budget
+    clock.advance(23 * HOUR)  # the burst is old: only the budget tells
     availability = report(t)
     assert availability["budget_remaining"] == 0.0
     assert availability["status"] == "breach"
@@ -248,6 +276,7 @@ def test_latency_breach_is_reported_on_its_own() -> None:
 
 
 # -- memory and cost --------------------------------------------------------------
+
 
 def test_memory_is_fixed_when_built() -> None:
     clock = Clock()
@@ -282,14 +311,16 @@ def test_a_clock_that_steps_back_does_not_lose_counts() -> None:
 
 # -- reload -----------------------------------------------------------------------
 
+
 def test_a_reload_keeps_the_counts_of_unchanged_objectives() -> None:
     clock = Clock()
     slo = {"latency_ms": 50}
     old = SloTracker.from_config({"a": model(slo), "b": model(slo)}, clock=clock)
     for name in ("a", "b"):
         old.record(name, 0.01, True)
-    new = SloTracker.from_config({"a": model(slo), "b": model({"latency_ms": 80})},
-                                 clock=clock, previous=old)
+    new = SloTracker.from_config(
+        {"a": model(slo), "b": model({"latency_ms": 80})}, clock=clock, previous=old
+    )
     models = new.snapshot()["models"]
     assert models["a"]["objectives"]["availability"]["total"] == 1
     assert models["b"]["objectives"]["availability"]["total"] == 0
@@ -297,14 +328,20 @@ def test_a_reload_keeps_the_counts_of_unchanged_objectives() -> None:
 
 # -- Prometheus -------------------------------------------------------------------
 
+
 def gauge(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
 
 
 def test_export_sets_the_gauges_and_drops_models_gone() -> None:
     clock = Clock()
-    t = SloTracker.from_config({"exp-a": model({"latency_ms": 50, "availability": 0.99}),
-                                "exp-b": model({"latency_ms": 50})}, clock=clock)
+    t = SloTracker.from_config(
+        {
+            "exp-a": model({"latency_ms": 50, "availability": 0.99}),
+            "exp-b": model({"latency_ms": 50}),
+        },
+        clock=clock,
+    )
     for _ in range(96):
         t.record("exp-a", 0.01, True)
     for _ in range(4):
@@ -312,26 +349,43 @@ def test_export_sets_the_gauges_and_drops_models_gone() -> None:
     t.export()
     assert gauge("gateway_slo_error_budget_remaining", model="exp-a", slo="availability") == 0.0
     assert gauge("gateway_slo_error_budget_remaining", model="exp-a", slo="latency") == 1.0
-    assert gauge("gateway_slo_burn_rate", model="exp-a", slo="availability",
-                 window="5m") == pytest.approx(4.0)
+    assert gauge(
+        "gateway_slo_burn_rate", model="exp-a", slo="availability", window="5m"
+    ) == pytest.approx(4.0)
     assert gauge("gateway_slo_burn_rate", model="exp-a", slo="latency", window="3d") == 0.0
     assert gauge("gateway_slo_objective", model="exp-a", slo="availability") == 0.99
     for label, _ in BURN_WINDOWS:
         assert gauge("gateway_slo_burn_rate", model="exp-b", slo="latency", window=label) == 0.0
 
-    reloaded = SloTracker.from_config({"exp-a": model({"latency_ms": 50, "availability": 0.99})},
-                                      clock=clock, previous=t)
+    reloaded = SloTracker.from_config(
+        {"exp-a": model({"latency_ms": 50, "availability": 0.99})}, clock=clock, previous=t
+    )
     reloaded.export()
     assert gauge("gateway_slo_burn_rate", model="exp-b", slo="latency", window="5m") is None
     assert gauge("gateway_slo_objective", model="exp-b", slo="availability") is None
-    assert gauge("gateway_slo_burn_rate", model="exp-a", slo="availability",
-                 window="5m") == pytest.approx(4.0)
+    assert gauge(
+        "gateway_slo_burn_rate", model="exp-a", slo="availability", window="5m"
+    ) == pytest.approx(4.0)
 
 
-@pytest.mark.parametrize("code, counts", [
-    (200, True), (201, True), (304, True), (400, None), (401, None), (403, None), (404, None),
-    (413, None), (429, None), (500, False), (502, False), (503, False), (504, False),
-])
+@pytest.mark.parametrize(
+    "code, counts",
+    [
+        (200, True),
+        (201, True),
+        (304, True),
+        (400, None),
+        (401, None),
+        (403, None),
+        (404, None),
+        (413, None),
+        (429, None),
+        (500, False),
+        (502, False),
+        (503, False),
+        (504, False),
+    ],
+)
 def test_availability_of_status_codes(code: int, counts: bool | None) -> None:
     assert availability_of(code) is counts
 

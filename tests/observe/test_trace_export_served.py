@@ -16,18 +16,26 @@ from tests.observe.collector import ThreadedCollector
 
 BATCH = 8
 REQUESTS = 20
-BODY = orjson.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
-                                 "data": [0.5] * 64}]})
+BODY = orjson.dumps(
+    {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]}
+)
 
 
 def spans_of(body: bytes) -> list[Any]:
-    return [span for rs in ExportTraceServiceRequest.FromString(body).resource_spans
-            for ss in rs.scope_spans for span in ss.spans]
+    return [
+        span
+        for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
 
 
 def infer(port: int) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/digits/infer",
-                                     data=BODY, headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/digits/infer",
+        data=BODY,
+        headers={"content-type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as reply:
         reply.read()
         return reply.status
@@ -35,10 +43,12 @@ def infer(port: int) -> int:
 
 def test_a_served_gateway_posts_its_spans_in_batches_and_at_shutdown(tmp_path: Path) -> None:
     collector = ThreadedCollector()
-    env = {"OTEL_TRACES_EXPORTER": "otlp",
-           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
-           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(BATCH),
-           "OTEL_BSP_SCHEDULE_DELAY": "600000"}  # only full batches go before shutdown
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(BATCH),
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+    }  # only full batches go before shutdown
     gateway = start_gateway(digits_config(), tmp_path, env=env)
     try:
         statuses = [infer(gateway.port) for _ in range(REQUESTS)]
@@ -70,10 +80,12 @@ def test_a_collector_that_is_down_costs_one_warning_and_no_answer(tmp_path: Path
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]  # nothing listens there once closed
-    env = {"OTEL_TRACES_EXPORTER": "otlp",
-           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-           "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
-           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(BATCH)}
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(BATCH),
+    }
     gateway = start_gateway(digits_config(), tmp_path, env=env)
     requests = 80  # some 50 batches: posting each at shutdown would take half a minute
     try:

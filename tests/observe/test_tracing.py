@@ -60,23 +60,32 @@ def by_name(finished: tuple[ReadableSpan, ...]) -> dict[str, list[ReadableSpan]]
 
 
 def children(finished: tuple[ReadableSpan, ...], parent: ReadableSpan) -> list[str]:
-    return sorted(s.name for s in finished
-                  if s.parent is not None and s.parent.span_id == parent.context.span_id)
+    return sorted(
+        s.name
+        for s in finished
+        if s.parent is not None and s.parent.span_id == parent.context.span_id
+    )
 
 
-def test_a_tensor_request_is_one_tree_under_the_callers_trace(
-        spans: InMemorySpanExporter) -> None:
-    config = {"backends": {"digits-cpu": digits_backend(batching=True)},
-              "models": {"digits": digits_model(cache={"ttl_s": 60})}}
+def test_a_tensor_request_is_one_tree_under_the_callers_trace(spans: InMemorySpanExporter) -> None:
+    config = {
+        "backends": {"digits-cpu": digits_backend(batching=True)},
+        "models": {"digits": digits_model(cache={"ttl_s": 60})},
+    }
 
     async def run() -> list[Any]:
         async with gateway(config) as gw:
-            headers = {"traceparent": TRACEPARENT, "tracestate": "vendor=1",
-                       "x-request-id": "trace-me"}
-            first = await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY,
-                                         headers=headers)
-            second = await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY,
-                                          headers={"traceparent": TRACEPARENT})
+            headers = {
+                "traceparent": TRACEPARENT,
+                "tracestate": "vendor=1",
+                "x-request-id": "trace-me",
+            }
+            first = await gw.client.post(
+                "/v2/models/digits/infer", json=DIGITS_BODY, headers=headers
+            )
+            second = await gw.client.post(
+                "/v2/models/digits/infer", json=DIGITS_BODY, headers={"traceparent": TRACEPARENT}
+            )
             return [first, second]
 
     first, second = asyncio.run(run())
@@ -94,10 +103,18 @@ def test_a_tensor_request_is_one_tree_under_the_callers_trace(
         assert root.parent is not None and root.parent.span_id == int(CALLER_SPAN, 16)
         assert root.parent.is_remote
     assert miss.context.trace_state.get("vendor") == "1"
-    assert dict(miss.attributes).items() >= {
-        "gateway.model": "digits", "gateway.protocol": "v2_http",
-        "gateway.request_id": "trace-me", "gateway.status_code": 200, "gateway.cache": "miss",
-        "gateway.backend": "digits-cpu", "gateway.attempts": 1}.items()
+    assert (
+        dict(miss.attributes).items()
+        >= {
+            "gateway.model": "digits",
+            "gateway.protocol": "v2_http",
+            "gateway.request_id": "trace-me",
+            "gateway.status_code": 200,
+            "gateway.cache": "miss",
+            "gateway.backend": "digits-cpu",
+            "gateway.attempts": 1,
+        }.items()
+    )
     assert hit.attributes["gateway.cache"] == "hit"
 
     assert children(finished, miss) == ["attempt digits-cpu", "cache lookup", "validate"]
@@ -113,24 +130,28 @@ def test_a_tensor_request_is_one_tree_under_the_callers_trace(
     assert lookups == {"miss", "hit"}
     # A child lies within its parent.
     for span in finished:
-        parent = next((p for p in finished if span.parent and p.context.span_id == span.parent.span_id),
-                      None)
+        parent = next(
+            (p for p in finished if span.parent and p.context.span_id == span.parent.span_id), None
+        )
         if parent is not None:
             assert parent.start_time <= span.start_time <= span.end_time <= parent.end_time
 
 
 def test_a_fallback_shows_two_attempts_and_vendors_get_the_trace(
-        spans: InMemorySpanExporter) -> None:
+    spans: InMemorySpanExporter,
+) -> None:
     async def run() -> tuple[Any, list[dict[str, str]], list[dict[str, str]]]:
-        async with fake_vendor(error_rate=1.0, error_kind="500") as bad, \
-                fake_vendor() as good:
-            config = {"backends": {"bad": vendor_backend(bad.url), "good": vendor_backend(good.url)},
-                      "models": {"chat": {"kind": "chat",
-                                          "route": {"backends": ["bad", "good"]}}}}
+        async with fake_vendor(error_rate=1.0, error_kind="500") as bad, fake_vendor() as good:
+            config = {
+                "backends": {"bad": vendor_backend(bad.url), "good": vendor_backend(good.url)},
+                "models": {"chat": {"kind": "chat", "route": {"backends": ["bad", "good"]}}},
+            }
             async with gateway(config) as gw:
                 reply = await gw.client.post(
-                    "/v1/chat/completions", headers={"traceparent": TRACEPARENT},
-                    json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+                    "/v1/chat/completions",
+                    headers={"traceparent": TRACEPARENT},
+                    json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+                )
             return reply, bad.received, good.received
 
     reply, bad_headers, good_headers = asyncio.run(run())
@@ -169,8 +190,11 @@ def test_a_caller_that_does_not_sample_gets_no_spans(spans: InMemorySpanExporter
 
     async def run() -> int:
         async with gateway(config) as gw:
-            reply = await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY,
-                                         headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-00"})
+            reply = await gw.client.post(
+                "/v2/models/digits/infer",
+                json=DIGITS_BODY,
+                headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-00"},
+            )
             return reply.status_code
 
     assert asyncio.run(run()) == 200
@@ -182,8 +206,11 @@ def test_without_a_traceparent_the_request_starts_a_trace(spans: InMemorySpanExp
 
     async def run() -> None:
         async with gateway(config) as gw:
-            wrong_shape = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 65],
-                                       "data": [0.0] * 65}]}
+            wrong_shape = {
+                "inputs": [
+                    {"name": "pixels", "datatype": "FP32", "shape": [1, 65], "data": [0.0] * 65}
+                ]
+            }
             bad = await gw.client.post("/v2/models/digits/infer", json=wrong_shape)
             assert bad.status_code == 400
             missing = await gw.client.post("/v2/models/nope/infer", json=DIGITS_BODY)
@@ -202,11 +229,13 @@ def test_without_a_traceparent_the_request_starts_a_trace(spans: InMemorySpanExp
 
 
 def test_off_by_default_and_chosen_by_the_standard_variables(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv(tracing.EXPORTER_ENV, raising=False)
     assert tracing.setup() is False and tracing.ENABLED is False
-    ctx = contextvars.Context().run(request_context, {b"traceparent": TRACEPARENT.encode()},
-                                    "v2_http")
+    ctx = contextvars.Context().run(
+        request_context, {b"traceparent": TRACEPARENT.encode()}, "v2_http"
+    )
     assert ctx.trace_parent is None and ctx.span is None  # nothing built while off
     # The caller's trace id still reaches logs and audit records.
     assert tracing.trace_id_of(ctx) == TRACE_ID
@@ -234,7 +263,8 @@ def test_context_from_grpc_metadata(spans: InMemorySpanExporter) -> None:
 
 
 def test_the_sampler_is_the_one_the_standard_variables_choose(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
     exporter = InMemorySpanExporter()
     tracing.setup(exporter=exporter)
@@ -242,8 +272,9 @@ def test_the_sampler_is_the_one_the_standard_variables_choose(
 
     async def run() -> int:
         async with gateway(config) as gw:
-            reply = await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY,
-                                         headers={"traceparent": TRACEPARENT})
+            reply = await gw.client.post(
+                "/v2/models/digits/infer", json=DIGITS_BODY, headers={"traceparent": TRACEPARENT}
+            )
             return reply.status_code
 
     try:
@@ -265,29 +296,42 @@ def batch_of(size: int) -> dict[str, Any]:
 
 
 def test_a_batch_is_one_execution_span_linked_from_every_request(
-        spans: InMemorySpanExporter) -> None:
-    config = {"backends": {"digits-batch": batch_of(BATCHED)},
-              "models": {"digits": digits_model(route={"backends": ["digits-batch"]})}}
+    spans: InMemorySpanExporter,
+) -> None:
+    config = {
+        "backends": {"digits-batch": batch_of(BATCHED)},
+        "models": {"digits": digits_model(route={"backends": ["digits-batch"]})},
+    }
 
     async def run() -> list[Any]:
         async with gateway(config) as gw:
-            return await asyncio.gather(*(
-                gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY)
-                for _ in range(BATCHED)))
+            return await asyncio.gather(
+                *(
+                    gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY)
+                    for _ in range(BATCHED)
+                )
+            )
 
     assert [r.status_code for r in asyncio.run(run())] == [200] * BATCHED
     named = by_name(spans.get_finished_spans())
     attempts = named["attempt digits-batch"]
-    assert len(attempts) == len(named["queue wait"]) == len({a.context.trace_id for a in attempts}) \
-        == BATCHED  # a trace per request, each with its attempt and queue wait
+    assert (
+        len(attempts)
+        == len(named["queue wait"])
+        == len({a.context.trace_id for a in attempts})
+        == BATCHED
+    )  # a trace per request, each with its attempt and queue wait
     [execution] = named["batch execution"]
     assert execution.attributes["gateway.batch.requests"] == BATCHED
     assert execution.attributes["gateway.batch.rows"] == BATCHED
     by_span = {a.context.span_id: a for a in attempts}
     assert execution.parent is not None and execution.parent.span_id in by_span
     linked = {(link.context.trace_id, link.context.span_id) for link in execution.links}
-    others = {(a.context.trace_id, a.context.span_id) for a in attempts
-              if a.context.span_id != execution.parent.span_id}
+    others = {
+        (a.context.trace_id, a.context.span_id)
+        for a in attempts
+        if a.context.span_id != execution.parent.span_id
+    }
     assert linked == others and len(linked) == BATCHED - 1
     for wait in named["queue wait"]:
         assert wait.end_time <= execution.start_time + 1
@@ -310,22 +354,37 @@ def spans_of_two_requests(spans: InMemorySpanExporter) -> list[tuple[Any, ...]]:
 
     async def run() -> None:
         async with fake_vendor(error_rate=1.0, error_kind="500") as bad, fake_vendor() as good:
-            config = {"backends": {"digits-cpu": digits_backend(), "bad": vendor_backend(bad.url),
-                                   "good": vendor_backend(good.url),
-                                   "digits-batch": batch_of(BATCHED)},
-                      "models": {"digits": digits_model(cache={"ttl_s": 60}),
-                                 "batched": digits_model(route={"backends": ["digits-batch"]}),
-                                 "chat": {"kind": "chat", "route": {"backends": ["bad", "good"]}}}}
+            config = {
+                "backends": {
+                    "digits-cpu": digits_backend(),
+                    "bad": vendor_backend(bad.url),
+                    "good": vendor_backend(good.url),
+                    "digits-batch": batch_of(BATCHED),
+                },
+                "models": {
+                    "digits": digits_model(cache={"ttl_s": 60}),
+                    "batched": digits_model(route={"backends": ["digits-batch"]}),
+                    "chat": {"kind": "chat", "route": {"backends": ["bad", "good"]}},
+                },
+            }
             async with gateway(config) as gw:
                 headers = {"traceparent": TRACEPARENT, "tracestate": "vendor=1,other=x"}
                 await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY, headers=headers)
-                await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY,
-                                     headers={"traceparent": TRACEPARENT,
-                                              "x-request-id": "caller-chosen-id"})
-                await gw.client.post("/v1/chat/completions", json={
-                    "model": "chat", "messages": [{"role": "user", "content": "hi"}]})
-                await asyncio.gather(*(gw.client.post("/v2/models/batched/infer", json=DIGITS_BODY)
-                                       for _ in range(BATCHED)))
+                await gw.client.post(
+                    "/v2/models/digits/infer",
+                    json=DIGITS_BODY,
+                    headers={"traceparent": TRACEPARENT, "x-request-id": "caller-chosen-id"},
+                )
+                await gw.client.post(
+                    "/v1/chat/completions",
+                    json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+                )
+                await asyncio.gather(
+                    *(
+                        gw.client.post("/v2/models/batched/infer", json=DIGITS_BODY)
+                        for _ in range(BATCHED)
+                    )
+                )
 
     asyncio.run(run())
     return recorded
@@ -342,14 +401,19 @@ def test_otlp_encoding_matches_the_sdk_encoder(spans: InMemorySpanExporter) -> N
     readable = spans.get_finished_spans()
     assert len(recorded) == len(readable) > 10
     # error, tracestate, links
-    assert any(r[9] for r in recorded) and any(r[10] for r in recorded) and any(r[11] for r in recorded)
+    assert (
+        any(r[9] for r in recorded)
+        and any(r[10] for r in recorded)
+        and any(r[11] for r in recorded)
+    )
     # request spans: with and without a caller's span, with a cost, of two request id lengths
     requests = [r for r in recorded if r[0] is None]
     assert any(r[3] is None for r in requests) and any(r[3] and not r[10] for r in requests)
     assert any(r[8][-1] is not None for r in requests)
     assert len({len(r[8][-2]) for r in requests}) > 1
-    ours = ExportTraceServiceRequest.FromString(encode_request(
-        recorded, readable[0].resource.attributes, tracing.SCOPE, __version__))
+    ours = ExportTraceServiceRequest.FromString(
+        encode_request(recorded, readable[0].resource.attributes, tracing.SCOPE, __version__)
+    )
     assert ours == encode_spans(readable)
 
 
@@ -370,8 +434,11 @@ def test_otlp_export_reaches_a_collector(monkeypatch: pytest.MonkeyPatch) -> Non
     async def run() -> None:
         async with gateway(config) as gw:
             for _ in range(3):
-                reply = await gw.client.post("/v2/models/digits/infer", json=DIGITS_BODY,
-                                             headers={"traceparent": TRACEPARENT})
+                reply = await gw.client.post(
+                    "/v2/models/digits/infer",
+                    json=DIGITS_BODY,
+                    headers={"traceparent": TRACEPARENT},
+                )
                 assert reply.status_code == 200
             await tracing.flush_async()  # what a served gateway does as it stops
 
@@ -382,14 +449,20 @@ def test_otlp_export_reaches_a_collector(monkeypatch: pytest.MonkeyPatch) -> Non
         collector.close()
     received = collector.received
     assert received
-    path, headers, body = received[0]
+    path, headers, _body = received[0]
     assert path == "/v1/traces"
     assert headers["content-type"] == "application/x-protobuf"
     assert (headers["content-encoding"], headers["x-tenant"]) == ("gzip", "gw test")
     exported = [ExportTraceServiceRequest.FromString(gzip.decompress(b)) for _, _, b in received]
     resource = exported[0].resource_spans[0].resource
     assert {"key": "service.name", "value": "gw-under-test"} in [
-        {"key": a.key, "value": a.value.string_value} for a in resource.attributes]
-    names = [s.name for e in exported for rs in e.resource_spans for ss in rs.scope_spans
-             for s in ss.spans]
+        {"key": a.key, "value": a.value.string_value} for a in resource.attributes
+    ]
+    names = [
+        s.name
+        for e in exported
+        for rs in e.resource_spans
+        for ss in rs.scope_spans
+        for s in ss.spans
+    ]
     assert names.count("infer digits") == 3 and names.count("batch execution") == 3

@@ -11,12 +11,15 @@ def test_target_is_the_largest_preferred_size_that_fits() -> None:
     assert BatchPolicy(16, 0.001, (8, 32)).target_rows == 8
 
 
-@pytest.mark.parametrize("preferred, rows, taken", [
-    ((), [1, 1, 1], 3),
-    ((4, 8), [2, 2, 2, 2, 2], 4),   # 8 rows: four requests of 2
-    ((4, 8), [2, 2, 1], 2),         # 5 rows: the largest preferred size reachable is 4
-    ((4,), [3, 3], 2),              # 4 cannot be hit exactly: take all
-])
+@pytest.mark.parametrize(
+    "preferred, rows, taken",
+    [
+        ((), [1, 1, 1], 3),
+        ((4, 8), [2, 2, 2, 2, 2], 4),  # 8 rows: four requests of 2
+        ((4, 8), [2, 2, 1], 2),  # 5 rows: the largest preferred size reachable is 4
+        ((4,), [3, 3], 2),  # 4 cannot be hit exactly: take all
+    ],
+)
 def test_trim_aims_at_preferred_sizes(preferred, rows, taken) -> None:
     assert BatchPolicy(64, 0.001, preferred).trim(rows) == taken
 

@@ -39,8 +39,9 @@ def failure() -> GatewayError:
 NEUTRAL = {
     "invalid input": lambda: InvalidInput("bad pixels"),
     "our queue is full": lambda: Overloaded("max_queue reached"),
-    "caller's deadline spent in our queue":
-        lambda: DeadlineExceeded("waited", reason="deadline_queued"),
+    "caller's deadline spent in our queue": lambda: DeadlineExceeded(
+        "waited", reason="deadline_queued"
+    ),
 }
 # The backend's own fault.
 FAILURES = {

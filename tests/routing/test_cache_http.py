@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.fake_vendor import control_fake_vendor, fake_vendor_stats, reset_fake_vendor, \
-    start_fake_vendor
+from loadtests.fake_vendor import (
+    control_fake_vendor,
+    fake_vendor_stats,
+    reset_fake_vendor,
+    start_fake_vendor,
+)
 from tests.api.http_helpers import Reply, post
 from tests.conftest import GatewayProcess, start_gateway
 from tests.metrics_reader import value
@@ -26,16 +30,28 @@ CHAT = "/v1/chat/completions"
 
 
 def config(vendor_url: str, redis_url: str | None, max_bytes: int = 64 << 20) -> dict:
-    vendor = {"type": "openai", "base_url": f"http://{vendor_url}/v1", "api_key_env": KEY_ENV,
-              "model": "fake", "timeout_ms": 10000, "circuit_breaker": {"enabled": False}}
+    vendor = {
+        "type": "openai",
+        "base_url": f"http://{vendor_url}/v1",
+        "api_key_env": KEY_ENV,
+        "model": "fake",
+        "timeout_ms": 10000,
+        "circuit_breaker": {"enabled": False},
+    }
     doc = {
         "cache": {"max_bytes": max_bytes, "lock_ttl_ms": 5000},
         "backends": {"vendor": vendor},
         "models": {
-            "embed": {"kind": "embeddings", "route": {"backends": ["vendor"]},
-                      "cache": {"ttl_s": 600}},
-            "embed-short": {"kind": "embeddings", "route": {"backends": ["vendor"]},
-                            "cache": {"ttl_s": 0.3}},
+            "embed": {
+                "kind": "embeddings",
+                "route": {"backends": ["vendor"]},
+                "cache": {"ttl_s": 600},
+            },
+            "embed-short": {
+                "kind": "embeddings",
+                "route": {"backends": ["vendor"]},
+                "cache": {"ttl_s": 0.3},
+            },
             "chat": {"kind": "chat", "route": {"backends": ["vendor"]}, "cache": {"ttl_s": 600}},
         },
     }
@@ -58,11 +74,14 @@ def fresh_vendor(vendor: GatewayProcess) -> GatewayProcess:
 
 
 @pytest.fixture(scope="module")
-def replicas(vendor: GatewayProcess, redis_server: RedisServer,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, ...]]:
+def replicas(
+    vendor: GatewayProcess, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, ...]]:
     os.environ[KEY_ENV] = "fake-key"
-    started = [start_gateway(config(vendor.url, redis_server.url),
-                             tmp_path_factory.mktemp(f"replica-{i}")) for i in range(2)]
+    started = [
+        start_gateway(config(vendor.url, redis_server.url), tmp_path_factory.mktemp(f"replica-{i}"))
+        for i in range(2)
+    ]
     yield tuple(started)
     alive = [g.process.poll() is None for g in started]
     for g in started:
@@ -72,10 +91,15 @@ def replicas(vendor: GatewayProcess, redis_server: RedisServer,
         assert "internal error" not in g.logs()
 
 
-def embed(gateway: GatewayProcess, text: str, model: str = "embed",
-          headers: dict[str, str] | None = None) -> Reply:
-    return post(gateway.port, EMBEDDINGS, json.dumps({"model": model, "input": text}).encode(),
-                {"content-type": "application/json", **(headers or {})})
+def embed(
+    gateway: GatewayProcess, text: str, model: str = "embed", headers: dict[str, str] | None = None
+) -> Reply:
+    return post(
+        gateway.port,
+        EMBEDDINGS,
+        json.dumps({"model": model, "input": text}).encode(),
+        {"content-type": "application/json", **(headers or {})},
+    )
 
 
 def vendor_calls(vendor: GatewayProcess, route: str = EMBEDDINGS) -> int:
@@ -87,7 +111,8 @@ def unique(label: str) -> str:
 
 
 def test_a_hit_on_one_replica_for_a_request_first_served_by_the_other(
-        replicas: tuple[GatewayProcess, ...], fresh_vendor: GatewayProcess) -> None:
+    replicas: tuple[GatewayProcess, ...], fresh_vendor: GatewayProcess
+) -> None:
     a, b = replicas
     text = unique("shared across replicas")
     first = embed(a, text)
@@ -100,8 +125,9 @@ def test_a_hit_on_one_replica_for_a_request_first_served_by_the_other(
     assert float(second.headers["x-gateway-cost-usd"]) == 0.0
 
 
-def test_cache_control_no_cache_bypasses(replicas: tuple[GatewayProcess, ...],
-                                         fresh_vendor: GatewayProcess) -> None:
+def test_cache_control_no_cache_bypasses(
+    replicas: tuple[GatewayProcess, ...], fresh_vendor: GatewayProcess
+) -> None:
     a, _ = replicas
     text = unique("bypass")
     assert embed(a, text).headers["x-gateway-cache"] == "miss"
@@ -110,8 +136,9 @@ def test_cache_control_no_cache_bypasses(replicas: tuple[GatewayProcess, ...],
     assert vendor_calls(fresh_vendor) == 2
 
 
-def test_entries_expire_after_their_ttl(replicas: tuple[GatewayProcess, ...],
-                                        fresh_vendor: GatewayProcess) -> None:
+def test_entries_expire_after_their_ttl(
+    replicas: tuple[GatewayProcess, ...], fresh_vendor: GatewayProcess
+) -> None:
     a, b = replicas
     text = unique("expires")
     started = time.monotonic()
@@ -129,20 +156,25 @@ def test_entries_expire_after_their_ttl(replicas: tuple[GatewayProcess, ...],
 
 
 def test_temperature_above_zero_is_not_cached_unless_opted_in(
-        replicas: tuple[GatewayProcess, ...], fresh_vendor: GatewayProcess) -> None:
+    replicas: tuple[GatewayProcess, ...], fresh_vendor: GatewayProcess
+) -> None:
     a, _ = replicas
     message = [{"role": "user", "content": unique("sampled")}]
     for temperature, expected in ((0.7, "bypass"), (0.7, "bypass"), (0, "miss"), (0, "hit")):
-        reply = post(a.port, CHAT, json.dumps({"model": "chat", "messages": message,
-                                                "temperature": temperature}).encode(),
-                     {"content-type": "application/json"})
+        reply = post(
+            a.port,
+            CHAT,
+            json.dumps({"model": "chat", "messages": message, "temperature": temperature}).encode(),
+            {"content-type": "application/json"},
+        )
         assert reply.status == 200
         assert reply.headers["x-gateway-cache"] == expected
     assert vendor_calls(fresh_vendor, CHAT) == 3
 
 
 def test_a_thundering_herd_across_two_replicas_makes_one_backend_call(
-        replicas: tuple[GatewayProcess, ...], fresh_vendor: GatewayProcess) -> None:
+    replicas: tuple[GatewayProcess, ...], fresh_vendor: GatewayProcess
+) -> None:
     control_fake_vendor(fresh_vendor.url, latency_ms=300)  # the herd arrives while it computes
     text = unique("herd")
     with ThreadPoolExecutor(50) as pool:
@@ -152,8 +184,7 @@ def test_a_thundering_herd_across_two_replicas_makes_one_backend_call(
     assert sorted(r.headers["x-gateway-cache"] for r in replies).count("miss") == 1
 
 
-def test_the_local_tier_is_bounded_in_bytes(fresh_vendor: GatewayProcess,
-                                            tmp_path: Path) -> None:
+def test_the_local_tier_is_bounded_in_bytes(fresh_vendor: GatewayProcess, tmp_path: Path) -> None:
     # 384 floats per answer: about 1.6 KB each in the local tier; 16 KB hold about 8.
     os.environ[KEY_ENV] = "fake-key"
     gateway = start_gateway(config(fresh_vendor.url, None, max_bytes=16 * 1024), tmp_path)
@@ -169,7 +200,8 @@ def test_the_local_tier_is_bounded_in_bytes(fresh_vendor: GatewayProcess,
 
 
 def test_redis_down_then_back_costs_no_request_and_the_cache_recovers(
-        fresh_vendor: GatewayProcess, redis_server_factory, tmp_path: Path) -> None:
+    fresh_vendor: GatewayProcess, redis_server_factory, tmp_path: Path
+) -> None:
     redis = redis_server_factory()
     os.environ[KEY_ENV] = "fake-key"
     a = start_gateway(config(fresh_vendor.url, redis.url), tmp_path / "a")
@@ -199,8 +231,9 @@ def test_redis_down_then_back_costs_no_request_and_the_cache_recovers(
         b.stop()
 
 
-def test_workers_of_one_gateway_share_the_cache_through_redis(redis_server: RedisServer,
-                                                              tmp_path: Path) -> None:
+def test_workers_of_one_gateway_share_the_cache_through_redis(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     from tests.api.http_helpers import tensor_json
     from tests.conftest import digits_config
 
@@ -224,10 +257,12 @@ def test_workers_of_one_gateway_share_the_cache_through_redis(redis_server: Redi
         # Whichever worker the repeat lands on, it is a hit: the other worker's
         # answer reaches it through Redis (one miss per distinct input, never two).
         assert results.count("miss") == 30 and results.count("hit") == 30
-        local = value(gateway.port, "gateway_cache_requests_total", model="digits",
-                      tier="local", result="hit")
-        shared = value(gateway.port, "gateway_cache_requests_total", model="digits",
-                       tier="redis", result="hit")
+        local = value(
+            gateway.port, "gateway_cache_requests_total", model="digits", tier="local", result="hit"
+        )
+        shared = value(
+            gateway.port, "gateway_cache_requests_total", model="digits", tier="redis", result="hit"
+        )
         assert local + shared == 30
     finally:
         gateway.stop()

@@ -7,8 +7,8 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -28,8 +28,13 @@ SIGNATURE_DIGITS = {
 
 
 def digits_backend(**extra: object) -> dict:
-    return {"type": "onnx", "path": str(DIGITS_MODEL), "max_concurrency": 1,
-            "intra_op_threads": 1, **extra}
+    return {
+        "type": "onnx",
+        "path": str(DIGITS_MODEL),
+        "max_concurrency": 1,
+        "intra_op_threads": 1,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +45,43 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayP
     config = {
         "server": {"max_request_bytes": 64 << 20},
         "backends": {
-            "slow": {"type": "onnx", "path": str(path), "max_concurrency": 1, "max_queue": 1,
-                     "intra_op_threads": 1, "timeout_ms": 60000},
-            "budget": {"type": "onnx", "path": str(path), "max_concurrency": 1, "max_queue": 8,
-                       "max_queue_wait_ms": 100, "intra_op_threads": 1, "timeout_ms": 60000},
-            "batch4": digits_backend(batching={"max_batch_size": 4, "max_queue_delay_us": 5_000_000}),
+            "slow": {
+                "type": "onnx",
+                "path": str(path),
+                "max_concurrency": 1,
+                "max_queue": 1,
+                "intra_op_threads": 1,
+                "timeout_ms": 60000,
+            },
+            "budget": {
+                "type": "onnx",
+                "path": str(path),
+                "max_concurrency": 1,
+                "max_queue": 8,
+                "max_queue_wait_ms": 100,
+                "intra_op_threads": 1,
+                "timeout_ms": 60000,
+            },
+            "batch4": digits_backend(
+                batching={"max_batch_size": 4, "max_queue_delay_us": 5_000_000}
+            ),
             "lone": digits_backend(batching={"max_batch_size": 64, "max_queue_delay_us": 300_000}),
         },
         "models": {
-            "slow": {"signature": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, WIDTH]}],
-                                   "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, WIDTH]}]},
-                     "route": {"backends": ["slow"]}},
-            "budget": {"signature": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, WIDTH]}],
-                                     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, WIDTH]}]},
-                       "route": {"backends": ["budget"]}},
+            "slow": {
+                "signature": {
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, WIDTH]}],
+                    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, WIDTH]}],
+                },
+                "route": {"backends": ["slow"]},
+            },
+            "budget": {
+                "signature": {
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, WIDTH]}],
+                    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, WIDTH]}],
+                },
+                "route": {"backends": ["budget"]},
+            },
             "batch4": {"signature": SIGNATURE_DIGITS, "route": {"backends": ["batch4"]}},
             "lone": {"signature": SIGNATURE_DIGITS, "route": {"backends": ["lone"]}},
         },
@@ -63,13 +91,28 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayP
     process.stop()
 
 
-def binary_infer(port: int, model: str, name: str, array: np.ndarray,
-                 headers: dict[str, str] | None = None) -> Reply:
+def binary_infer(
+    port: int, model: str, name: str, array: np.ndarray, headers: dict[str, str] | None = None
+) -> Reply:
     raw = array.astype(np.float32).tobytes()
-    head = json.dumps({"inputs": [{"name": name, "datatype": "FP32", "shape": list(array.shape),
-                                   "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    return post(port, f"/v2/models/{model}/infer", head + raw,
-                {"Inference-Header-Content-Length": str(len(head)), **(headers or {})})
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": "FP32",
+                    "shape": list(array.shape),
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    return post(
+        port,
+        f"/v2/models/{model}/infer",
+        head + raw,
+        {"Inference-Header-Content-Length": str(len(head)), **(headers or {})},
+    )
 
 
 def outputs_of(reply: Reply, name: str, width: int) -> np.ndarray:
@@ -86,8 +129,10 @@ def wait_for(condition, timeout_s: float = 30.0) -> None:
 
 def executions(port: int, backend: str) -> tuple[float, float]:
     """(batches executed, rows executed) on a backend."""
-    return (value(port, "gateway_batch_size_count", backend=backend),
-            value(port, "gateway_batch_size_sum", backend=backend))
+    return (
+        value(port, "gateway_batch_size_count", backend=backend),
+        value(port, "gateway_batch_size_sum", backend=backend),
+    )
 
 
 class LongRun:
@@ -98,12 +143,13 @@ class LongRun:
         self.model = model
         self.reply: Reply | None = None
         self.thread = threading.Thread(
-            target=self._run, args=(np.ones((rows, WIDTH), np.float32),), daemon=True)
+            target=self._run, args=(np.ones((rows, WIDTH), np.float32),), daemon=True
+        )
 
     def _run(self, x: np.ndarray) -> None:
         self.reply = binary_infer(self.port, self.model, "x", x)
 
-    def __enter__(self) -> "LongRun":
+    def __enter__(self) -> LongRun:
         self.thread.start()
         wait_for(lambda: value(self.port, "gateway_inflight_requests", backend=self.model) == 1)
         return self
@@ -118,7 +164,9 @@ def test_batches_form_up_to_the_size_limit_and_match_unbatched_outputs(gateway) 
     rows = np.random.default_rng(1).integers(0, 17, size=(8, 64)).astype(np.float32)
     before = executions(process.port, "batch4")
     with ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(lambda r: binary_infer(process.port, "batch4", "pixels", r[None]), rows))
+        replies = list(
+            pool.map(lambda r: binary_infer(process.port, "batch4", "pixels", r[None]), rows)
+        )
     assert [r.status for r in replies] == [200] * 8
     batches, executed_rows = (a - b for a, b in zip(executions(process.port, "batch4"), before))
     assert (batches, executed_rows) == (2, 8)  # two full batches of 4, not 8 single runs
@@ -126,7 +174,9 @@ def test_batches_form_up_to_the_size_limit_and_match_unbatched_outputs(gateway) 
     session = ort.InferenceSession(str(DIGITS_MODEL), providers=["CPUExecutionProvider"])
     for row, reply in zip(rows, replies):
         (alone,) = session.run(["probabilities"], {"pixels": row[None]})
-        np.testing.assert_allclose(outputs_of(reply, "probabilities", 10), alone, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            outputs_of(reply, "probabilities", 10), alone, rtol=1e-5, atol=1e-7
+        )
 
 
 def test_a_request_alone_is_released_after_the_queue_delay(gateway) -> None:
@@ -147,7 +197,10 @@ def test_a_full_queue_sheds_at_once_with_retry_after(gateway) -> None:
     with LongRun(process.port, rows) as run:
         queued: list[Reply] = []
         waiter = threading.Thread(
-            target=lambda: queued.append(binary_infer(process.port, "slow", "x", np.ones((1, WIDTH)))))
+            target=lambda: queued.append(
+                binary_infer(process.port, "slow", "x", np.ones((1, WIDTH)))
+            )
+        )
         waiter.start()
         wait_for(lambda: value(process.port, "gateway_queued_requests", backend="slow") == 1)
         refused = binary_infer(process.port, "slow", "x", np.ones((1, WIDTH)))
@@ -157,16 +210,22 @@ def test_a_full_queue_sheds_at_once_with_retry_after(gateway) -> None:
         assert "max_queue 1" in refused.error and "'slow'" in refused.error
         waiter.join(timeout=120)
     assert queued[0].status == 200  # the one that fitted in the queue was served
-    assert value(process.port, "gateway_shed_total", backend="slow", reason="queue_full") == shed_before + 1
+    assert (
+        value(process.port, "gateway_shed_total", backend="slow", reason="queue_full")
+        == shed_before + 1
+    )
 
 
-def test_a_queued_request_whose_deadline_passes_gets_504_at_its_deadline_and_never_runs(gateway) -> None:
+def test_a_queued_request_whose_deadline_passes_gets_504_at_its_deadline_and_never_runs(
+    gateway,
+) -> None:
     process, rows = gateway
     with LongRun(process.port, rows) as run:
         batches_before, rows_before = executions(process.port, "slow")
         started = time.monotonic()
-        reply = binary_infer(process.port, "slow", "x", np.ones((3, WIDTH)),
-                             {"x-request-timeout-ms": "200"})
+        reply = binary_infer(
+            process.port, "slow", "x", np.ones((3, WIDTH)), {"x-request-timeout-ms": "200"}
+        )
         elapsed = time.monotonic() - started
         assert reply.status == 504
         assert "not executed" in reply.error
@@ -185,17 +244,37 @@ def test_a_disconnected_callers_queued_work_is_dropped(gateway) -> None:
     with LongRun(process.port, rows):
         batches_before, rows_before = executions(process.port, "slow")
         raw = np.ones((5, WIDTH), np.float32).tobytes()
-        head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [5, WIDTH],
-                                       "parameters": {"binary_data_size": len(raw)}}]}).encode()
-        request = (f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\n"
-                   f"Content-Length: {len(head) + len(raw)}\r\n"
-                   f"Inference-Header-Content-Length: {len(head)}\r\n\r\n").encode() + head + raw
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "datatype": "FP32",
+                        "shape": [5, WIDTH],
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ]
+            }
+        ).encode()
+        request = (
+            (
+                f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Length: {len(head) + len(raw)}\r\n"
+                f"Inference-Header-Content-Length: {len(head)}\r\n\r\n"
+            ).encode()
+            + head
+            + raw
+        )
         with socket.create_connection(("127.0.0.1", process.port)) as sock:
             sock.sendall(request)
             wait_for(lambda: value(process.port, "gateway_queued_requests", backend="slow") == 1)
         # The socket is closed: the gateway notices and drops the queued work.
-        wait_for(lambda: value(process.port, "gateway_shed_total", backend="slow",
-                               reason="cancelled") == cancelled_before + 1)
+        wait_for(
+            lambda: (
+                value(process.port, "gateway_shed_total", backend="slow", reason="cancelled")
+                == cancelled_before + 1
+            )
+        )
     batches_after, rows_after = executions(process.port, "slow")
     assert (batches_after - batches_before, rows_after - rows_before) == (0, 0)
 

@@ -12,7 +12,8 @@ import logging
 import random
 import time
 import uuid
-from typing import Awaitable, Callable, Iterator, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -115,6 +116,7 @@ def limiter_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Ra
 
 # --- GCRA arithmetic (injected clock) ---------------------------------------------
 
+
 def test_admits_the_burst_then_one_per_interval(limiter_factory) -> None:
     tenant, clock = unique_tenant(), FakeClock()
     limiter = limiter_factory({tenant: RateLimitConfig(requests_per_minute=600)}, clock)
@@ -166,8 +168,10 @@ def test_refusal_names_the_limit_and_counts(limiter_factory) -> None:
     async def scenario() -> None:
         await ready(limiter)
         await limiter.admit(tenant)
-        with pytest.raises(RateLimited, match=f"tenant '{tenant}' is over its limit of 60 "
-                                              "requests per minute; retry in 1.00 s"):
+        with pytest.raises(
+            RateLimited,
+            match=f"tenant '{tenant}' is over its limit of 60 requests per minute; retry in 1.00 s",
+        ):
             await limiter.admit(tenant)
 
     run(scenario)
@@ -178,23 +182,24 @@ def test_token_quota_refuses_until_it_refills(limiter_factory) -> None:
     tenant, clock = unique_tenant(), FakeClock()
     # 6000 tokens/min: one per 10 ms; the whole minute's quota may be spent at once.
     limiter = limiter_factory(
-        {tenant: RateLimitConfig(requests_per_minute=60, tokens_per_minute=6000)}, clock)
+        {tenant: RateLimitConfig(requests_per_minute=60, tokens_per_minute=6000)}, clock
+    )
 
     async def scenario() -> None:
         await ready(limiter)
         await limiter.admit(tenant)
-        await limiter.spend_tokens(tenant, 6000)          # the quota, used up
+        await limiter.spend_tokens(tenant, 6000)  # the quota, used up
         with pytest.raises(RateLimited, match="quota of 6000 tokens per minute") as refused:
             await limiter.admit(tenant)
         assert refused.value.retry_after_s == pytest.approx(0.01)  # one token's refill
         clock.advance(0.01)
         with pytest.raises(RateLimited, match="60 requests per minute") as refused:
-            await limiter.admit(tenant)                   # the quota allows, the rate not yet
+            await limiter.admit(tenant)  # the quota allows, the rate not yet
         assert refused.value.retry_after_s == pytest.approx(0.99)
         clock.advance(0.99)
         assert await admitted(limiter, tenant)
 
-        await limiter.spend_tokens(tenant, 3000)          # an overdraft: 30 s of debt
+        await limiter.spend_tokens(tenant, 3000)  # an overdraft: 30 s of debt
         wait = await retry_after(limiter, tenant)
         assert wait == pytest.approx(90.01 - 60 - 1)
         clock.advance(wait - 0.005)
@@ -261,8 +266,10 @@ def test_redis_script_and_fallback_decide_alike(redis_server: RedisServer) -> No
 
 # --- Two replicas sharing one Redis (Redis's clock) --------------------------------
 
+
 def test_two_replicas_hold_the_shared_limit_under_concurrent_load(
-        redis_server: RedisServer) -> None:
+    redis_server: RedisServer,
+) -> None:
     # 6000/min = 100/s with a burst of 100: over the window, admitted = 100 +
     # 100/s x elapsed. (At 600/min the +-1 request at each end of the window
     # would be a large share of a small count; the algorithm is the same.)
@@ -309,8 +316,8 @@ def test_two_replicas_hold_the_shared_limit_under_concurrent_load(
 
 # --- Redis slow, hung, down, then back ----------------------------------------------
 
-def test_a_slow_call_falls_back_alone_and_redis_stays_up(
-        redis_server_factory) -> None:
+
+def test_a_slow_call_falls_back_alone_and_redis_stays_up(redis_server_factory) -> None:
     """A call over budget is not an outage: a probe with time to spare says so."""
     server = redis_server_factory()
     tenant = unique_tenant()
@@ -346,7 +353,8 @@ def test_a_slow_call_falls_back_alone_and_redis_stays_up(
 
 
 def test_a_hung_redis_costs_each_call_its_budget_and_limits_fall_back(
-        redis_server_factory, caplog: pytest.LogCaptureFixture) -> None:
+    redis_server_factory, caplog: pytest.LogCaptureFixture
+) -> None:
     server = redis_server_factory()
     tenant = unique_tenant()
     shared = SharedRedis(server.url, probe_timeout_ms=PROBE_MS)  # the default 5 ms budget
@@ -388,18 +396,22 @@ def test_a_hung_redis_costs_each_call_its_budget_and_limits_fall_back(
     assert sum("enforced by each replica" in m for m in messages) == 1, messages
 
 
-def test_redis_back_restores_the_shared_limit(redis_server_factory,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_redis_back_restores_the_shared_limit(
+    redis_server_factory, caplog: pytest.LogCaptureFixture
+) -> None:
     server = redis_server_factory()
     outage, after = unique_tenant(), unique_tenant()
-    limits = {outage: RateLimitConfig(requests_per_minute=600),
-              after: RateLimitConfig(requests_per_minute=60)}
+    limits = {
+        outage: RateLimitConfig(requests_per_minute=600),
+        after: RateLimitConfig(requests_per_minute=60),
+    }
     caplog.set_level(logging.INFO, logger="gateway")
     fallbacks = metric("gateway_ratelimit_fallback_total", op="admit")
 
     async def scenario() -> list[float]:
-        clients = [SharedRedis(server.url, probe_timeout_ms=PROBE_MS, backoff_s=0.1)
-                   for _ in range(2)]
+        clients = [
+            SharedRedis(server.url, probe_timeout_ms=PROBE_MS, backoff_s=0.1) for _ in range(2)
+        ]
         replica_a, replica_b = (RateLimiter(limits, client) for client in clients)
         for replica in (replica_a, replica_b):
             await ready(replica)
@@ -446,6 +458,7 @@ def test_redis_back_restores_the_shared_limit(redis_server_factory,
 
 # --- SharedRedis itself --------------------------------------------------------------
 
+
 def test_shared_redis_operations(redis_server: RedisServer) -> None:
     key = f"test:{uuid.uuid4().hex}"
     script = "return {KEYS[1], ARGV[1] + 1}"
@@ -472,12 +485,13 @@ def test_shared_redis_operations(redis_server: RedisServer) -> None:
 
 def test_shared_redis_starts_by_probing(redis_server: RedisServer) -> None:
     """Before the first probe answers, calls do not wait for a connection."""
+
     async def scenario() -> None:
         shared = SharedRedis(redis_server.url, timeout_ms=RELAXED_MS)
         assert not shared.available and not shared.degraded
         assert await shared.get("missing") is UNAVAILABLE  # starts the probe
         assert shared.probing
-        assert await shared.connect()                       # waits for that probe
+        assert await shared.connect()  # waits for that probe
         assert await shared.get("missing") is None
         await shared.close()
 
@@ -499,7 +513,8 @@ def test_shared_redis_survives_a_new_event_loop(redis_server: RedisServer) -> No
 
 
 def test_shared_redis_backs_off_without_touching_the_network(
-        redis_server_factory, caplog: pytest.LogCaptureFixture) -> None:
+    redis_server_factory, caplog: pytest.LogCaptureFixture
+) -> None:
     server = redis_server_factory()
     clock = FakeClock()
     # Back-off 1 s doubling to 10 s; the budget is not under test.
@@ -526,7 +541,7 @@ def test_shared_redis_backs_off_without_touching_the_network(
             clock.advance(0.01)
             assert await shared.get("k") is UNAVAILABLE  # starts the probe...
             assert shared.probing
-            assert not await shared.connect()           # ...which fails
+            assert not await shared.connect()  # ...which fails
             pings += 1
             assert (errors("get"), errors("ping")) == (gets + 1, pings)
         server.restart()
@@ -546,8 +561,11 @@ def test_shared_redis_backs_off_without_touching_the_network(
         await shared.close()
 
     run(scenario)
-    messages = [r.getMessage() for r in caplog.records if r.name == "gateway.redis"
-                and r.levelno >= logging.INFO]
+    messages = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "gateway.redis" and r.levelno >= logging.INFO
+    ]
     assert len(messages) == 4, messages  # connected, down, up again, down
     assert "connected" in messages[0]
     assert "unavailable (ConnectionError on get" in messages[1]

@@ -18,8 +18,9 @@ from tests.redis_server import RedisServer
 KEY_ENV = "RATELIMIT_HTTP_TEST_KEY"
 KEY = "tenant-key-for-the-rate-limit-test"
 PER_MINUTE = 1200  # 20/s, with a burst of one second's worth (20)
-BODY = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
-                               "data": [0.0] * 64}]}).encode()
+BODY = json.dumps(
+    {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+).encode()
 
 
 def tenant_config(redis_url: str) -> dict:
@@ -27,8 +28,14 @@ def tenant_config(redis_url: str) -> dict:
     # A generous budget: this test is about the shared limit, and a call over budget
     # would be decided by the per-replica fallback (tested on its own elsewhere).
     config["redis"] = {"url": redis_url, "timeout_ms": 500}
-    config["tenants"] = [{"name": "checkout", "key_env": KEY_ENV, "models": ["digits"],
-                          "rate_limit": {"requests_per_minute": PER_MINUTE}}]
+    config["tenants"] = [
+        {
+            "name": "checkout",
+            "key_env": KEY_ENV,
+            "models": ["digits"],
+            "rate_limit": {"requests_per_minute": PER_MINUTE},
+        }
+    ]
     return config
 
 
@@ -39,8 +46,7 @@ def infer(port: int, key: str | None = KEY):
     return post(port, "/v2/models/digits/infer", BODY, headers)
 
 
-def test_two_replicas_hold_one_tenant_limit_together(redis_server_factory,
-                                                     tmp_path: Path) -> None:
+def test_two_replicas_hold_one_tenant_limit_together(redis_server_factory, tmp_path: Path) -> None:
     redis: RedisServer = redis_server_factory()
     os.environ[KEY_ENV] = KEY
     replicas = [start_gateway(tenant_config(redis.url), tmp_path / f"r{i}") for i in range(2)]
@@ -60,8 +66,9 @@ def test_two_replicas_hold_one_tenant_limit_together(redis_server_factory,
                         retry_after.add(reply.headers.get("retry-after", ""))
 
         started = time.monotonic()
-        threads = [threading.Thread(target=hammer, args=(r.port,)) for r in replicas
-                   for _ in range(3)]
+        threads = [
+            threading.Thread(target=hammer, args=(r.port,)) for r in replicas for _ in range(3)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

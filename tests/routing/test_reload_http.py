@@ -33,8 +33,14 @@ DIGITS_BODY = tensor_json("pixels", "FP32", [1, 64], [float(i % 17) for i in ran
 def config(variant: int, **server: object) -> dict:
     """Two valid configs that differ in the digits backend (queue and batching), so
     every reload builds a new backend and retires the old one under load."""
-    digits = {"type": "onnx", "path": str(DIGITS_MODEL), "providers": ["cpu"],
-              "max_concurrency": 2, "intra_op_threads": 1, "timeout_ms": 5000}
+    digits = {
+        "type": "onnx",
+        "path": str(DIGITS_MODEL),
+        "providers": ["cpu"],
+        "max_concurrency": 2,
+        "intra_op_threads": 1,
+        "timeout_ms": 5000,
+    }
     if variant % 2:
         digits |= {"max_queue": 128, "batching": {"max_batch_size": 8, "max_queue_delay_us": 500}}
     else:
@@ -44,9 +50,13 @@ def config(variant: int, **server: object) -> dict:
         "backends": {
             "digits-cpu": digits,
             # Never called: here for its secret header, which GET /admin/config must not show.
-            "vendor": {"type": "openai", "base_url": "http://127.0.0.1:9/v1",
-                       "api_key_env": KEY_ENV, "model": "fake-chat",
-                       "headers": {"x-organization": "${" + SECRET_ENV + "}"}},
+            "vendor": {
+                "type": "openai",
+                "base_url": "http://127.0.0.1:9/v1",
+                "api_key_env": KEY_ENV,
+                "model": "fake-chat",
+                "headers": {"x-organization": "${" + SECRET_ENV + "}"},
+            },
         },
         "models": {
             "digits": {
@@ -116,8 +126,12 @@ class SteadyLoad:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         while not self._stop.is_set():
             try:
-                conn.request("POST", "/v2/models/digits/infer", DIGITS_BODY,
-                             {"content-type": "application/json"})
+                conn.request(
+                    "POST",
+                    "/v2/models/digits/infer",
+                    DIGITS_BODY,
+                    {"content-type": "application/json"},
+                )
                 response = conn.getresponse()
                 status, body = response.status, response.read()
                 failure = None if status == 200 else f"{status}: {body[:300]!r}"
@@ -136,7 +150,7 @@ class SteadyLoad:
         with self._lock:
             return self.ok
 
-    def __enter__(self) -> "SteadyLoad":
+    def __enter__(self) -> SteadyLoad:
         for thread in self._threads:
             thread.start()
         return self
@@ -235,15 +249,20 @@ def test_log_format_and_level_follow_a_reload(gateway: tuple[GatewayProcess, Pat
     status, doc = admin(process.port, "POST", "/admin/reload")
     assert status == 200, doc
     # The reload's own closing line is already written as JSON, by the new level.
-    wait_for(lambda: any(line.startswith("{") and "logging now json at level debug" in line
-                         for line in process.logs().splitlines()), what="a JSON log line")
-    line = next(line for line in process.logs().splitlines()
-                if "logging now json" in line)
+    wait_for(
+        lambda: any(
+            line.startswith("{") and "logging now json at level debug" in line
+            for line in process.logs().splitlines()
+        ),
+        what="a JSON log line",
+    )
+    line = next(line for line in process.logs().splitlines() if "logging now json" in line)
     assert json.loads(line)["message"] == "logging now json at level debug"
 
 
 def test_a_refused_config_does_not_show_the_values_of_its_variables(
-        gateway: tuple[GatewayProcess, Path]) -> None:
+    gateway: tuple[GatewayProcess, Path],
+) -> None:
     """The reasons for refusing a config name the YAML path and the problem; a value
     that came from `${VAR}` (here a URL with a token, missing its scheme) stays in
     the environment: it is not echoed to admin callers or into the logs."""

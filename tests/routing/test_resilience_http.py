@@ -97,19 +97,38 @@ class Vendors:
 def vendor_backend(url: str, **extra: object) -> dict:
     # No retries and no breaker unless a test asks: one call per request, whatever
     # happened before.
-    return {"type": "openai", "base_url": f"http://{url}/v1", "api_key_env": KEY_ENV,
-            "model": "fake-chat", "retries": {"max": 0},
-            "circuit_breaker": {"enabled": False}, **extra}
+    return {
+        "type": "openai",
+        "base_url": f"http://{url}/v1",
+        "api_key_env": KEY_ENV,
+        "model": "fake-chat",
+        "retries": {"max": 0},
+        "circuit_breaker": {"enabled": False},
+        **extra,
+    }
 
 
 def breaker_backend(url: str) -> dict:
-    return vendor_backend(url, timeout_ms=A_TIMEOUT_MS, circuit_breaker={
-        "consecutive_failures": 3, "min_requests": 1000, "cooldown_ms": COOLDOWN_MS})
+    return vendor_backend(
+        url,
+        timeout_ms=A_TIMEOUT_MS,
+        circuit_breaker={
+            "consecutive_failures": 3,
+            "min_requests": 1000,
+            "cooldown_ms": COOLDOWN_MS,
+        },
+    )
 
 
 def digits_backend(**extra: object) -> dict:
-    return {"type": "onnx", "path": str(DIGITS_MODEL), "providers": ["cpu"],
-            "max_concurrency": 1, "intra_op_threads": 1, **extra}
+    return {
+        "type": "onnx",
+        "path": str(DIGITS_MODEL),
+        "providers": ["cpu"],
+        "max_concurrency": 1,
+        "intra_op_threads": 1,
+        **extra,
+    }
 
 
 def chat_model(*backends: str, **route: object) -> dict:
@@ -124,9 +143,15 @@ def other_digits_model(path: Path) -> Path:
     pixels = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 64])
     probabilities = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 10])
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["pixels", "w"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
-        "other-digits", [pixels], [probabilities], initializer=[numpy_helper.from_array(weight, "w")])
+        [
+            helper.make_node("MatMul", ["pixels", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "other-digits",
+        [pixels],
+        [probabilities],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -161,8 +186,12 @@ def gateway(vendors: Vendors, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "b-chat": vendor_backend(vendors.b),
             "b-embed": vendor_backend(vendors.b, model="fake-embed"),
             "embedder-local": {
-                "type": "onnx", "path": str(EMBEDDER / "model.onnx"), "providers": ["cpu"],
-                "intra_op_threads": 1, "max_concurrency": 1, "max_queue": 1,
+                "type": "onnx",
+                "path": str(EMBEDDER / "model.onnx"),
+                "providers": ["cpu"],
+                "intra_op_threads": 1,
+                "max_concurrency": 1,
+                "max_queue": 1,
                 "tokenizer": {"path": str(EMBEDDER / "tokenizer.json"), "input": "text"},
             },
             "digits-main": digits_backend(),
@@ -170,24 +199,51 @@ def gateway(vendors: Vendors, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "digits-other": {**digits_backend(), "path": str(other)},
             # Waits up to a second for batch-mates: a shadow that answers late.
             "digits-lazy": digits_backend(
-                batching={"max_batch_size": 64, "max_queue_delay_us": 1_000_000}),
+                batching={"max_batch_size": 64, "max_queue_delay_us": 1_000_000}
+            ),
         },
         "models": {
             "breaker": chat_model("a-brk", "b-brk"),
             "probe": chat_model("a-probe", "b-probe"),
             "fallback": chat_model("a-chat", "b-chat"),
             "hedged": chat_model("a-chat", "b-chat", hedge={"delay_ms": 50}),
-            "sticky": {"kind": "chat", "route": {
-                "strategy": "weighted", "sticky": {"header": "x-user-id"},
-                "backends": [{"name": "a-chat", "weight": 50}, {"name": "b-chat", "weight": 50}]}},
-            "embed-burst": {"kind": "embeddings", "signature": TEXT_TO_VECTOR,
-                            "route": {"backends": ["embedder-local", "b-embed"]}},
-            "shadow-copy": {"signature": DIGITS_SIGNATURE, "route": {
-                "backends": ["digits-main"], "shadow": {"backend": "digits-copy", "fraction": 1.0}}},
-            "shadow-other": {"signature": DIGITS_SIGNATURE, "route": {
-                "backends": ["digits-main"], "shadow": {"backend": "digits-other", "fraction": 1.0}}},
-            "shadow-lazy": {"signature": DIGITS_SIGNATURE, "route": {
-                "backends": ["digits-main"], "shadow": {"backend": "digits-lazy", "fraction": 1.0}}},
+            "sticky": {
+                "kind": "chat",
+                "route": {
+                    "strategy": "weighted",
+                    "sticky": {"header": "x-user-id"},
+                    "backends": [
+                        {"name": "a-chat", "weight": 50},
+                        {"name": "b-chat", "weight": 50},
+                    ],
+                },
+            },
+            "embed-burst": {
+                "kind": "embeddings",
+                "signature": TEXT_TO_VECTOR,
+                "route": {"backends": ["embedder-local", "b-embed"]},
+            },
+            "shadow-copy": {
+                "signature": DIGITS_SIGNATURE,
+                "route": {
+                    "backends": ["digits-main"],
+                    "shadow": {"backend": "digits-copy", "fraction": 1.0},
+                },
+            },
+            "shadow-other": {
+                "signature": DIGITS_SIGNATURE,
+                "route": {
+                    "backends": ["digits-main"],
+                    "shadow": {"backend": "digits-other", "fraction": 1.0},
+                },
+            },
+            "shadow-lazy": {
+                "signature": DIGITS_SIGNATURE,
+                "route": {
+                    "backends": ["digits-main"],
+                    "shadow": {"backend": "digits-lazy", "fraction": 1.0},
+                },
+            },
         },
     }
     with pytest.MonkeyPatch.context() as patch:
@@ -223,12 +279,25 @@ class Timed:
         return int(self.reply.headers["x-gateway-attempts"])
 
 
-def chat(port: int, model: str, text: str = "hello there", headers: dict[str, str] | None = None,
-         **body: object) -> Timed:
+def chat(
+    port: int,
+    model: str,
+    text: str = "hello there",
+    headers: dict[str, str] | None = None,
+    **body: object,
+) -> Timed:
     payload = json.dumps({"model": model, "messages": [{"role": "user", "content": text}], **body})
     started = time.perf_counter()
-    reply = post(port, CHAT, payload, {"content-type": "application/json",
-                                       "x-request-timeout-ms": REQUEST_TIMEOUT_MS, **(headers or {})})
+    reply = post(
+        port,
+        CHAT,
+        payload,
+        {
+            "content-type": "application/json",
+            "x-request-timeout-ms": REQUEST_TIMEOUT_MS,
+            **(headers or {}),
+        },
+    )
     return Timed(reply, time.perf_counter() - started)
 
 
@@ -240,10 +309,16 @@ def admin(port: int, path: str, key: str | None = ADMIN_KEY, method: str = "POST
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request(method, path, b"" if method == "POST" else None,
-                 {} if key is None else {"authorization": f"Bearer {key}"})
+    conn.request(
+        method,
+        path,
+        b"" if method == "POST" else None,
+        {} if key is None else {"authorization": f"Bearer {key}"},
+    )
     response = conn.getresponse()
-    reply = Reply(response.status, response.read(), {k.lower(): v for k, v in response.getheaders()})
+    reply = Reply(
+        response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+    )
     conn.close()
     return reply
 
@@ -257,8 +332,14 @@ def circuit_open(port: int, backend: str) -> float:
 
 
 def fallbacks(port: int, model: str, source: str, target: str, reason: str) -> float:
-    return value(port, "gateway_fallbacks_total", model=model, from_backend=source,
-                 to_backend=target, reason=reason)
+    return value(
+        port,
+        "gateway_fallbacks_total",
+        model=model,
+        from_backend=source,
+        to_backend=target,
+        reason=reason,
+    )
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
@@ -289,7 +370,7 @@ class Load:
         with self._lock:
             return sum(1 for t in self.replies if predicate(t))
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self._threads:
             thread.start()
         return self
@@ -307,7 +388,8 @@ FAULT_REASON = {"500": "5xx", "timeout": "timeout", "refused": "connection", "ki
 
 @pytest.mark.parametrize("fault", list(FAULT_REASON))
 def test_a_failing_primary_opens_its_circuit_and_b_serves_every_request(
-        gateway: GatewayProcess, vendors: Vendors, fault: str) -> None:
+    gateway: GatewayProcess, vendors: Vendors, fault: str
+) -> None:
     port = gateway.port
     assert chat(port, "breaker").backend == "a-brk"  # healthy: A answers
     reason = FAULT_REASON[fault]
@@ -329,7 +411,7 @@ def test_a_failing_primary_opens_its_circuit_and_b_serves_every_request(
             wait_for(lambda: load.count() >= killed_at + 30, what="requests after the kill")
         replies = load.replies
         # Once the calls in flight at the kill (one per thread) are answered, B serves all.
-        assert all(t.backend == "b-brk" for t in replies[killed_at + 3:])
+        assert all(t.backend == "b-brk" for t in replies[killed_at + 3 :])
     else:
         if fault == "refused":
             vendors.stop_a()
@@ -368,8 +450,10 @@ def test_a_failing_primary_opens_its_circuit_and_b_serves_every_request(
     else:
         vendors.restart_a()
     back: list[Timed] = []
-    wait_for(lambda: back.append(chat(port, "breaker")) or back[-1].backend == "a-brk",
-             what="traffic to return to A")
+    wait_for(
+        lambda: back.append(chat(port, "breaker")) or back[-1].backend == "a-brk",
+        what="traffic to return to A",
+    )
     assert [t.status for t in back] == [200] * len(back)
     assert circuit_open(port, "a-brk") == 0
     after = [chat(port, "breaker") for _ in range(5)]
@@ -377,15 +461,18 @@ def test_a_failing_primary_opens_its_circuit_and_b_serves_every_request(
 
 
 def test_a_request_with_its_deadline_spent_does_not_wedge_a_half_open_circuit(
-        gateway: GatewayProcess, vendors: Vendors) -> None:
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     """Past the cool-down, the first request to reach an open circuit takes its one
     half-open probe. If that request's own deadline is already spent, it never calls
     the backend; the probe must be given back (no verdict), or no other request is
     ever let through again and the backend stays cut off although it is healthy."""
     port = gateway.port
     control_fake_vendor(vendors.a, error_rate=1.0, error_kind="500")
-    wait_for(lambda: chat(port, "probe").status == 200 and circuit_open(port, "a-probe") == 1,
-             what="the circuit to open")
+    wait_for(
+        lambda: chat(port, "probe").status == 200 and circuit_open(port, "a-probe") == 1,
+        what="the circuit to open",
+    )
     reset_fake_vendor(vendors.a)  # A is healthy again
     opened_at = time.monotonic()
     # Requests whose deadline is spent on arrival, for longer than the cool-down.
@@ -398,24 +485,31 @@ def test_a_request_with_its_deadline_spent_does_not_wedge_a_half_open_circuit(
         assert reply.status == 200
         if time.monotonic() > deadline:
             state = json.loads(admin(port, "/admin/config", method="GET").body)["backends"]
-            pytest.fail(f"no request reached the healthy A for 5 s: a-probe is "
-                        f"{state['a-probe']['state']}, its probe taken by a request that never "
-                        f"called it (A received {received(vendors.a)})")
+            pytest.fail(
+                f"no request reached the healthy A for 5 s: a-probe is "
+                f"{state['a-probe']['state']}, its probe taken by a request that never "
+                f"called it (A received {received(vendors.a)})"
+            )
     assert circuit_open(port, "a-probe") == 0
 
 
 # -- 2. overflow from a small local backend to a vendor --------------------------------------
 
 
-def test_an_overloaded_local_embedder_overflows_to_the_vendor(gateway: GatewayProcess,
-                                                              vendors: Vendors) -> None:
+def test_an_overloaded_local_embedder_overflows_to_the_vendor(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     port = gateway.port
     before = fallbacks(port, "embed-burst", "embedder-local", "b-embed", "overloaded")
     texts = [f"burst text number {i}" for i in range(32)]
 
     def embed(text: str) -> Reply:
-        return post(port, EMBEDDINGS, json.dumps({"model": "embed-burst", "input": [text] * 4}),
-                    {"content-type": "application/json"})
+        return post(
+            port,
+            EMBEDDINGS,
+            json.dumps({"model": "embed-burst", "input": [text] * 4}),
+            {"content-type": "application/json"},
+        )
 
     with ThreadPoolExecutor(32) as pool:
         replies = list(pool.map(embed, texts))
@@ -424,8 +518,10 @@ def test_an_overloaded_local_embedder_overflows_to_the_vendor(gateway: GatewayPr
     by = [r.headers["x-gateway-backend"] for r in replies]
     assert "embedder-local" in by and "b-embed" in by, by
     overflowed = by.count("b-embed")
-    assert fallbacks(port, "embed-burst", "embedder-local", "b-embed", "overloaded") \
+    assert (
+        fallbacks(port, "embed-burst", "embedder-local", "b-embed", "overloaded")
         == before + overflowed
+    )
     assert received(vendors.b, EMBEDDINGS) == overflowed
     for text, reply in zip(texts, replies):
         vectors = np.array([d["embedding"] for d in json.loads(reply.body)["data"]], np.float32)
@@ -440,8 +536,9 @@ def test_an_overloaded_local_embedder_overflows_to_the_vendor(gateway: GatewayPr
 # -- 3. invalid input never falls back; one call per request --------------------------------
 
 
-def test_a_request_the_vendor_refuses_as_invalid_is_not_sent_to_b(gateway: GatewayProcess,
-                                                                  vendors: Vendors) -> None:
+def test_a_request_the_vendor_refuses_as_invalid_is_not_sent_to_b(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     port = gateway.port
     before = fallbacks(port, "fallback", "a-chat", "b-chat", "error")
     refused = chat(port, "fallback", stop=5)  # the vendor wants a string or a list of strings
@@ -451,17 +548,23 @@ def test_a_request_the_vendor_refuses_as_invalid_is_not_sent_to_b(gateway: Gatew
     assert fallbacks(port, "fallback", "a-chat", "b-chat", "error") == before
 
 
-def test_a_request_the_gateway_refuses_reaches_no_vendor(gateway: GatewayProcess,
-                                                         vendors: Vendors) -> None:
+def test_a_request_the_gateway_refuses_reaches_no_vendor(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     port = gateway.port
-    reply = post(port, CHAT, json.dumps({"model": "fallback", "messages": []}),
-                 {"content-type": "application/json"})
+    reply = post(
+        port,
+        CHAT,
+        json.dumps({"model": "fallback", "messages": []}),
+        {"content-type": "application/json"},
+    )
     assert reply.status == 400
     assert (received(vendors.a), received(vendors.b)) == (0, 0)
 
 
-def test_invalid_requests_do_not_count_against_the_circuit(gateway: GatewayProcess,
-                                                           vendors: Vendors) -> None:
+def test_invalid_requests_do_not_count_against_the_circuit(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     port = gateway.port
     for _ in range(6):  # twice consecutive_failures
         assert chat(port, "breaker", stop=5).status == 400
@@ -471,8 +574,9 @@ def test_invalid_requests_do_not_count_against_the_circuit(gateway: GatewayProce
 
 
 @pytest.mark.parametrize("kind", ["500", "429", "garbage", "cut_stream"])
-def test_a_failed_call_is_sent_once_to_each_backend(gateway: GatewayProcess, vendors: Vendors,
-                                                    kind: str) -> None:
+def test_a_failed_call_is_sent_once_to_each_backend(
+    gateway: GatewayProcess, vendors: Vendors, kind: str
+) -> None:
     port = gateway.port
     control_fake_vendor(vendors.a, error_rate=1.0, error_kind=kind)
     replies = [chat(port, "fallback", f"question {i}") for i in range(4)]
@@ -484,17 +588,23 @@ def test_a_failed_call_is_sent_once_to_each_backend(gateway: GatewayProcess, ven
 # -- 4. hedging --------------------------------------------------------------------------------
 
 
-def test_a_hedged_request_is_answered_by_the_fast_backend(gateway: GatewayProcess,
-                                                          vendors: Vendors) -> None:
+def test_a_hedged_request_is_answered_by_the_fast_backend(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     port = gateway.port
     control_fake_vendor(vendors.a, latency_ms=400)
-    before = value(port, "gateway_hedges_total", model="hedged", from_backend="a-chat",
-                   to_backend="b-chat")
+    before = value(
+        port, "gateway_hedges_total", model="hedged", from_backend="a-chat", to_backend="b-chat"
+    )
     hedged = chat(port, "hedged")
     assert hedged.status == 200 and hedged.backend == "b-chat"
     assert hedged.elapsed_s < 0.3, hedged.elapsed_s  # not A's 400 ms
-    assert value(port, "gateway_hedges_total", model="hedged", from_backend="a-chat",
-                 to_backend="b-chat") == before + 1
+    assert (
+        value(
+            port, "gateway_hedges_total", model="hedged", from_backend="a-chat", to_backend="b-chat"
+        )
+        == before + 1
+    )
     assert received(vendors.b) == 1
     # Without hedging, the same call waits for A.
     plain = chat(port, "fallback")
@@ -505,16 +615,22 @@ def test_a_hedged_request_is_answered_by_the_fast_backend(gateway: GatewayProces
 
 def test_a_fast_answer_is_not_hedged(gateway: GatewayProcess, vendors: Vendors) -> None:
     port = gateway.port
-    before = value(port, "gateway_hedges_total", model="hedged", from_backend="a-chat",
-                   to_backend="b-chat")
+    before = value(
+        port, "gateway_hedges_total", model="hedged", from_backend="a-chat", to_backend="b-chat"
+    )
     assert [chat(port, "hedged").backend for _ in range(3)] == ["a-chat"] * 3
-    assert value(port, "gateway_hedges_total", model="hedged", from_backend="a-chat",
-                 to_backend="b-chat") == before
+    assert (
+        value(
+            port, "gateway_hedges_total", model="hedged", from_backend="a-chat", to_backend="b-chat"
+        )
+        == before
+    )
     assert received(vendors.b) == 0
 
 
-def test_a_failing_hedge_does_not_fail_the_request(gateway: GatewayProcess,
-                                                   vendors: Vendors) -> None:
+def test_a_failing_hedge_does_not_fail_the_request(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     port = gateway.port
     control_fake_vendor(vendors.a, latency_ms=300)
     control_fake_vendor(vendors.b, error_rate=1.0, error_kind="500")
@@ -524,7 +640,8 @@ def test_a_failing_hedge_does_not_fail_the_request(gateway: GatewayProcess,
 
 
 def test_when_both_hedged_calls_fail_neither_backend_is_called_again(
-        gateway: GatewayProcess, vendors: Vendors) -> None:
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     """A hedged pair that both fail has called each backend once; the route then
     has no backend left to try. Calling B a second time would send a
     non-idempotent request twice (and cost twice)."""
@@ -566,9 +683,12 @@ def digits_rows(n: int, seed: int) -> np.ndarray:
 
 def infer(port: int, model: str, rows: np.ndarray) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    reply = post(port, f"/v2/models/{model}/infer",
-                 tensor_json("pixels", "FP32", list(rows.shape), rows.ravel().tolist()),
-                 {"content-type": "application/json"})
+    reply = post(
+        port,
+        f"/v2/models/{model}/infer",
+        tensor_json("pixels", "FP32", list(rows.shape), rows.ravel().tolist()),
+        {"content-type": "application/json"},
+    )
     elapsed = time.perf_counter() - started
     assert reply.status == 200, reply.body
     output = json.loads(reply.body)["outputs"][0]
@@ -584,16 +704,25 @@ def digits_session() -> ort.InferenceSession:
     return ort.InferenceSession(str(DIGITS_MODEL), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("model, shadow, result", [
-    ("shadow-copy", "digits-copy", "agree"),
-    ("shadow-other", "digits-other", "disagree"),
-    ("shadow-lazy", "digits-lazy", "agree"),
-])
+@pytest.mark.parametrize(
+    "model, shadow, result",
+    [
+        ("shadow-copy", "digits-copy", "agree"),
+        ("shadow-other", "digits-other", "disagree"),
+        ("shadow-lazy", "digits-lazy", "agree"),
+    ],
+)
 def test_shadow_traffic_is_compared_and_never_changes_the_answer(
-        gateway: GatewayProcess, digits_session: ort.InferenceSession,
-        model: str, shadow: str, result: str) -> None:
+    gateway: GatewayProcess,
+    digits_session: ort.InferenceSession,
+    model: str,
+    shadow: str,
+    result: str,
+) -> None:
     port = gateway.port
-    before = {r: shadowed(port, model, shadow, r) for r in ("agree", "disagree", "error", "skipped")}
+    before = {
+        r: shadowed(port, model, shadow, r) for r in ("agree", "disagree", "error", "skipped")
+    }
     requests = 5
     for i in range(requests):
         rows = digits_rows(2, seed=i)
@@ -601,8 +730,10 @@ def test_shadow_traffic_is_compared_and_never_changes_the_answer(
         (expected,) = digits_session.run(["probabilities"], {"pixels": rows})
         np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-7)  # the primary's
         assert elapsed < 0.5, elapsed  # the lazy shadow waits 1 s: the caller does not
-    wait_for(lambda: shadowed(port, model, shadow, result) == before[result] + requests,
-             what=f"{requests} '{result}' shadow results")
+    wait_for(
+        lambda: shadowed(port, model, shadow, result) == before[result] + requests,
+        what=f"{requests} '{result}' shadow results",
+    )
     for other in {"agree", "disagree", "error", "skipped"} - {result}:
         assert shadowed(port, model, shadow, other) == before[other]
 
@@ -610,8 +741,9 @@ def test_shadow_traffic_is_compared_and_never_changes_the_answer(
 # -- 7. the kill switch ------------------------------------------------------------------
 
 
-def test_the_kill_switch_moves_traffic_off_a_backend_and_back(gateway: GatewayProcess,
-                                                              vendors: Vendors) -> None:
+def test_the_kill_switch_moves_traffic_off_a_backend_and_back(
+    gateway: GatewayProcess, vendors: Vendors
+) -> None:
     port = gateway.port
     before = fallbacks(port, "fallback", "a-chat", "b-chat", "disabled")
     disabled = admin(port, "/admin/backends/a-chat/disable")
@@ -626,8 +758,10 @@ def test_the_kill_switch_moves_traffic_off_a_backend_and_back(gateway: GatewayPr
     finally:
         enabled = admin(port, "/admin/backends/a-chat/enable")
     assert enabled.status == 200, enabled.body
-    assert json.loads(admin(port, "/admin/config", method="GET").body)[
-        "backends"]["a-chat"]["enabled"] is True
+    assert (
+        json.loads(admin(port, "/admin/config", method="GET").body)["backends"]["a-chat"]["enabled"]
+        is True
+    )
     assert [chat(port, "fallback").backend for _ in range(3)] == ["a-chat"] * 3
     assert received(vendors.b) == 5
 
@@ -640,12 +774,17 @@ def test_the_kill_switch_names_only_configured_backends(gateway: GatewayProcess)
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key"])
-def test_admin_endpoints_need_the_admin_key(gateway: GatewayProcess, vendors: Vendors,
-                                            key: str | None) -> None:
+def test_admin_endpoints_need_the_admin_key(
+    gateway: GatewayProcess, vendors: Vendors, key: str | None
+) -> None:
     port = gateway.port
-    for method, path in [("GET", "/admin/config"), ("POST", "/admin/reload"),
-                         ("POST", "/admin/rollback"), ("POST", "/admin/backends/a-chat/disable"),
-                         ("POST", "/admin/backends/a-chat/enable")]:
+    for method, path in [
+        ("GET", "/admin/config"),
+        ("POST", "/admin/reload"),
+        ("POST", "/admin/rollback"),
+        ("POST", "/admin/backends/a-chat/disable"),
+        ("POST", "/admin/backends/a-chat/enable"),
+    ]:
         reply = admin(port, path, key=key, method=method)
         assert reply.status == 401, (path, reply.status, reply.body)
         assert "admin key" in reply.error

@@ -42,11 +42,13 @@ class AnthropicBackend(VendorBackend):
 
     def _vendor_body(self, request: ChatRequest) -> bytes:
         try:
-            body = chat_request_to_anthropic(request.body, self.config.model,
-                                             self.config.default_max_tokens)
+            body = chat_request_to_anthropic(
+                request.body, self.config.model, self.config.default_max_tokens
+            )
         except UnsupportedRequest as exc:
-            raise InvalidInput(f"{exc.field}: {exc.message} (backend '{self.name}' is "
-                               "Anthropic's Messages API)") from None
+            raise InvalidInput(
+                f"{exc.field}: {exc.message} (backend '{self.name}' is Anthropic's Messages API)"
+            ) from None
         body["stream"] = request.stream
         return orjson.dumps(body)
 
@@ -57,26 +59,36 @@ class AnthropicBackend(VendorBackend):
             doc = orjson.loads(reply.body)
             if not isinstance(doc, dict):
                 raise VendorProtocolError("the answer is not a JSON object")
-            chat = anthropic_response_to_chat(doc, str(request.body.get("model", "")),
-                                              int(time.time()))
+            chat = anthropic_response_to_chat(
+                doc, str(request.body.get("model", "")), int(time.time())
+            )
         except (orjson.JSONDecodeError, VendorProtocolError) as exc:
-            raise BackendFailed(f"backend '{self.name}': the vendor's answer is not a valid "
-                                f"message: {exc}", reason="bad_output") from None
+            raise BackendFailed(
+                f"backend '{self.name}': the vendor's answer is not a valid message: {exc}",
+                reason="bad_output",
+            ) from None
         return ChatResult(chat, _usage(chat), tries=reply.tries)
 
-    async def chat_stream(self, request: ChatRequest, timeout_s: float) -> "AnthropicChatStream":
+    async def chat_stream(self, request: ChatRequest, timeout_s: float) -> AnthropicChatStream:
         deadline = time.monotonic() + timeout_s
-        response, tries = await self._open_stream("/v1/messages", self._vendor_body(request),
-                                                  timeout_s, deadline)
-        translator = AnthropicStreamTranslator(str(request.body.get("model", "")),
-                                               int(time.time()), include_usage=True)
+        response, tries = await self._open_stream(
+            "/v1/messages", self._vendor_body(request), timeout_s, deadline
+        )
+        translator = AnthropicStreamTranslator(
+            str(request.body.get("model", "")), int(time.time()), include_usage=True
+        )
         return AnthropicChatStream(self.name, response, self.limiter, translator, tries)
 
 
 class AnthropicChatStream(VendorStream):
-    def __init__(self, backend: str, response: aiohttp.ClientResponse,
-                 limiter: ConcurrencyLimiter, translator: AnthropicStreamTranslator,
-                 tries: int) -> None:
+    def __init__(
+        self,
+        backend: str,
+        response: aiohttp.ClientResponse,
+        limiter: ConcurrencyLimiter,
+        translator: AnthropicStreamTranslator,
+        tries: int,
+    ) -> None:
         super().__init__(backend, response, limiter, tries)
         self.translator = translator
 
@@ -92,8 +104,7 @@ class AnthropicChatStream(VendorStream):
                         if not isinstance(event, dict):
                             raise VendorProtocolError("an event's data is not a JSON object")
                         chunks = translator.feed(name or str(event.get("type", "")), event)
-                    except (orjson.JSONDecodeError, VendorProtocolError,
-                            VendorStreamError) as exc:
+                    except (orjson.JSONDecodeError, VendorProtocolError, VendorStreamError) as exc:
                         raise BackendFailed(f"backend '{self.backend}': {exc}") from None
                     counted = translator.usage
                     self.usage = Usage(counted.prompt_tokens, counted.completion_tokens)
@@ -107,7 +118,6 @@ class AnthropicChatStream(VendorStream):
             await self.aclose()
         if not translator.finished:
             raise BackendFailed(f"backend '{self.backend}': the stream ended before message_stop")
-
 
 
 def _usage(chat: dict[str, Any]) -> Usage | None:

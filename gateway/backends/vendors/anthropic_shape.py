@@ -178,7 +178,8 @@ def _reject_unsupported_options(body: dict[str, Any]) -> None:
         if kind != "text":
             # Dropping it would hand back prose to a caller that parses JSON.
             raise UnsupportedRequest(
-                "response_format", f"only type 'text' is supported by this backend, got {kind!r}")
+                "response_format", f"only type 'text' is supported by this backend, got {kind!r}"
+            )
     if body.get("logprobs") or body.get("top_logprobs"):
         field = "logprobs" if body.get("logprobs") else "top_logprobs"
         raise UnsupportedRequest(field, "log probabilities are not available from this backend")
@@ -189,7 +190,8 @@ def _reject_unsupported_options(body: dict[str, Any]) -> None:
         raise UnsupportedRequest("modalities", "only ['text'] is supported by this backend")
     if body.get("web_search_options") is not None:
         raise UnsupportedRequest(
-            "web_search_options", "web search is not supported by this backend")
+            "web_search_options", "web search is not supported by this backend"
+        )
 
 
 def _max_tokens(body: dict[str, Any], default: int) -> int:
@@ -214,7 +216,8 @@ def _stop_sequences(stop: object) -> list[str]:
         if not sequence.strip():
             raise UnsupportedRequest(
                 "stop",
-                f"whitespace-only stop sequences are not supported by this backend: {sequence!r}")
+                f"whitespace-only stop sequences are not supported by this backend: {sequence!r}",
+            )
     return sequences
 
 
@@ -235,7 +238,8 @@ def _translate_messages(raw: object) -> tuple[str, list[dict[str, Any]]]:
             continue
         if role not in ("user", "assistant"):
             raise UnsupportedRequest(
-                f"{where}.role", f"role {role!r} is not supported by this backend")
+                f"{where}.role", f"role {role!r} is not supported by this backend"
+            )
         for field in ("tool_calls", "function_call", "audio"):
             if message.get(field):
                 raise UnsupportedRequest(f"{where}.{field}", "not supported by this backend")
@@ -249,10 +253,15 @@ def _translate_messages(raw: object) -> tuple[str, list[dict[str, Any]]]:
             turns.append((role, texts))
     if not turns:
         raise UnsupportedRequest(
-            "messages", "at least one non-empty user or assistant message is required")
+            "messages", "at least one non-empty user or assistant message is required"
+        )
     messages = [
-        {"role": role, "content": texts[0] if len(texts) == 1
-         else [{"type": "text", "text": text} for text in texts]}
+        {
+            "role": role,
+            "content": texts[0]
+            if len(texts) == 1
+            else [{"type": "text", "text": text} for text in texts],
+        }
         for role, texts in turns
     ]
     return "\n\n".join(system), messages
@@ -270,7 +279,8 @@ def _texts(content: object, where: str) -> list[str]:
         if kind != "text":
             raise UnsupportedRequest(
                 f"{where}[{j}]",
-                f"only text content parts are supported by this backend, got {kind!r}")
+                f"only text content parts are supported by this backend, got {kind!r}",
+            )
         text = part.get("text")
         if not isinstance(text, str):
             raise UnsupportedRequest(f"{where}[{j}].text", "expected a string")
@@ -350,19 +360,24 @@ def anthropic_response_to_chat(resp: dict[str, Any], model: str, created: int) -
     completion_tokens = _count(usage, "output_tokens")
     if input_tokens is None or completion_tokens is None:
         raise VendorProtocolError("usage lacks input_tokens or output_tokens")
-    prompt_tokens = input_tokens + (_count(usage, "cache_creation_input_tokens") or 0) + (
-        _count(usage, "cache_read_input_tokens") or 0)
+    prompt_tokens = (
+        input_tokens
+        + (_count(usage, "cache_creation_input_tokens") or 0)
+        + (_count(usage, "cache_read_input_tokens") or 0)
+    )
     return {
         "id": "chatcmpl-" + message_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": "".join(texts), "refusal": None},
-            "logprobs": None,
-            "finish_reason": _finish_reason(resp.get("stop_reason")),
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(texts), "refusal": None},
+                "logprobs": None,
+                "finish_reason": _finish_reason(resp.get("stop_reason")),
+            }
+        ],
         "usage": ChatUsage(prompt_tokens, completion_tokens).to_openai(),
     }
 
@@ -382,8 +397,15 @@ class AnthropicStreamTranslator:
     stays False until `message_stop`, so a stream cut short is detectable.
     """
 
-    __slots__ = ("_model", "_created", "_include_usage", "_id",
-                 "_input_tokens", "_completion_tokens", "_finished")
+    __slots__ = (
+        "_completion_tokens",
+        "_created",
+        "_finished",
+        "_id",
+        "_include_usage",
+        "_input_tokens",
+        "_model",
+    )
 
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
         self._model = model
@@ -438,20 +460,23 @@ class AnthropicStreamTranslator:
             self._finished = True
             if not self._include_usage:
                 return []
-            return [{
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._model,
-                "choices": [],
-                "usage": self.usage.to_openai(),
-            }]
+            return [
+                {
+                    "id": self._id,
+                    "object": "chat.completion.chunk",
+                    "created": self._created,
+                    "model": self._model,
+                    "choices": [],
+                    "usage": self.usage.to_openai(),
+                }
+            ]
         if event_type == "error":
             error = data.get("error") if isinstance(data, dict) else None
             error_type = error.get("type") if isinstance(error, dict) else None
             raise VendorStreamError(
                 f"stream error: {_error_summary(data)}",
-                error_type if isinstance(error_type, str) else None)
+                error_type if isinstance(error_type, str) else None,
+            )
         # ping, content_block_start/stop, and event types added later.
         return []
 
@@ -498,7 +523,8 @@ class AnthropicStreamTranslator:
             "created": self._created,
             "model": self._model,
             "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
         }
         if self._include_usage:
             chunk["usage"] = None

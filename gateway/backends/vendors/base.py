@@ -23,24 +23,35 @@ def api_key(env_name: str | None, backend: str) -> str | None:
         return None
     value = os.environ.get(env_name)
     if not value:
-        raise ValueError(f"backend '{backend}': environment variable {env_name} (api_key_env) "
-                         "is not set")
+        raise ValueError(
+            f"backend '{backend}': environment variable {env_name} (api_key_env) is not set"
+        )
     return value
 
 
 class VendorBackend:
     """Base of the `type: openai` and `type: anthropic` backends."""
 
-    def __init__(self, name: str, config: VendorBackendCommon, headers: dict[str, str],
-                 query: dict[str, str] | None = None,
-                 describe_error: Callable[[int, bytes], str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: VendorBackendCommon,
+        headers: dict[str, str],
+        query: dict[str, str] | None = None,
+        describe_error: Callable[[int, bytes], str] | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.client = VendorClient(
-            name, config.base_url, headers, max_connections=config.max_concurrency,
+            name,
+            config.base_url,
+            headers,
+            max_connections=config.max_concurrency,
             connect_timeout_s=config.connect_timeout_ms / 1000.0,
             retry=RetryPolicy(config.retries.max, config.retries.backoff_ms / 1000.0),
-            query=query, describe_error=describe_error)
+            query=query,
+            describe_error=describe_error,
+        )
         self.limiter = ConcurrencyLimiter(name, config.max_concurrency, config.max_queue)
 
     def ready(self) -> bool:
@@ -63,8 +74,9 @@ class VendorBackend:
         finally:
             self.limiter.release()
 
-    async def _open_stream(self, path: str, body: bytes, timeout_s: float,
-                           deadline: float) -> tuple[aiohttp.ClientResponse, int]:
+    async def _open_stream(
+        self, path: str, body: bytes, timeout_s: float, deadline: float
+    ) -> tuple[aiohttp.ClientResponse, int]:
         """A started stream holding a limiter slot: the stream object releases it."""
         await self.limiter.acquire(timeout_s)
         try:
@@ -77,8 +89,13 @@ class VendorBackend:
 class VendorStream:
     """A vendor's streamed answer: holds its backend slot until it ends or is closed."""
 
-    def __init__(self, backend: str, response: aiohttp.ClientResponse,
-                 limiter: ConcurrencyLimiter, tries: int) -> None:
+    def __init__(
+        self,
+        backend: str,
+        response: aiohttp.ClientResponse,
+        limiter: ConcurrencyLimiter,
+        tries: int,
+    ) -> None:
         self.backend = backend
         self.response = response
         self.limiter = limiter
@@ -90,7 +107,8 @@ class VendorStream:
         """What a transport failure mid-stream means for the caller."""
         if isinstance(exc, TimeoutError):
             return DeadlineExceeded(
-                f"backend '{self.backend}': the stream did not finish within the deadline")
+                f"backend '{self.backend}': the stream did not finish within the deadline"
+            )
         return BackendFailed(f"backend '{self.backend}': the stream broke: {exc}")
 
     async def aclose(self) -> None:

@@ -40,7 +40,7 @@ class RetryPolicy:
 
     def delay_s(self, retry: int, retry_after_s: float | None, rng: random.Random) -> float:
         """Full jitter around an exponential step; never sooner than Retry-After."""
-        step = self.backoff_s * (2 ** retry) * (0.5 + rng.random())
+        step = self.backoff_s * (2**retry) * (0.5 + rng.random())
         return max(step, retry_after_s or 0.0)
 
 
@@ -54,10 +54,17 @@ class VendorReply:
 class VendorClient:
     """POSTs JSON to one vendor base URL over a pooled keep-alive session."""
 
-    def __init__(self, backend: str, base_url: str, headers: dict[str, str],
-                 max_connections: int, connect_timeout_s: float, retry: RetryPolicy,
-                 query: dict[str, str] | None = None,
-                 describe_error: Any = None) -> None:
+    def __init__(
+        self,
+        backend: str,
+        base_url: str,
+        headers: dict[str, str],
+        max_connections: int,
+        connect_timeout_s: float,
+        retry: RetryPolicy,
+        query: dict[str, str] | None = None,
+        describe_error: Any = None,
+    ) -> None:
         self.backend = backend
         self.base_url = base_url
         self.headers = {"content-type": "application/json", **headers}
@@ -73,11 +80,15 @@ class VendorClient:
     def _client(self) -> aiohttp.ClientSession:
         # Created lazily: a session belongs to the event loop that serves requests.
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30,
-                                             ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, keepalive_timeout=30, ttl_dns_cache=300
+            )
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self.headers, skip_auto_headers=("User-Agent",),
-                auto_decompress=True)
+                connector=connector,
+                headers=self.headers,
+                skip_auto_headers=("User-Agent",),
+                auto_decompress=True,
+            )
         return self._session
 
     async def close(self) -> None:
@@ -89,15 +100,17 @@ class VendorClient:
         response, payload, tries = await self._exchange(path, body, deadline, whole=True)
         return VendorReply(response.status, payload, tries)
 
-    async def open_stream(self, path: str, body: bytes,
-                          deadline: float) -> tuple[aiohttp.ClientResponse, int]:
+    async def open_stream(
+        self, path: str, body: bytes, deadline: float
+    ) -> tuple[aiohttp.ClientResponse, int]:
         """A 2xx streaming response whose body is still to be read (the caller
         releases it), and the number of tries it took."""
         response, _, tries = await self._exchange(path, body, deadline, whole=False)
         return response, tries
 
-    async def _exchange(self, path: str, body: bytes, deadline: float,
-                        whole: bool) -> tuple[aiohttp.ClientResponse, bytes, int]:
+    async def _exchange(
+        self, path: str, body: bytes, deadline: float, whole: bool
+    ) -> tuple[aiohttp.ClientResponse, bytes, int]:
         """POST with the retry policy until a 2xx: its response, its body when
         `whole` (a stream's is left to read), and the number of tries."""
         tries = 0
@@ -107,10 +120,13 @@ class VendorClient:
             traced = tracing.VendorCall(self.backend, path) if tracing.ENABLED else None
             payload = b""
             try:
-                response = await self._client().post(self.base_url + path, data=body,
-                                                     params=self.query,
-                                                     timeout=self._timeout(deadline),
-                                                     headers=traced and traced.headers)
+                response = await self._client().post(
+                    self.base_url + path,
+                    data=body,
+                    params=self.query,
+                    timeout=self._timeout(deadline),
+                    headers=traced and traced.headers,
+                )
                 if whole:
                     try:
                         payload = await response.read()
@@ -121,7 +137,8 @@ class VendorClient:
                     traced.end(None, exc)
                 error = self._transport_error(exc, deadline)
                 if isinstance(error, DeadlineExceeded) or not await self._backoff(
-                        tries, None, deadline):
+                    tries, None, deadline
+                ):
                     error.tries = tries
                     raise error from None
                 continue
@@ -146,24 +163,33 @@ class VendorClient:
     def status_error(self, status: int, payload: bytes, retry_after: float | None) -> GatewayError:
         text = self.describe_error(status, payload)
         if status == 429:
-            return Overloaded(f"backend '{self.backend}': the vendor is rate limiting "
-                              f"(HTTP 429): {text}", retry_after_s=retry_after or 1.0,
-                              reason="429")
+            return Overloaded(
+                f"backend '{self.backend}': the vendor is rate limiting (HTTP 429): {text}",
+                retry_after_s=retry_after or 1.0,
+                reason="429",
+            )
         if status in (400, 413, 422):
             # The vendor judged the caller's request: no other backend would take it.
             return InvalidInput(f"backend '{self.backend}' refused the request: {text}")
         if status in (401, 403):
-            log.error("backend %s: the vendor refused our credentials (HTTP %d); "
-                      "check the key in its api_key_env", self.backend, status)
-        return BackendFailed(f"backend '{self.backend}': the vendor answered HTTP {status}: {text}",
-                             reason="5xx" if status >= 500 else "error")
+            log.error(
+                "backend %s: the vendor refused our credentials (HTTP %d); "
+                "check the key in its api_key_env",
+                self.backend,
+                status,
+            )
+        return BackendFailed(
+            f"backend '{self.backend}': the vendor answered HTTP {status}: {text}",
+            reason="5xx" if status >= 500 else "error",
+        )
 
     def _timeout(self, deadline: float) -> aiohttp.ClientTimeout:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise self._deadline_error()
-        return aiohttp.ClientTimeout(total=remaining,
-                                     connect=min(remaining, self.connect_timeout_s))
+        return aiohttp.ClientTimeout(
+            total=remaining, connect=min(remaining, self.connect_timeout_s)
+        )
 
     def _transport_error(self, exc: BaseException, deadline: float) -> GatewayError:
         """A timeout with the deadline spent is the caller's 504; anything else
@@ -171,8 +197,10 @@ class VendorClient:
         vendor's failure, which a retry or the next backend may get past."""
         if isinstance(exc, TimeoutError) and time.monotonic() >= deadline - 0.001:
             return self._deadline_error()
-        return BackendFailed(f"backend '{self.backend}': cannot reach the vendor: "
-                             f"{_describe(exc)}", reason="connection")
+        return BackendFailed(
+            f"backend '{self.backend}': cannot reach the vendor: {_describe(exc)}",
+            reason="connection",
+        )
 
     def _deadline_error(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"backend '{self.backend}' did not answer within the deadline")

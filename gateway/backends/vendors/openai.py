@@ -23,8 +23,9 @@ from gateway.core.llm import ChatRequest, ChatResult, EmbeddingResult, Usage
 _DONE = b"[DONE]"
 
 
-def usage_of(doc: dict[str, Any], prompt: str = "prompt_tokens",
-             completion: str = "completion_tokens") -> Usage | None:
+def usage_of(
+    doc: dict[str, Any], prompt: str = "prompt_tokens", completion: str = "completion_tokens"
+) -> Usage | None:
     usage = doc.get("usage")
     if not isinstance(usage, dict):
         return None
@@ -54,40 +55,50 @@ class OpenAIBackend(VendorBackend):
             # Ask for usage always: tokens and cost must be counted even when the
             # caller did not ask to see them (the usage chunk is then not passed on).
             options = body.get("stream_options")
-            body["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                      "include_usage": True}
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
         return orjson.dumps(body)
 
     async def chat(self, request: ChatRequest, timeout_s: float) -> ChatResult:
         deadline = time.monotonic() + timeout_s
-        reply = await self._post("/chat/completions", self._vendor_body(request), timeout_s,
-                                 deadline)
+        reply = await self._post(
+            "/chat/completions", self._vendor_body(request), timeout_s, deadline
+        )
         doc = _json_object(reply.body, self.name)
         choices = doc.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise BackendFailed(f"backend '{self.name}': the vendor's answer has no choices",
-                                reason="bad_output")
+            raise BackendFailed(
+                f"backend '{self.name}': the vendor's answer has no choices", reason="bad_output"
+            )
         return ChatResult(doc, usage_of(doc), tries=reply.tries)
 
-    async def chat_stream(self, request: ChatRequest, timeout_s: float) -> "OpenAIChatStream":
+    async def chat_stream(self, request: ChatRequest, timeout_s: float) -> OpenAIChatStream:
         deadline = time.monotonic() + timeout_s
-        response, tries = await self._open_stream("/chat/completions", self._vendor_body(request),
-                                                  timeout_s, deadline)
+        response, tries = await self._open_stream(
+            "/chat/completions", self._vendor_body(request), timeout_s, deadline
+        )
         return OpenAIChatStream(self.name, response, self.limiter, tries)
 
     # -- embeddings --------------------------------------------------------------
 
-    async def embed(self, texts: list[str], timeout_s: float,
-                    dimensions: int | None = None) -> EmbeddingResult:
+    async def embed(
+        self, texts: list[str], timeout_s: float, dimensions: int | None = None
+    ) -> EmbeddingResult:
         deadline = time.monotonic() + timeout_s
-        request: dict[str, Any] = {"model": self.config.model, "input": texts,
-                                   "encoding_format": "base64"}
+        request: dict[str, Any] = {
+            "model": self.config.model,
+            "input": texts,
+            "encoding_format": "base64",
+        }
         if dimensions is not None:
             request["dimensions"] = dimensions  # e.g. text-embedding-3 shortens its vectors
         reply = await self._post("/embeddings", orjson.dumps(request), timeout_s, deadline)
         doc = _json_object(reply.body, self.name)
-        return EmbeddingResult(_vectors(doc, len(texts), self.name), usage_of(doc),
-                               tries=reply.tries)
+        return EmbeddingResult(
+            _vectors(doc, len(texts), self.name), usage_of(doc), tries=reply.tries
+        )
 
 
 class OpenAIChatStream(VendorStream):
@@ -118,24 +129,30 @@ class OpenAIChatStream(VendorStream):
             raise BackendFailed(f"backend '{self.backend}': the stream ended before [DONE]")
 
 
-
 def _json_object(payload: bytes, backend: str) -> dict[str, Any]:
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        raise BackendFailed(f"backend '{backend}': the vendor answered something that is not "
-                            f"JSON: {payload[:80]!r}", reason="bad_output") from None
+        raise BackendFailed(
+            f"backend '{backend}': the vendor answered something that is not "
+            f"JSON: {payload[:80]!r}",
+            reason="bad_output",
+        ) from None
     if not isinstance(doc, dict):
-        raise BackendFailed(f"backend '{backend}': the vendor answered JSON that is not an object",
-                            reason="bad_output")
+        raise BackendFailed(
+            f"backend '{backend}': the vendor answered JSON that is not an object",
+            reason="bad_output",
+        )
     return doc
 
 
 def _vectors(doc: dict[str, Any], count: int, backend: str) -> np.ndarray:
     data = doc.get("data")
     if not isinstance(data, list) or len(data) != count:
-        raise BackendFailed(f"backend '{backend}': expected {count} embeddings, the vendor "
-                            f"answered {len(data) if isinstance(data, list) else 'none'}")
+        raise BackendFailed(
+            f"backend '{backend}': expected {count} embeddings, the vendor "
+            f"answered {len(data) if isinstance(data, list) else 'none'}"
+        )
     rows: list[np.ndarray | None] = [None] * count
     for item in data:
         index = item.get("index") if isinstance(item, dict) else None
