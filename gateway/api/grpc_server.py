@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gateway.api.grpc_threads import LoopHandoff, ThreadedBridge, bridge_servicer
@@ -51,12 +51,13 @@ UNARY_RPCS = (
 )
 
 
-class ModelHealth(health_pb2_grpc.HealthServicer):
+class ModelHealth:
     """grpc.health.v1, computed on each call from backend readiness.
 
     Service "" (and the v2 service name): SERVING when every model has a ready
     backend. A model's name: SERVING when that model has one. Anything else:
     NOT_FOUND on Check, SERVICE_UNKNOWN on Watch, as the health protocol says.
+    Served through `health_handler`, which registers these methods by name.
     """
 
     WATCH_POLL_S = 1.0
@@ -97,6 +98,37 @@ class ModelHealth(health_pb2_grpc.HealthServicer):
                 last = status
                 yield health_pb2.HealthCheckResponse(status=status)
             await asyncio.sleep(self.WATCH_POLL_S)
+
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def health_handler(health: Any) -> grpc.GenericRpcHandler:
+    """grpc.health.v1.Health's Check and Watch, registered from the protocol's
+    method names and message types, with `health`'s methods (async for grpc.aio,
+    sync ones from `bridge_servicer` for the threaded engine).
+
+    Not grpcio-health-checking's `add_HealthServicer_to_server`: it looks up
+    every method its release declares, so a release that adds one (Health.List
+    in 1.82) stopped the server from starting. Methods registered here are the
+    ones the gateway implements; a caller of any other gets UNIMPLEMENTED.
+    """
+    request, response = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+    return grpc.method_handlers_generic_handler(
+        HEALTH_SERVICE,
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                health.Check,
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            ),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                health.Watch,
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            ),
+        },
+    )
 
 
 # -- the server ----------------------------------------------------------------------
@@ -168,11 +200,11 @@ class GrpcServer:
         else:
             server = grpc.aio.server(options=self.options())
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        server.add_generic_rpc_handlers((health_handler(health),))
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                HEALTH_SERVICE,
                 reflection.SERVICE_NAME,
             ),
             server,

@@ -564,6 +564,18 @@ def test_health_is_serving_overall_and_per_model(served) -> None:
         watch.cancel()
 
 
+def test_a_health_method_the_gateway_does_not_implement_is_unimplemented(served) -> None:
+    # Health.List came with grpcio-health-checking 1.82; the gateway registers
+    # the methods it implements, whatever that package's release declares.
+    with served.channel() as channel:
+        call = channel.unary_unary("/grpc.health.v1.Health/List")
+        code, _ = status_of(lambda: call(b"", timeout=10))
+        assert code == grpc.StatusCode.UNIMPLEMENTED
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_reflection_lists_and_describes_the_services(served) -> None:
     with served.channel() as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
