@@ -1,23 +1,46 @@
 # The two commands: `make run` serves the embedded default config,
-# `make test` runs the whole suite. Each sets up what it needs.
+# `make test` runs the whole suite. Each sets up what it needs, installing the
+# exact versions locked in requirements/ (docs/development.md).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# What `make run` installs and nothing more: the suite serves from it to prove
+# that the runtime dependencies alone are enough (tests/test_runtime_install.py).
+RUNTIME_VENV ?= .venv-runtime
 
-.PHONY: run test bench check proto redis-server h2load clean
+LOCKS := requirements/build.txt requirements/runtime.txt requirements/dev.txt
+
+.PHONY: run test lint check bench lock proto redis-server promtool h2load clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstalled whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) -e .
+# Every wheel is checked against the lock's hashes; the project itself is
+# installed editable, built with the locked setuptools. $(1): the venv's python,
+# $(2): the lock file.
+define install_locked
+	$(1) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/build.txt
+	$(1) -m pip install --quiet --disable-pip-version-check --require-hashes -r $(2)
+	$(1) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(1) -m pip check --disable-pip-version-check >/dev/null
+endef
+
+# Reinstalled whenever pyproject.toml or a lock changes.
+$(VENV)/.installed: pyproject.toml requirements/build.txt requirements/runtime.txt | $(PY)
+	$(call install_locked,$(PY),requirements/runtime.txt)
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml $(LOCKS) | $(PY)
+	$(call install_locked,$(PY),requirements/dev.txt)
 	touch $@ $(VENV)/.installed
+
+# Made afresh from the runtime lock alone, so nothing the dev extras bring can hide.
+$(RUNTIME_VENV)/.installed: pyproject.toml requirements/build.txt requirements/runtime.txt
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(call install_locked,$(RUNTIME_VENV)/bin/python,requirements/runtime.txt)
+	touch $@
 
 run: $(VENV)/.installed
 	$(VENV)/bin/gateway serve
@@ -25,11 +48,30 @@ run: $(VENV)/.installed
 check: $(VENV)/.installed
 	$(VENV)/bin/gateway check config/gateway.yaml
 
-test: $(VENV)/.installed-dev redis-server
+test: $(VENV)/.installed-dev $(RUNTIME_VENV)/.installed redis-server promtool
 	$(PY) -m pytest -q
+
+# ruff (lint and format) over the Python trees, mypy (strict) over the package.
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check gateway tests loadtests models
+	$(VENV)/bin/ruff format --check gateway tests loadtests models
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed-dev h2load
 	$(PY) loadtests/bench.py
+
+# Re-resolves requirements/ from pyproject.toml's ranges with uv, keeping every
+# pin the ranges still allow. Upgrades: `make lock UPGRADE=--upgrade` (all) or
+# `make lock UPGRADE="--upgrade-package numpy"` (one). One universal resolution
+# (any OS, Python >= 3.11); the runtime lock takes the dev lock's versions, so
+# tests run what `make run` serves with.
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --generate-hashes \
+	--python-version 3.11 --custom-compile-command "make lock" $(UPGRADE)
+lock: $(VENV)/.installed-dev
+	$(UV_COMPILE) pyproject.toml --extra dev -o requirements/dev.txt
+	$(UV_COMPILE) pyproject.toml -c requirements/dev.txt -o requirements/runtime.txt
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(UV_COMPILE) - -c requirements/dev.txt -o requirements/build.txt
 
 # The gRPC stubs are generated from gateway/api/proto/grpc_predict_v2.proto and
 # committed. Ours go into a descriptor pool of their own: tritonclient puts the
@@ -41,17 +83,22 @@ proto: $(VENV)/.installed-dev
 	sed -i 's/_descriptor_pool.Default().AddSerializedFile(/_descriptor_pool.DescriptorPool().AddSerializedFile(/' \
 	  $(PROTO:.proto=_pb2.py)
 
-# Redis-backed tests need the real server binary; install Debian's if we can.
+# Tools the suite runs for real, from Debian's packages when missing.
+apt_install = command -v $(1) >/dev/null 2>&1 || \
+	{ (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2)) >/dev/null 2>&1 \
+	  || echo "warning: $(1) is not installed and could not be installed"; }
+
+# Redis-backed tests need the real server binary.
 redis-server:
-	@command -v redis-server >/dev/null 2>&1 || \
-	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1 \
-	    || echo "warning: redis-server is not installed and could not be installed"; }
+	@$(call apt_install,redis-server,redis-server)
+
+# The alert and recording rules are checked with promtool (tests/observe/test_monitoring_files.py).
+promtool:
+	@$(call apt_install,promtool,prometheus)
 
 # The gRPC benchmark loads with nghttp2's h2load (a Python client would be the bottleneck).
 h2load:
-	@command -v h2load >/dev/null 2>&1 || \
-	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client) >/dev/null 2>&1 \
-	    || echo "warning: h2load is not installed and could not be installed; gRPC load comes from a Python client"; }
+	@$(call apt_install,h2load,nghttp2-client)
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
