@@ -43,7 +43,7 @@ log = logging.getLogger("gateway.api.v2_grpc")
 PROTOCOL = "v2_grpc"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-# design.md §1.6, the gRPC column; the HTTP column is api/http_errors.HTTP_STATUS.
+# docs/contracts.md#errors, the gRPC column; the HTTP column is api/http_errors.HTTP_STATUS.
 GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
@@ -67,7 +67,7 @@ STREAM_WINDOW = 64
 def request_context(context: grpc.aio.ServicerContext) -> RequestContext:
     """Request id, API key, cache bypass and deadline from the call's metadata.
 
-    Keys match the HTTP headers (design.md §1.5); the deadline is the call's own.
+    Keys match the HTTP headers (docs/contracts.md#headers); the deadline is the call's own.
     """
     metadata = dict(context.invocation_metadata() or ())
     given = metadata.get("x-request-id")

@@ -1,4 +1,4 @@
-"""The gateway's YAML config as typed, frozen pydantic models (design.md §1.8).
+"""The gateway's YAML config as typed, frozen pydantic models (every key: docs/configuration.md).
 
 Unknown keys are errors: a misspelt `max_queue` must not silently become the
 default. Cross-references (routes naming backends, tenants naming models) are

@@ -1,4 +1,4 @@
-"""Prometheus metrics (names and labels are a contract: design.md §1.7).
+"""Prometheus metrics (names and labels are a contract: docs/contracts.md#metrics).
 
 Defined once at import; label values are bounded (model and backend names from
 config, fixed reason words), never request data.

@@ -1,4 +1,4 @@
-"""Service level objectives, tracked in process (design.md §1.4 `GET /slo`, §1.7, §1.8).
+"""Service level objectives, tracked in process (docs/operations.md#slos).
 
 Each model with an `slo` config has two objectives over its `window` (e.g. 30d):
 

@@ -22,7 +22,7 @@ PROMETHEUS = ROOT / "config" / "prometheus"
 RULE_FILES = [PROMETHEUS / "recording-rules.yaml", PROMETHEUS / "alerts.yaml"]
 DASHBOARD = ROOT / "config" / "grafana" / "gateway-dashboard.json"
 
-# design.md §1.7: the metric names are a contract, even while some are still
+# docs/contracts.md#metrics: the metric names are a contract, even while some are still
 # being wired in; (name, type).
 CONTRACT_METRICS = [
     ("gateway_requests_total", "counter"),
