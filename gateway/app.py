@@ -15,7 +15,8 @@ from gateway.gcfreeze import freeze_long_lived
 from gateway.observe import tracing
 
 # The runtime is built in gateway.runtime; Runtime and build_runtime stay importable here.
-from gateway.runtime import Runtime, build_runtime
+from gateway.runtime import Runtime as Runtime
+from gateway.runtime import build_runtime as build_runtime
 
 log = logging.getLogger("gateway")
 

@@ -160,13 +160,17 @@ class SharedRedis:
         `probe_timeout_ms`, and never raises.
         """
         if not self._up:
-            await asyncio.shield(self._probe_task if self.probing else self._start_probe())
+            probe = self._probe_task
+            if probe is None or probe.done():  # not probing
+                probe = self._start_probe()
+            await asyncio.shield(probe)
         if self._up:
             await self._open_pool()
         return self._up is True
 
-    async def get(self, key: str) -> bytes | MaybeUnavailable | None:
-        """The value, None if the key does not exist, or UNAVAILABLE."""
+    async def get(self, key: str) -> bytes | str | MaybeUnavailable | None:
+        """The value, None if the key does not exist, or UNAVAILABLE. Bytes,
+        unless the URL asks for `decode_responses`."""
         return await self._call("get", lambda r: r.get(key))
 
     async def set(
@@ -236,7 +240,7 @@ class SharedRedis:
             REDIS_ERRORS.labels(op).inc()
             log.debug("redis %s: %s", self._where, _why(op, exc))
             if not self._up:
-                pass  # a call already in flight when Redis went down
+                pass  # type: ignore[unreachable]  # a call in flight when Redis went down (mypy keeps _up narrowed across the await)
             elif _lost_connection(exc):
                 self._went_down(_why(op, exc))
             elif not self.probing:

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -37,6 +37,10 @@ from gateway.routing.limits import QueuedBackend
 from gateway.routing.ratelimit import RateLimiter
 from gateway.routing.resilience import BackendHealth, BreakerPolicy
 from gateway.routing.router import Attempt, Route, Shadow
+
+if TYPE_CHECKING:
+    from gateway.config.loader import Path_
+    from gateway.config.schema import TensorSpecConfig
 
 log = logging.getLogger("gateway")
 
@@ -68,8 +72,8 @@ class Runtime:
 
 
 def to_signature(config: SignatureConfig) -> Signature:
-    def spec(s: object) -> TensorSpec:
-        return TensorSpec(s.name, s.datatype, tuple(s.shape))  # type: ignore[attr-defined]
+    def spec(s: TensorSpecConfig) -> TensorSpec:
+        return TensorSpec(s.name, s.datatype, tuple(s.shape))
 
     return Signature(
         inputs=tuple(spec(s) for s in config.inputs),
@@ -203,7 +207,7 @@ def _audit(loaded: LoadedConfig, previous: Runtime | None) -> AuditLog | None:
         # What a vendor backend runs unless its answer names a more exact version.
         audit.backend_models = {
             name: b.model for name, b in config.backends.items() if b.type in VENDOR_TYPES
-        }  # type: ignore[union-attr]
+        }
     return audit
 
 
@@ -247,10 +251,9 @@ def _shared_state(
 
 
 def _load_backend(name: str, backend_config: BackendConfig, loaded: LoadedConfig) -> Any:
-    backend = build_backend(name, backend_config, loaded.resolve_path)
     if isinstance(backend_config, OnnxBackendConfig):
         return QueuedBackend(
-            backend,
+            build_backend(name, backend_config, loaded.resolve_path),
             max_concurrency=backend_config.max_concurrency,
             max_queue=backend_config.max_queue,
             batching=batch_policy(backend_config),
@@ -261,7 +264,7 @@ def _load_backend(name: str, backend_config: BackendConfig, loaded: LoadedConfig
             ),
         )
     # Vendor backends hold their own limiter: a slot lasts a whole call or stream.
-    return backend
+    return build_backend(name, backend_config, loaded.resolve_path)
 
 
 def _tenants(loaded: LoadedConfig, problems: list[str]) -> Tenants:
@@ -300,11 +303,11 @@ def _model_entry(
     prices: dict[str, Price] = {}
     ok = True
 
-    def attempt_for(backend_name: str, path: tuple[object, ...]) -> Attempt | None:
+    def attempt_for(backend_name: str, path: Path_) -> Attempt | None:
         backend = backends.get(backend_name)
         if backend is None:
             return None  # its load failure is reported under backends.<name>
-        where = loaded.where(path)  # type: ignore[arg-type]
+        where = loaded.where(path)
         backend_config = loaded.config.backends[backend_name]
         adapted = _for_kind(model, signature, backend, backend_config)
         if isinstance(adapted, str):
@@ -443,15 +446,16 @@ def _for_kind(
             "is a local model: the embeddings model needs a signature of one BYTES [-1] "
             "input and one FP32 [-1, dim] output to call it"
         )
-    specs = backend.io_specs()  # type: ignore[union-attr]
+    local = cast(Backend, backend)  # not a vendor's: a local model's (QueuedBackend)
+    specs = local.io_specs()
     if specs is not None:
         problems = compatibility_problems(signature, *specs)
         if problems:
             return "does not fit the signature: " + "; ".join(problems)
     width = signature.outputs[0].shape[1]
     return TensorEmbedder(
-        backend,
-        signature.inputs[0].name,  # type: ignore[arg-type]
+        local,
+        signature.inputs[0].name,
         signature.outputs[0].name,
         width if width > 0 else None,
     )

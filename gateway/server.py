@@ -17,6 +17,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -24,13 +25,31 @@ from gateway.api.grpc_server import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
 from gateway.app import CONFIG_ENV, READY_LINE, Runtime, build_runtime, create_app
 from gateway.config.loader import LoadedConfig
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Literal, TypedDict
+
+    class _UvicornOptions(TypedDict):
+        """The keyword arguments of uvicorn.Config (and uvicorn.run) set here."""
+
+        host: str
+        port: int
+        http: str
+        loop: str
+        lifespan: Literal["auto", "on", "off"]
+        access_log: bool
+        log_level: str
+        timeout_keep_alive: int
+        log_config: None
+
+
 log = logging.getLogger("gateway")
 
 # How long gRPC calls in flight may take to finish once shutdown starts.
 GRPC_GRACE_S = 5.0
 
 
-def _loop_factory():  # type: ignore[no-untyped-def]
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
@@ -38,7 +57,7 @@ def _loop_factory():  # type: ignore[no-untyped-def]
     return uvloop.new_event_loop
 
 
-def _uvicorn_options(loaded: LoadedConfig, host: str, port: int) -> dict[str, object]:
+def _uvicorn_options(loaded: LoadedConfig, host: str, port: int) -> _UvicornOptions:
     return {
         "host": host,
         "port": port,
@@ -73,7 +92,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.grpc = grpc
 
-    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
             config = self.config
@@ -128,7 +147,7 @@ def _serve_workers(
         workers,
     )
     try:
-        uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+        uvicorn.run("gateway.app:app_from_env", factory=True, workers=workers, **options)
     finally:
         if metrics_dir.startswith(tempfile.gettempdir()) and "gateway-metrics-" in metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

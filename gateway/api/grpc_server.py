@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -26,6 +26,9 @@ from gateway.api.v2_grpc import SERVICE_NAME, STREAM_WINDOW, V2GrpcServicer
 from gateway.config.schema import ServerConfig
 from gateway.core.errors import GatewayError
 from gateway.core.service import InferenceService
+
+if TYPE_CHECKING:
+    from types import SimpleNamespace
 
 log = logging.getLogger("gateway.api.grpc_server")
 
@@ -74,10 +77,15 @@ class ModelHealth:
                 ready = self.service.model(name).ready()
             except GatewayError:
                 return None
-        return self._Status.SERVING if ready else self._Status.NOT_SERVING
+        status: int = self._Status.SERVING if ready else self._Status.NOT_SERVING
+        return status
 
     async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ],
     ) -> health_pb2.HealthCheckResponse:
         status = self.status(request.service)
         if status is None:
@@ -87,7 +95,11 @@ class ModelHealth:
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ],
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last = None
         while True:
@@ -185,6 +197,9 @@ class GrpcServer:
 
     def bind(self) -> int:
         """Build the server on the running loop and bind its port; raises if it cannot."""
+        # The threaded engine serves them through sync stand-ins (bridge_servicer).
+        servicer: V2GrpcServicer | SimpleNamespace
+        health: ModelHealth | SimpleNamespace
         servicer, health = V2GrpcServicer(self.service), ModelHealth(self.service)
         server: grpc.Server | grpc.aio.Server
         if self.config.grpc.engine == "threads":
@@ -199,7 +214,7 @@ class GrpcServer:
             health = bridge_servicer(bridge, health, unary=("Check",), server_stream=("Watch",))
         else:
             server = grpc.aio.server(options=self.options())
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # protoc's code is unannotated
         server.add_generic_rpc_handlers((health_handler(health),))
         reflection.enable_server_reflection(
             (

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import queue
 import threading
 from collections import deque
@@ -60,8 +61,8 @@ class LoopHandoff:
                 coro.close()  # the call ended before it started
                 continue
             task = create_task(coro)
-            future.task = task  # type: ignore[attr-defined]  # for cancel()
-            task.add_done_callback(lambda done, future=future: _settle(future, done))
+            future.task = task  # type: ignore[attr-defined]  # an attribute of our own, for cancel()
+            task.add_done_callback(functools.partial(_settle, future))
 
     def cancel(self, future: concurrent.futures.Future[Any]) -> None:
         """The call ended (cancelled, deadline passed): drop its work."""
@@ -201,7 +202,7 @@ class ThreadedBridge:
             context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
 
     def unary(
-        self, method: Callable[[Any, LoopContext], Awaitable[Any]]
+        self, method: Callable[[Any, LoopContext], Coroutine[Any, Any, Any]]
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         handoff = self.handoff
 

@@ -39,7 +39,7 @@ class InferFastPath:
         if scope["type"] == "http":
             path = scope["path"]
             if path in self.openai_paths:
-                await self.openai.handle(scope, receive, send)  # type: ignore[union-attr]
+                await self.openai.handle(scope, receive, send)  # type: ignore[union-attr]  # openai_paths is empty without it
                 return
             params = infer_path_params(path)
             if params is not None:

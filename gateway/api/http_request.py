@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Mapping
 
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
 from gateway.core.errors import InvalidInput, PayloadTooLarge
 from gateway.core.types import RequestContext
@@ -28,9 +28,9 @@ _ID_PREFIX = os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)
 
 
-def header_map(scope: Mapping[str, object]) -> dict[bytes, bytes]:
+def header_map(scope: Scope) -> dict[bytes, bytes]:
     """ASGI headers as a dict; names are already lower-case per the ASGI spec."""
-    return dict(scope["headers"])  # type: ignore[arg-type]
+    return dict(scope["headers"])
 
 
 def new_request_id() -> str:

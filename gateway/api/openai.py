@@ -173,7 +173,7 @@ class OpenAIApi:
             tail = b"data: " + dumps(openai_error_doc(error)) + b"\n\n"
             code = HTTP_STATUS[error.kind]
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
             await stream.aclose()
             self.service.finish_stream(model, stream, ctx)
         await send({"type": "http.response.body", "body": tail, "more_body": False})

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import grpc
 
@@ -64,12 +65,13 @@ STREAM_WINDOW = 64
 # -- the request's context: metadata in, metadata out -----------------------------------
 
 
-def request_context(context: grpc.aio.ServicerContext) -> RequestContext:
+def request_context(context: grpc.aio.ServicerContext[Any, Any]) -> RequestContext:
     """Request id, API key, cache bypass and deadline from the call's metadata.
 
     Keys match the HTTP headers (docs/contracts.md#headers); the deadline is the call's own.
     """
-    metadata = dict(context.invocation_metadata() or ())
+    # Values are str, but for keys ending in "-bin" (bytes): none of those read here.
+    metadata: dict[str, Any] = dict(context.invocation_metadata() or ())
     given = metadata.get("x-request-id")
     request_id = given if given and len(given) <= _MAX_REQUEST_ID else new_request_id()
     ctx = RequestContext(request_id=request_id, protocol=PROTOCOL)
@@ -138,33 +140,43 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.service = service
 
     async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ServerLiveRequest,
+        context: grpc.aio.ServicerContext[pb.ServerLiveRequest, pb.ServerLiveResponse],
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ServerReadyRequest,
+        context: grpc.aio.ServicerContext[pb.ServerReadyRequest, pb.ServerReadyResponse],
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.service.ready())
 
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ServerMetadataRequest,
+        context: grpc.aio.ServicerContext[pb.ServerMetadataRequest, pb.ServerMetadataResponse],
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=PLATFORM, version=__version__, extensions=EXTENSIONS)
 
     async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ModelReadyRequest,
+        context: grpc.aio.ServicerContext[pb.ModelReadyRequest, pb.ModelReadyResponse],
     ) -> pb.ModelReadyResponse:
         entry = await self._model(request.name, request.version, context)
         return pb.ModelReadyResponse(ready=entry.ready())
 
     async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ModelMetadataRequest,
+        context: grpc.aio.ServicerContext[pb.ModelMetadataRequest, pb.ModelMetadataResponse],
     ) -> pb.ModelMetadataResponse:
         return model_metadata(await self._model(request.name, request.version, context))
 
     async def _model(
-        self, name: str, version: str, context: grpc.aio.ServicerContext
+        self, name: str, version: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ModelEntry:
         # As on HTTP, metadata and readiness need no API key.
         try:
@@ -179,7 +191,9 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise  # not reached: abort raises
 
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ModelInferRequest,
+        context: grpc.aio.ServicerContext[pb.ModelInferRequest, pb.ModelInferResponse],
     ) -> pb.ModelInferResponse:
         ctx = request_context(context)
         code = 500  # counted under the HTTP status of the outcome, as on every transport
@@ -219,7 +233,7 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self,
         request_iterator: AsyncIterator[pb.ModelInferRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[pb.ModelInferRequest, pb.ModelStreamInferResponse],
     ) -> None:
         """Each request is served as it arrives (up to STREAM_WINDOW at once) and
         answered as it completes: match answers to requests by `id`. A failed

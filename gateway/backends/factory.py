@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import overload
 
 from gateway.backends.base import Backend
 from gateway.backends.onnx import OnnxBackend
@@ -18,6 +19,18 @@ from gateway.config.schema import (
 )
 
 
+@overload
+def build_backend(
+    name: str, config: OnnxBackendConfig, resolve_path: Callable[[str], Path]
+) -> OnnxBackend: ...
+
+
+@overload
+def build_backend(
+    name: str, config: BackendConfig, resolve_path: Callable[[str], Path]
+) -> Backend | OpenAIBackend | AnthropicBackend: ...
+
+
 def build_backend(
     name: str, config: BackendConfig, resolve_path: Callable[[str], Path]
 ) -> Backend | OpenAIBackend | AnthropicBackend:
@@ -30,5 +43,5 @@ def build_backend(
     if isinstance(config, OpenAIBackendConfig):
         return OpenAIBackend(name, config)
     if isinstance(config, AnthropicBackendConfig):
-        return AnthropicBackend(name, config)  # type: ignore[return-value]
+        return AnthropicBackend(name, config)
     raise TypeError(f"backend '{name}': no implementation for type {config.type!r}")

@@ -162,5 +162,5 @@ def _to_str(value: object) -> str:
     return str(value)
 
 
-def _to_bytes(value: object) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)  # type: ignore[arg-type]
+def _to_bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)

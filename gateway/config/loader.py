@@ -12,12 +12,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
 from gateway.config.schema import NAME_PATTERN, GatewayConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(NAME_PATTERN)
@@ -138,7 +141,13 @@ def parse_config(
     )
 
 
-def _expand_env(value: Any, path: Path_, env: Any, problems: list[str], where: Any) -> Any:
+def _expand_env(
+    value: Any,
+    path: Path_,
+    env: Mapping[str, str],
+    problems: list[str],
+    where: Callable[[Path_], str],
+) -> Any:
     if isinstance(value, dict):
         return {k: _expand_env(v, (*path, k), env, problems, where) for k, v in value.items()}
     if isinstance(value, list):
@@ -235,16 +244,16 @@ def _looks_like_tag(part: str) -> bool:
 
 def _value_at(data: Any, path: Path_) -> Any:
     for part in path:
-        if (isinstance(data, dict) and part in data) or (
-            isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
-        ):
+        if isinstance(data, dict) and part in data:  # noqa: SIM114 - apart, mypy narrows `part` per branch
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
             data = data[part]
         else:
             return None
     return data
 
 
-def _message(error: dict[str, Any], show_value: bool = True) -> str:
+def _message(error: Mapping[str, Any], show_value: bool = True) -> str:
     kind = error.get("type", "")
     if kind == "extra_forbidden":
         return "unknown key (check the spelling)"

@@ -7,7 +7,7 @@ checked by `config.loader`, which reports every problem with its YAML path.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -159,6 +159,10 @@ class BackendCommon(Section):
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
 
 
+def _cpu_only() -> list[ProviderName]:
+    return ["cpu"]
+
+
 class TokenizerConfig(Section):
     """Pre-processing: callers send UTF-8 text in `input` (BYTES [-1]); the gateway
     tokenizes it into the graph's `ids_input` and `mask_input`."""
@@ -174,7 +178,7 @@ class OnnxBackendConfig(BackendCommon):
     type: Literal["onnx"]
     path: str
     # Tried in order, keeping those this onnxruntime build offers.
-    providers: list[ProviderName] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    providers: list[ProviderName] = Field(default_factory=_cpu_only, min_length=1)
     # Refuse to load rather than fall back to CPU when no GPU provider is usable.
     require_gpu: bool = False
     # None: cores / max_concurrency, so concurrent runs do not oversubscribe the CPU.
@@ -228,7 +232,7 @@ BackendConfig = Annotated[
     OnnxBackendConfig | OpenAIBackendConfig | AnthropicBackendConfig,
     Field(discriminator="type"),
 ]
-VENDOR_TYPES = ("openai", "anthropic")
+VENDOR_TYPES: Final = ("openai", "anthropic")  # Final: its literals narrow BackendConfig
 
 
 class TensorSpecConfig(Section):
@@ -290,7 +294,7 @@ class ShadowConfig(Section):
 FallbackReason = Literal[
     "connection", "timeout", "5xx", "429", "overloaded", "circuit_open", "bad_output", "error"
 ]
-FALLBACK_REASONS: tuple[str, ...] = FallbackReason.__args__  # type: ignore[attr-defined]
+FALLBACK_REASONS: tuple[FallbackReason, ...] = get_args(FallbackReason)
 
 
 class StickyConfig(Section):

@@ -10,7 +10,7 @@ own vendor model).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -58,10 +58,12 @@ class ChatStream(Protocol):
     A stream holds a backend slot until it is exhausted or `aclose`d.
     """
 
-    usage: Usage | None
+    @property
+    def usage(self) -> Usage | None: ...  # read-only here: PrefetchedStream's is a property
+
     tries: int
 
-    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+    def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]: ...
 
     async def aclose(self) -> None: ...
 
@@ -97,7 +99,7 @@ class PrefetchedStream:
     def usage(self) -> Usage | None:
         return self._stream.usage
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+    async def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]:
         if self._first is not None:
             first, self._first = self._first, None
             yield first

@@ -198,8 +198,8 @@ async def _hedged(
                     raise error
                 failure = error
         assert failure is not None
-        failure.plan_next = index + 1  # type: ignore[attr-defined]
-        failure.plan_backend = second.backend.name  # type: ignore[attr-defined]
+        failure.plan_next = index + 1
+        failure.plan_backend = second.backend.name
         raise failure
     finally:
         for task in pending:

@@ -25,9 +25,11 @@ from gateway.core.errors import (
     NotFound,
 )
 from gateway.core.llm import (
+    ChatBackend,
     ChatRequest,
     ChatResult,
     ChatStream,
+    EmbeddingBackend,
     EmbeddingResult,
     PrefetchedStream,
     Price,
@@ -45,6 +47,7 @@ from gateway.routing.cache import (
     CHAT,
     EMBEDDINGS,
     TENSORS,
+    CacheFetch,
     ResponseCache,
     count_bypass,
     count_local_hit,
@@ -252,8 +255,8 @@ class InferenceService:
             outputs, ctx.cache = await cache.fetch(
                 entry.name,
                 key,
-                entry.cache_ttl_s,
-                TENSORS,  # type: ignore[arg-type]
+                entry.cache_ttl_s,  # type: ignore[arg-type]  # not None: _cache_for gave a cache
+                TENSORS,
                 lambda: self._run_plan(entry, signature, request.inputs, wanted, batch, ctx),
                 ctx.remaining_s(),
             )
@@ -305,7 +308,7 @@ class InferenceService:
         if entry.audit_payload:
             ctx.audit_messages = request.body.get("messages")
 
-        async def call(backend: Any, timeout: float) -> ChatResult:
+        async def call(backend: ChatBackend, timeout: float) -> ChatResult:
             return await backend.chat(request, timeout)
 
         async def compute() -> ChatResult:
@@ -324,7 +327,7 @@ class InferenceService:
         result, ctx.cache = await cache.fetch(
             entry.name,
             key,
-            entry.cache_ttl_s,  # type: ignore[arg-type]
+            entry.cache_ttl_s,  # type: ignore[arg-type]  # not None: _cache_for gave a cache
             CHAT,
             compute,
             ctx.remaining_s(),
@@ -342,7 +345,7 @@ class InferenceService:
         if entry.audit_payload:
             ctx.audit_messages = request.body.get("messages")
 
-        async def call(backend: Any, timeout: float) -> ChatStream:
+        async def call(backend: ChatBackend, timeout: float) -> ChatStream:
             stream = await backend.chat_stream(request, timeout)
             # Wait for the first chunk before committing to this backend: until a
             # byte reaches the caller, a failing backend can still be replaced.
@@ -360,7 +363,7 @@ class InferenceService:
     ) -> EmbeddingResult:
         entry = await self._entry_of_kind(model, "embeddings", ctx)
 
-        async def call(backend: Any, timeout: float) -> EmbeddingResult:
+        async def call(backend: EmbeddingBackend, timeout: float) -> EmbeddingResult:
             result = await backend.embed(texts, timeout, dimensions)
             if dimensions is not None and result.vectors.shape[1] != dimensions:
                 raise BackendFailed(
@@ -383,7 +386,7 @@ class InferenceService:
         result, ctx.cache = await cache.fetch(
             entry.name,
             key,
-            entry.cache_ttl_s,  # type: ignore[arg-type]
+            entry.cache_ttl_s,  # type: ignore[arg-type]  # not None: _cache_for gave a cache
             EMBEDDINGS,
             compute,
             ctx.remaining_s(),
@@ -392,7 +395,7 @@ class InferenceService:
             ctx.cost_usd = 0.0
         return result
 
-    def _cache_for(self, entry: ModelEntry, ctx: RequestContext) -> ResponseCache | None:
+    def _cache_for(self, entry: ModelEntry, ctx: RequestContext) -> CacheFetch | None:
         """The cache, if this request may use it (x-gateway-cache says which way)."""
         if entry.cache_ttl_s is None or self.cache is None:
             return None
@@ -400,7 +403,7 @@ class InferenceService:
             count_bypass(entry.name)
             return None
         if tracing.ENABLED:
-            return tracing.CacheLookup(self.cache, ctx)  # type: ignore[return-value]
+            return tracing.CacheLookup(self.cache, ctx)
         return self.cache
 
     async def _entry_of_kind(self, name: str, kind: str, ctx: RequestContext) -> ModelEntry:

@@ -24,11 +24,14 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from gateway.observe import tracing
+
+if TYPE_CHECKING:
+    from gateway.core.types import RequestContext
 
 log = logging.getLogger("gateway.observe.audit")
 
@@ -145,7 +148,7 @@ class AuditLog:
     # -- the request path ----------------------------------------------------------
 
     def record(
-        self, ctx: Any, code: int, total_s: float, version: str | None, payload: bool
+        self, ctx: RequestContext, code: int, total_s: float, version: str | None, payload: bool
     ) -> None:
         """Buffer the record of one answered request (`total_s`: its latency)."""
         rows = self._rows
@@ -295,7 +298,7 @@ class AuditLog:
         self.sink.close()
 
 
-def _request_bytes(ctx: Any) -> int | None:
+def _request_bytes(ctx: RequestContext) -> int | None:
     if ctx.request_bytes is not None:
         return ctx.request_bytes
     headers = ctx.headers

@@ -54,7 +54,7 @@ class _NoMetric:
 
 
 if not METRICS_ON:
-    Counter = Gauge = Histogram = _NoMetric  # type: ignore[misc, assignment]
+    Counter = Gauge = Histogram = _NoMetric  # type: ignore[misc, assignment]  # no-op stand-ins
 
 
 class LoopValue:
@@ -100,7 +100,7 @@ class LoopValue:
 # Chosen before the metrics below make their values; the metrics other modules
 # define later (SLO, Redis, rate limits) get it too.
 if values.ValueClass is values.MutexValue:
-    values.ValueClass = LoopValue  # type: ignore[misc, assignment]
+    values.ValueClass = LoopValue
 
 # Sub-millisecond to tens of seconds.
 LATENCY_BUCKETS = (
@@ -271,7 +271,8 @@ def fast_inc(child: Any) -> Callable[[float], None]:
     value = getattr(child, "_value", None)
     if value is None:
         return child.inc if METRICS_ON else _ignore
-    return value.inc  # type: ignore[no-any-return]
+    inc: Callable[[float], None] = value.inc
+    return inc
 
 
 class FastChildren:
@@ -295,6 +296,6 @@ def exposition() -> tuple[bytes, str]:
     `--workers N` (PROMETHEUS_MULTIPROC_DIR set), the sum over every worker."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated __init__
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -12,9 +12,21 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.observe.span_record import BOUNDED, COST, KIND_SERVER, REQUEST_ID, describe_request
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    # A kept struct's pack with the fixed parts it writes around the ids and
+    # times (_request_packer), and for a child span also its attribute pairs.
+    _RequestPacker = tuple[Callable[..., bytes], bytes, bytes, bytes]
+    _ChildPacker = tuple[
+        Callable[..., bytes], bytes, bytes, bytes, tuple[tuple[str, Any], ...] | None
+    ]
+
+_T = TypeVar("_T")
 
 # Span.flags: whether the parent is remote is known (0x100), and it is (0x200).
 _FLAGS_HAS_IS_REMOTE = 0x100
@@ -99,7 +111,7 @@ _cache: dict[tuple[Any, ...], Any] = {}
 _CACHE_SIZE = 4096
 
 
-def _keep(key: tuple[Any, ...], value: Any) -> Any:
+def _keep(key: tuple[Any, ...], value: _T) -> _T:
     if len(_cache) < _CACHE_SIZE:
         _cache[key] = value
     return value
@@ -110,14 +122,14 @@ def _attribute(key: str, value: Any) -> bytes:
     if kind is float or kind is list or kind is tuple:
         return _field(b"\x4a", _key_value(key, value))
     cache_key = (key, value, kind)
-    encoded = _cache.get(cache_key)
+    encoded: bytes | None = _cache.get(cache_key)
     if encoded is None:
         encoded = _keep(cache_key, _field(b"\x4a", _key_value(key, value)))
     return encoded
 
 
 def _name(name: str) -> bytes:
-    encoded = _cache.get((name,))
+    encoded: bytes | None = _cache.get((name,))
     if encoded is None:
         encoded = _keep((name,), _field(b"\x2a", name.encode()))
     return encoded
@@ -135,7 +147,7 @@ def _request_bounded(summary: tuple[Any, ...]) -> bytes:
     """A request span's name and the attributes of bounded variety
     (span_record.describe_request): encoded once per combination."""
     key = summary[:BOUNDED]
-    described = _cache.get(key)
+    described: bytes | None = _cache.get(key)
     if described is None:
         name, attributes = describe_request(summary)
         described = _keep(
@@ -162,12 +174,14 @@ def _request_described(summary: tuple[Any, ...]) -> bytes:
     return described
 
 
-def _request_packer(summary: tuple[Any, ...], id_size: int, parent: bool, remote: bool) -> Any:
+def _request_packer(
+    summary: tuple[Any, ...], id_size: int, parent: bool, remote: bool
+) -> _RequestPacker:
     """The common request span (no tracestate, error or cost) is of a fixed
     layout per bounded summary, request id length and parent: one struct packs
     the whole field from the ids, the request id and the times."""
     key = (summary[:BOUNDED], id_size, parent, remote)
-    packer = _cache.get(key)
+    packer: _RequestPacker | None = _cache.get(key)
     if packer is None:
         request_id = _request_id_attribute("x" * id_size)
         middle = _request_bounded(summary) + request_id[:-id_size]
@@ -202,10 +216,10 @@ def _request_id_attribute(value: str) -> bytes:
 # of common spans are shared objects (spans.Bounded), so their identity is
 # a cheaper key than their value. Each entry keeps its pairs alive, so an id
 # in use here is never another object's; `is` checks it is this one.
-_packers: dict[tuple[str, int, int], tuple[Any, ...]] = {}
+_packers: dict[tuple[str, int, int], _ChildPacker] = {}
 
 
-def _child_packer(name: str, pairs: tuple[tuple[str, Any], ...] | None, kind: int) -> Any:
+def _child_packer(name: str, pairs: tuple[tuple[str, Any], ...] | None, kind: int) -> _ChildPacker:
     """The common child span (validate, attempt, queue wait, cache lookup: a
     parent, bounded attributes, no error, tracestate or links) is of a fixed
     layout per (name, attributes, kind): one struct packs the whole field, its
@@ -216,7 +230,7 @@ def _child_packer(name: str, pairs: tuple[tuple[str, Any], ...] | None, kind: in
     size = 38 + len(middle) + 17 + len(tail)
     head = b"\x12" + _size(size) + b"\x0a\x10"
     layout = struct.Struct(f"<{len(head)}s16s2s8s2s8s{len(middle)}sQBQ{len(tail)}s")
-    packer = (layout.pack, head, middle, tail, pairs)
+    packer: _ChildPacker = (layout.pack, head, middle, tail, pairs)
     if len(_packers) < _CACHE_SIZE:
         _packers[(name, id(pairs), kind)] = packer
     return packer

@@ -118,7 +118,7 @@ class OtlpHttpExporter:
                 self._failing = False
                 log.info("OTLP export to %s works again", self.endpoint)
             return None
-        pause = 0.5 * 2**attempt
+        pause: float = 0.5 * 2**attempt
         if (
             (status is not None and status not in _RETRYABLE)
             or attempt + 1 == _TRIES

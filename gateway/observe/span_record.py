@@ -28,7 +28,9 @@ KIND_INTERNAL, KIND_SERVER, KIND_CLIENT = 1, 2, 3
 #    request id, cost in USD)
 # The first eight are of bounded variety (the configured names, a status, a
 # cache result) and are the key an encoder keeps the name and their encoding by.
-RequestSummary = tuple
+RequestSummary = tuple[
+    str | None, str, int, str, int, str | None, str | None, str | None, str, float | None
+]
 BOUNDED = 8
 REQUEST_ID = "gateway.request_id"
 COST = "gateway.cost_usd"

@@ -41,7 +41,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 from gateway.observe import spans
 from gateway.observe.span_record import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER
@@ -55,6 +55,9 @@ from gateway.observe.spans import (
     reason_of,
 )
 from gateway.observe.trace_export import build_recorder
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 log = logging.getLogger("gateway.observe.tracing")
 
@@ -119,7 +122,8 @@ def setup(
     from opentelemetry.sdk.trace.sampling import DEFAULT_ON
 
     _sampler = TracerProvider(shutdown_on_exit=False).sampler
-    _follows_parent = _sampler.get_description() == DEFAULT_ON.get_description()
+    default_on: Sampler = DEFAULT_ON  # its own get_description() is unannotated
+    _follows_parent = _sampler.get_description() == default_on.get_description()
     _propagator = TraceContextTextMapPropagator()
     _get_span = trace.get_current_span
     _SERVER_KIND = trace.SpanKind.SERVER
@@ -181,7 +185,7 @@ def trace_id_of(ctx: Any) -> str | None:
     """The request's trace id (32 hex digits): its span's, else the caller's
     `traceparent` (so logs and audit records match the caller's trace even when
     the gateway exports none), else None."""
-    span = ctx.span
+    span: Span | None = ctx.span
     if span is not None:
         return span.trace_id.hex()
     headers = ctx.headers
@@ -203,7 +207,7 @@ def trace_id_of(ctx: Any) -> str | None:
 
 def request_span(ctx: Any) -> Span:
     """The request's span, started (back at the request's arrival) on first use."""
-    span = ctx.span
+    span: Span | None = ctx.span
     if span is not None:
         return span
     context = ctx.trace_parent
@@ -248,6 +252,7 @@ def step(ctx: Any, name: str, start_ns: int, error: Any = None) -> None:
     request = ctx.span or request_span(ctx)
     if not request.sampled:
         return
+    row: tuple[Any, ...]
     if error is None:
         row = (
             name,
@@ -276,7 +281,7 @@ def step(ctx: Any, name: str, start_ns: int, error: Any = None) -> None:
     if request.end_ns:
         gather(request, row)
     else:
-        request.children.append(row)  # type: ignore[union-attr]
+        request.children.append(row)  # type: ignore[union-attr]  # request_span gave it a list
 
 
 def end(span: Span, error: Any = None) -> None:
@@ -374,7 +379,7 @@ class Attempt:
         if request.end_ns:
             gather(request, row)
         else:
-            request.children.append(row)  # type: ignore[union-attr]
+            request.children.append(row)  # type: ignore[union-attr]  # request_span gave it a list
 
 
 _attempt_names: dict[str, str] = {}
@@ -508,6 +513,7 @@ def executed(
 # -- vendor calls ---------------------------------------------------------------------
 
 
+@final  # no __bool__ in a subclass: `traced and traced.headers` is the headers or None
 class VendorCall:
     """A client span for one HTTP try to a vendor, and the `traceparent` (and
     `tracestate`) headers that carry it there."""

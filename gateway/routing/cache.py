@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -27,6 +27,9 @@ import xxhash
 
 from gateway.core.datatypes import NUMPY_DTYPES, datatype_of
 from gateway.observe.metrics import CACHE_LOCAL_BYTES, CACHE_REQUESTS, FastChildren, fast_inc
+
+if TYPE_CHECKING:
+    from gateway.core.llm import ChatResult, EmbeddingResult
 
 V = TypeVar("V")
 
@@ -52,6 +55,21 @@ class Codec(Generic[V]):
     encode: Callable[[V], bytes]
     decode: Callable[[bytes], V]
     size: Callable[[V], int]
+
+
+class CacheFetch(Protocol):
+    """What the pipeline asks of a cache: `ResponseCache.fetch`, or
+    tracing.CacheLookup's around it."""
+
+    async def fetch(
+        self,
+        model: str,
+        key: bytes,
+        ttl_s: float,
+        codec: Codec[V],
+        compute: Callable[[], Awaitable[V]],
+        wait_s: float | None,
+    ) -> tuple[V, str]: ...
 
 
 class _Abandoned(Exception):
@@ -124,24 +142,24 @@ class ResponseCache:
         `wait_s` bounds how long this request waits for another replica's
         identical request to finish (None: the default lock TTL).
         """
-        value = self.local.get(key)
+        value: V | None = self.local.get(key)
         if value is not None:
             _count(model, "local", "hit")
             return value, "hit"
         flight = self._flights.get(key)
         if flight is not None:  # the same request is being answered here: share it
             try:
-                value = await asyncio.shield(flight)
+                shared: V = await asyncio.shield(flight)
             except _Abandoned:  # its caller went away mid-way: answer it ourselves
                 return await self.fetch(model, key, ttl_s, codec, compute, wait_s)
             _count(model, "local", "hit")
-            return value, "hit"
+            return shared, "hit"
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._flights[key] = future
         try:
-            value, source = await self._fetch_shared(model, key, ttl_s, codec, compute, wait_s)
-            future.set_result(value)
-            return value, source
+            computed, source = await self._fetch_shared(model, key, ttl_s, codec, compute, wait_s)
+            future.set_result(computed)
+            return computed, source
         except BaseException as exc:
             # The waiters get the same failure (the next request tries afresh); if
             # this caller was cancelled, that is no answer for the others.
@@ -266,7 +284,9 @@ def _tensor_bytes(array: np.ndarray) -> bytes:
 
 
 def _encode_tensors(outputs: dict[str, np.ndarray]) -> bytes:
-    head = [{"n": name, "d": datatype_of(a), "s": list(a.shape)} for name, a in outputs.items()]
+    head: list[dict[str, Any]] = [
+        {"n": name, "d": datatype_of(a), "s": list(a.shape)} for name, a in outputs.items()
+    ]
     blobs = [_tensor_bytes(a) for a in outputs.values()]
     for entry, blob in zip(head, blobs):
         entry["l"] = len(blob)
@@ -307,7 +327,7 @@ def _tensors_size(outputs: dict[str, np.ndarray]) -> int:
 TENSORS: Codec[dict[str, np.ndarray]] = Codec(_encode_tensors, _decode_tensors, _tensors_size)
 
 
-def _encode_chat(result: Any) -> bytes:
+def _encode_chat(result: ChatResult) -> bytes:
     usage = result.usage
     return orjson.dumps(
         {
@@ -317,7 +337,7 @@ def _encode_chat(result: Any) -> bytes:
     )
 
 
-def _decode_chat(data: bytes) -> Any:
+def _decode_chat(data: bytes) -> ChatResult:
     from gateway.core.llm import ChatResult, Usage
 
     doc = orjson.loads(data)
@@ -325,7 +345,7 @@ def _decode_chat(data: bytes) -> Any:
     return ChatResult(doc["body"], None if usage is None else Usage(*usage))
 
 
-def _encode_embeddings(result: Any) -> bytes:
+def _encode_embeddings(result: EmbeddingResult) -> bytes:
     vectors = np.ascontiguousarray(result.vectors, dtype="<f4")
     usage = result.usage
     header = orjson.dumps(
@@ -337,7 +357,7 @@ def _encode_embeddings(result: Any) -> bytes:
     return struct.pack("<I", len(header)) + header + vectors.tobytes()
 
 
-def _decode_embeddings(data: bytes) -> Any:
+def _decode_embeddings(data: bytes) -> EmbeddingResult:
     from gateway.core.llm import EmbeddingResult, Usage
 
     (length,) = struct.unpack_from("<I", data)
@@ -347,7 +367,7 @@ def _decode_embeddings(data: bytes) -> Any:
     return EmbeddingResult(vectors, None if usage is None else Usage(*usage))
 
 
-CHAT: Codec[Any] = Codec(_encode_chat, _decode_chat, lambda r: len(_encode_chat(r)))
-EMBEDDINGS: Codec[Any] = Codec(
+CHAT: Codec[ChatResult] = Codec(_encode_chat, _decode_chat, lambda r: len(_encode_chat(r)))
+EMBEDDINGS: Codec[EmbeddingResult] = Codec(
     _encode_embeddings, _decode_embeddings, lambda r: int(r.vectors.nbytes) + 64
 )

@@ -26,7 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from gateway.routing.batching import (
     rows_of,
     split_outputs,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 log = logging.getLogger("gateway.routing.limits")
 
@@ -93,7 +96,7 @@ class _Work:
         self.enqueued = time.monotonic()
         self.state = _State.QUEUED
         self.abandoned = False  # the caller stopped waiting while it ran
-        self.trace: tuple | None = None  # the caller's attempt span, while tracing is on
+        self.trace: tuple[Any, int] | None = None  # the caller's attempt span, while tracing is on
 
 
 def _expire(future: asyncio.Future[Any]) -> None:
@@ -178,7 +181,7 @@ class QueuedBackend:
         self._queue.append(work)
         self._waiting += 1
         self._queued.inc()
-        self._arrived.set()  # type: ignore[union-attr]
+        self._arrived.set()  # type: ignore[union-attr]  # _start() made it
         # The deadline is a timer that fails the future; not asyncio.wait_for(shield()),
         # which costs two more futures, a callback chain and several running-loop
         # lookups (each a getpid() system call on Python 3.11) per request.
@@ -257,11 +260,11 @@ class QueuedBackend:
             for i in range(self.max_concurrency)
         ]
 
-    def _drop(self, work: _Work, counter: object) -> None:
+    def _drop(self, work: _Work, counter: Counter) -> None:
         work.state = _State.DROPPED
         self._waiting -= 1
         self._queued.dec()
-        counter.inc()  # type: ignore[attr-defined]
+        counter.inc()
 
     def _head(self) -> _Work | None:
         """The oldest waiting request, discarding taken or dropped ones."""

@@ -53,6 +53,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
@@ -60,6 +61,20 @@ from gateway.config.schema import RateLimitConfig, TenantConfig
 from gateway.core.errors import RateLimited
 from gateway.observe.metrics import REGISTRY
 from gateway.redis_client import UNAVAILABLE, SharedRedis
+
+if TYPE_CHECKING:
+    from typing import TypedDict, Unpack
+
+    from gateway.redis_client import MaybeUnavailable
+
+    class _Options(TypedDict, total=False):
+        """RateLimiter's keyword-only options (for_tenants passes them on)."""
+
+        request_burst_s: float
+        token_burst_s: float
+        clock: Callable[[], float] | None
+        key_prefix: str
+
 
 log = logging.getLogger("gateway.routing.ratelimit")
 
@@ -239,10 +254,13 @@ class RateLimiter:
 
     @classmethod
     def for_tenants(
-        cls, tenants: Iterable[TenantConfig], redis: SharedRedis | None = None, **options: object
+        cls,
+        tenants: Iterable[TenantConfig],
+        redis: SharedRedis | None = None,
+        **options: Unpack[_Options],
     ) -> RateLimiter:
         """The limiter for the config's `tenants[].rate_limit`."""
-        return cls({t.name: t.rate_limit for t in tenants if t.rate_limit}, redis, **options)  # type: ignore[arg-type]
+        return cls({t.name: t.rate_limit for t in tenants if t.rate_limit}, redis, **options)
 
     def limits(self, tenant: str) -> TenantLimits | None:
         return self._limits.get(tenant)
@@ -253,7 +271,7 @@ class RateLimiter:
         if limits is None:
             return
         now = self._now_us()
-        reply = UNAVAILABLE
+        reply: Any | MaybeUnavailable = UNAVAILABLE
         if self.redis is not None:
             reply = await self.redis.eval_script(
                 _ADMIT_LUA,
@@ -266,6 +284,7 @@ class RateLimiter:
                     "" if now is None else now,
                 ],
             )
+        admitted: int  # a bool from the local limiter, 0 or 1 from the script
         if reply is UNAVAILABLE:
             self._fell_back("admit")
             admitted, wait_us, refused_by = self._local.admit(limits, self._local_now_us(now))
@@ -283,7 +302,7 @@ class RateLimiter:
         if limits is None or not limits.us_per_token or tokens <= 0:
             return
         now = self._now_us()
-        reply = UNAVAILABLE
+        reply: Any | MaybeUnavailable = UNAVAILABLE
         if self.redis is not None:
             reply = await self.redis.eval_script(
                 _SPEND_LUA,

@@ -7,7 +7,7 @@ stream events) are translated by `anthropic_shape`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -92,7 +92,7 @@ class AnthropicChatStream(VendorStream):
         super().__init__(backend, response, limiter, tries)
         self.translator = translator
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+    async def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]:
         buffer = b""
         translator = self.translator
         try:

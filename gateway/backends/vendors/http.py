@@ -40,7 +40,7 @@ class RetryPolicy:
 
     def delay_s(self, retry: int, retry_after_s: float | None, rng: random.Random) -> float:
         """Full jitter around an exponential step; never sooner than Retry-After."""
-        step = self.backoff_s * (2**retry) * (0.5 + rng.random())
+        step: float = self.backoff_s * (2**retry) * (0.5 + rng.random())
         return max(step, retry_after_s or 0.0)
 
 
@@ -241,7 +241,8 @@ def _error_text(status: int, payload: bytes) -> str:
         doc = orjson.loads(payload)
         error = doc.get("error") if isinstance(doc, dict) else None
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:_MAX_ERROR_TEXT]
+            message: str = error["message"]
+            return message[:_MAX_ERROR_TEXT]
         if isinstance(error, str):
             return error[:_MAX_ERROR_TEXT]
     except orjson.JSONDecodeError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -104,7 +104,7 @@ class OpenAIBackend(VendorBackend):
 class OpenAIChatStream(VendorStream):
     """The vendor's chunks as dicts; holds the backend slot until it ends."""
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+    async def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]:
         buffer = b""
         done = False
         try:
@@ -168,4 +168,4 @@ def _vectors(doc: dict[str, Any], count: int, backend: str) -> np.ndarray:
     dims = {len(r) for r in rows if r is not None}
     if len(dims) != 1 or any(r is None for r in rows):
         raise BackendFailed(f"backend '{backend}': the vendor's embeddings differ in length")
-    return np.stack(rows).astype(np.float32, copy=False)  # type: ignore[arg-type]
+    return np.stack(rows).astype(np.float32, copy=False)  # type: ignore[arg-type]  # no None left (checked above)
