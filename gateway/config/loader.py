@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from gateway.config.schema import NAME_PATTERN, GatewayConfig
+from gateway.config.schema import BACKEND_CONFIGS, NAME_PATTERN, GatewayConfig
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -239,7 +239,16 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> Path_:
 
 
 def _looks_like_tag(part: str) -> bool:
-    return part in {"onnx", "openai", "anthropic", "str", "WeightedBackend"} or "[" in part
+    return part in BACKEND_CONFIGS or part in {"str", "WeightedBackend"} or "[" in part
+
+
+def _key_of_another_type(loc: tuple[Any, ...]) -> str | None:
+    """Why a key refused in a backend belongs to another backend type, if it does."""
+    # pydantic's location of a key in a backend: ("backends", name, type tag, key)
+    if len(loc) != 4 or loc[0] != "backends" or loc[2] not in BACKEND_CONFIGS:
+        return None
+    reason = BACKEND_CONFIGS[loc[2]].keys_of_other_types.get(loc[3])
+    return None if reason is None else f"{loc[2]} backends do not take it: {reason}"
 
 
 def _value_at(data: Any, path: Path_) -> Any:
@@ -256,7 +265,7 @@ def _value_at(data: Any, path: Path_) -> Any:
 def _message(error: Mapping[str, Any], show_value: bool = True) -> str:
     kind = error.get("type", "")
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling)"
+        return _key_of_another_type(error["loc"]) or "unknown key (check the spelling)"
     if kind == "missing":
         return "required key is missing"
     message = str(error.get("msg", "invalid value"))

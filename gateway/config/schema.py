@@ -7,7 +7,7 @@ checked by `config.loader`, which reports every problem with its YAML path.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal, get_args
+from typing import Annotated, ClassVar, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -146,12 +146,13 @@ class CircuitBreakerConfig(Section):
 
 
 class BackendCommon(Section):
+    # Keys of another backend type that would do nothing in this one: refused
+    # with the reason (config.loader), where any other unknown key is a typo.
+    keys_of_other_types: ClassVar[dict[str, str]] = {}
+
     max_concurrency: int = Field(4, ge=1)
     max_queue: int = Field(256, ge=0)
-    # Optional latency bound on the queue: refuse at once what would wait longer.
-    max_queue_wait_ms: float | None = Field(None, ge=0)
     timeout_ms: int = Field(30_000, ge=1)
-    retries: RetryConfig = RetryConfig()
     cost: CostConfig = CostConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
 
@@ -175,8 +176,16 @@ class TokenizerConfig(Section):
 
 
 class OnnxBackendConfig(BackendCommon):
+    keys_of_other_types: ClassVar[dict[str, str]] = {
+        "retries": "an execution that failed fails the same way again; to try elsewhere, "
+        "add a fallback backend to the model's route",
+    }
+
     type: Literal["onnx"]
     path: str
+    # Optional latency bound on the queue: refuse at once what would wait longer
+    # (predicted from the running executions and the recent execution time).
+    max_queue_wait_ms: float | None = Field(None, ge=0)
     # Tried in order, keeping those this onnxruntime build offers.
     providers: list[ProviderName] = Field(default_factory=_cpu_only, min_length=1)
     # Refuse to load rather than fall back to CPU when no GPU provider is usable.
@@ -193,11 +202,19 @@ class VendorBackendCommon(BackendCommon):
     """A managed API reached over HTTP. The key is read from the environment
     variable named here: never written in the file, never logged."""
 
+    keys_of_other_types: ClassVar[dict[str, str]] = {
+        "max_queue_wait_ms": "it predicts waits from local execution times, and a vendor "
+        "call's time is the vendor's; waiting is bounded by max_queue and the "
+        "request's deadline",
+    }
+
     base_url: str
     api_key_env: str | None = None
     model: str  # the vendor's model name; callers never see or send it
     max_concurrency: int = Field(64, ge=1)
     connect_timeout_ms: int = Field(2000, ge=1)
+    # Connection errors, 429 and 5xx are retried within the deadline.
+    retries: RetryConfig = RetryConfig()
     # Headers sent to the vendor as they are (e.g. an organisation id); not secrets.
     headers: dict[str, str] = {}
 
@@ -233,6 +250,11 @@ BackendConfig = Annotated[
     Field(discriminator="type"),
 ]
 VENDOR_TYPES: Final = ("openai", "anthropic")  # Final: its literals narrow BackendConfig
+BACKEND_CONFIGS: Final[dict[str, type[BackendCommon]]] = {
+    "onnx": OnnxBackendConfig,
+    "openai": OpenAIBackendConfig,
+    "anthropic": AnthropicBackendConfig,
+}
 
 
 class TensorSpecConfig(Section):

@@ -80,3 +80,38 @@ def test_a_tensor_model_needs_a_signature_and_dimensions_are_checked() -> None:
 def test_invalid_yaml_is_reported_not_raised() -> None:
     problems = problems_of("backends: [unclosed\n")
     assert problems[0].startswith("invalid YAML:")
+
+
+VENDOR = """\
+  gpt:
+    type: openai
+    base_url: http://127.0.0.1:9/v1
+    model: m
+"""
+
+
+def test_a_key_of_another_backend_type_is_refused_with_the_reason() -> None:
+    # Keys that validated and then did nothing: retries on a local model,
+    # max_queue_wait_ms on a vendor.
+    text = VALID.replace(
+        "    max_concurrency: 2\n", "    max_concurrency: 2\n    retries: {max: 2}\n"
+    )
+    text = text.replace("models:\n", VENDOR + "    max_queue_wait_ms: 50\nmodels:\n", 1)
+    problems = problems_of(text)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("backends.digits-cpu.retries (line 7): onnx backends do not take")
+    assert "fallback backend" in problems[0]
+    assert problems[1].startswith(
+        "backends.gpt.max_queue_wait_ms (line 12): openai backends do not"
+    )
+    assert "max_queue and the request's deadline" in problems[1]
+
+
+def test_each_backend_type_keeps_its_own_keys() -> None:
+    text = VALID.replace(
+        "    max_concurrency: 2\n", "    max_concurrency: 2\n    max_queue_wait_ms: 5\n"
+    )
+    text = text.replace("models:\n", VENDOR + "    retries: {max: 3, backoff_ms: 10}\nmodels:\n", 1)
+    backends = parse_config(text, env={}).config.backends
+    assert backends["digits-cpu"].max_queue_wait_ms == 5
+    assert backends["gpt"].retries.max == 3
