@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from gateway.backends.base import Backend
+from gateway.backends.base import Backend, ConfiguredBackend
 from gateway.backends.factory import build_backend
 from gateway.backends.tensor_embedder import TensorEmbedder
 from gateway.config.loader import ConfigError, LoadedConfig
@@ -51,7 +51,7 @@ class Runtime:
     runtime took over on reload)."""
 
     loaded: LoadedConfig
-    backends: dict[str, Any]
+    backends: dict[str, ConfiguredBackend]
     service: InferenceService
     health: dict[str, BackendHealth] = field(default_factory=dict)
     cache: ResponseCache | None = None
@@ -103,7 +103,7 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
     """
     config = loaded.config
     problems: list[str] = []
-    backends: dict[str, Any] = {}
+    backends: dict[str, ConfiguredBackend] = {}
     health: dict[str, BackendHealth] = {}
     reused: set[str] = set()
     for name, backend_config in config.backends.items():
@@ -250,7 +250,9 @@ def _shared_state(
     return redis, ResponseCache(config.cache.max_bytes, redis, config.cache.lock_ttl_ms)
 
 
-def _load_backend(name: str, backend_config: BackendConfig, loaded: LoadedConfig) -> Any:
+def _load_backend(
+    name: str, backend_config: BackendConfig, loaded: LoadedConfig
+) -> ConfiguredBackend:
     if isinstance(backend_config, OnnxBackendConfig):
         return QueuedBackend(
             build_backend(name, backend_config, loaded.resolve_path),
@@ -292,7 +294,7 @@ def _tenants(loaded: LoadedConfig, problems: list[str]) -> Tenants:
 def _model_entry(
     name: str,
     model: ModelConfig,
-    backends: dict[str, Any],
+    backends: dict[str, ConfiguredBackend],
     health: dict[str, BackendHealth],
     loaded: LoadedConfig,
     problems: list[str],
@@ -412,7 +414,7 @@ def _cache_prefix(name: str, model: ModelConfig, loaded: LoadedConfig) -> bytes:
 def _for_kind(
     model: ModelConfig,
     signature: Signature | None,
-    backend: Backend | object,
+    backend: ConfiguredBackend,
     config: BackendConfig,
 ) -> object | str:
     """The backend as this model's kind uses it, or why it cannot serve that kind."""
@@ -461,7 +463,7 @@ def _for_kind(
     )
 
 
-def _close_quietly(backend: Backend) -> None:
+def _close_quietly(backend: ConfiguredBackend) -> None:
     try:
         asyncio.run(backend.close())
     except Exception:  # closing after a failed load must not hide the load errors

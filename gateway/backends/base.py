@@ -1,7 +1,14 @@
-"""The Backend protocol: what the routing layer needs from any model server.
+"""The backend protocols: what the runtime and the routing layer need from any
+model server.
 
-Adding a backend type is adding a module with a class that keeps this contract
-and registering its config type in `backends/__init__.py`.
+`ConfiguredBackend` is what the runtime holds for each entry of `backends:`,
+whatever it serves: reloads and shutdown rely on `busy()` and `close()`.
+`Backend` adds tensor inference. Chat and embeddings backends keep the
+protocols of `core/llm.py` besides `ConfiguredBackend`.
+
+Adding a backend type today: a module with a class that keeps these
+contracts, its config model in `config/schema.py` (the `BackendConfig` union
+and `BACKEND_CONFIGS`) and its construction in `backends/factory.py`.
 """
 
 from __future__ import annotations
@@ -13,21 +20,10 @@ import numpy as np
 from gateway.core.signature import TensorSpec
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """One place a model can run.
-
-    `infer` receives validated inputs (numpy arrays, batch dimension first when
-    the signature is batched) and the output names wanted, and returns those
-    outputs. It raises `GatewayError`s: `BackendFailed` for its own failures,
-    `DeadlineExceeded` when `timeout_s` runs out.
-    """
+class ConfiguredBackend(Protocol):
+    """One configured backend, as the runtime holds it."""
 
     name: str
-
-    async def infer(
-        self, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float | None
-    ) -> dict[str, np.ndarray]: ...
 
     def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
         """What the backend itself declares (dynamic dims as -1), for compatibility
@@ -36,4 +32,24 @@ class Backend(Protocol):
 
     def ready(self) -> bool: ...
 
+    def busy(self) -> bool:
+        """True while work is queued or running on it: a reload closes a backend
+        it replaced only once that backend is no longer busy."""
+        ...
+
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(ConfiguredBackend, Protocol):
+    """One place a tensor model can run.
+
+    `infer` receives validated inputs (numpy arrays, batch dimension first when
+    the signature is batched) and the output names wanted, and returns those
+    outputs. It raises `GatewayError`s: `BackendFailed` for its own failures,
+    `DeadlineExceeded` when `timeout_s` runs out.
+    """
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float | None
+    ) -> dict[str, np.ndarray]: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -110,6 +111,10 @@ class OnnxBackend:
         self._inputs = graph_inputs
         self._outputs = [_spec_of(a) for a in self.session.get_outputs()]
         self._string_inputs = {s.name for s in self._inputs if s.datatype == "BYTES"}
+        # Runs executing on the pool's threads, for busy(): a run whose caller's
+        # deadline passed goes on until ONNX Runtime returns.
+        self._executing = 0
+        self._executing_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             max_workers=config.max_concurrency, thread_name_prefix=f"onnx-{name}"
         )
@@ -120,7 +125,19 @@ class OnnxBackend:
     def ready(self) -> bool:
         return True
 
+    def busy(self) -> bool:
+        return self._executing > 0
+
     def _run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        with self._executing_lock:
+            self._executing += 1
+        try:
+            return self._execute(feeds, outputs)
+        finally:
+            with self._executing_lock:
+                self._executing -= 1
+
+    def _execute(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         if self._tokenizer is not None:
             feeds.update(self._tokenizer(feeds.pop(self._tokenizer.input)))
         for name in self._string_inputs & feeds.keys():
