@@ -75,9 +75,10 @@ def _timeout_ms(value: bytes) -> float:
     return ms
 
 
-async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
+async def read_body(receive: Receive, headers: Headers, limit: int, ctx: RequestContext) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed `limit`:
-    from content-length before reading anything, else while reading chunks."""
+    from content-length before reading anything, else while reading chunks.
+    Its size goes into `ctx.request_bytes` (audit records)."""
     declared = headers.get(b"content-length")
     if declared is not None:
         try:
@@ -106,6 +107,7 @@ async def read_body(receive: Receive, headers: Headers, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
+    ctx.request_bytes = total
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -116,7 +116,7 @@ class OpenAIApi:
         headers: dict[bytes, bytes],
         ctx: RequestContext,
     ) -> int:
-        body = _json_body(await read_body(receive, headers, self.max_request_bytes))
+        body = _json_body(await read_body(receive, headers, self.max_request_bytes, ctx))
         model = _model_field(body)
         request = chat_request(body)
         if not request.stream:
@@ -189,7 +189,7 @@ class OpenAIApi:
         headers: dict[bytes, bytes],
         ctx: RequestContext,
     ) -> int:
-        body = _json_body(await read_body(receive, headers, self.max_request_bytes))
+        body = _json_body(await read_body(receive, headers, self.max_request_bytes, ctx))
         model = _model_field(body)
         texts = _embedding_inputs(body.get("input"))
         encoding = body.get("encoding_format") or "float"

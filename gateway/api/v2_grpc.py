@@ -226,7 +226,9 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         # Resolve the model (and the caller) first, as HTTP does: an unknown
         # model is NOT_FOUND whatever the tensors.
-        self.service.admit(request.model_name, ctx, request.model_version or None)
+        entry = self.service.admit(request.model_name, ctx, request.model_version or None)
+        if entry.audit_payload:  # the message's size, for the audit record (computed, not free)
+            ctx.request_bytes = request.ByteSize()
         core, raw = decode_infer_request(request)
         return encode_infer_response(await self.service.infer(core, ctx), raw)
 

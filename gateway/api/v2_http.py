@@ -76,7 +76,7 @@ class V2HttpApi:
             model, version = params["model"], params.get("version")
             # Resolve the model first: an unknown model is a 404 whatever the body.
             ctx.model = self.service.admit(model, ctx, version).name
-            body = await read_body(receive, headers, self.max_request_bytes)
+            body = await read_body(receive, headers, self.max_request_bytes, ctx)
             request, options = decode_infer_request(
                 body, _text(headers.get(b"inference-header-content-length")), model, version
             )

@@ -170,7 +170,7 @@ class AuditLog:
                 total_s,
                 ctx.backend_wait_s,
                 ctx.cost_usd,
-                (_request_bytes(ctx), ctx.audit_messages) if payload else None,
+                (ctx.request_bytes, ctx.audit_messages) if payload else None,
             )
         )
         if self._closed:  # answered after shutdown began: write it in place
@@ -296,17 +296,6 @@ class AuditLog:
         self._closed = True
         self._writer.shutdown(wait=True)
         self.sink.close()
-
-
-def _request_bytes(ctx: RequestContext) -> int | None:
-    if ctx.request_bytes is not None:
-        return ctx.request_bytes
-    headers = ctx.headers
-    length = headers.get(b"content-length") if headers is not None else None
-    try:
-        return int(length) if length is not None else None
-    except ValueError:
-        return None
 
 
 def audit_log(

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 
+from gateway.api.grpc_server import GrpcServer
+from gateway.api.proto import grpc_predict_v2_pb2 as pb
+from gateway.api.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.app import build_runtime
 from gateway.config.loader import ConfigError, parse_config
+from gateway.config.schema import ServerConfig
 from gateway.core.types import RequestContext
 from gateway.observe.audit import AuditLog, RotatingFileSink, StdoutSink
 from tests.observe.inprocess import (
@@ -187,6 +193,56 @@ def test_every_answered_request_gets_a_complete_secret_free_record(tmp_path: Pat
     # Never secrets, never content that was not opted in.
     for secret in (TENANT_KEY, VENDOR_KEY, "hunter2", "Bearer", "authorization"):
         assert secret not in text
+
+
+def test_the_request_size_is_what_was_received_on_http_and_grpc(tmp_path: Path) -> None:
+    # A chunked HTTP body declares no content-length, and a gRPC call has none:
+    # the size is counted from what arrived.
+    audit_file = tmp_path / "audit.jsonl"
+    body = json.dumps(DIGITS_BODY).encode()
+    message = pb.ModelInferRequest(
+        model_name="digits",
+        id="grpc-1",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="pixels",
+                datatype="FP32",
+                shape=[1, 64],
+                contents=pb.InferTensorContents(fp32_contents=DIGITS_BODY["inputs"][0]["data"]),
+            )
+        ],
+    )
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 100):
+            yield body[start : start + 100]
+
+    async def run() -> None:
+        config = {
+            "audit": {"sink": "file", "path": str(audit_file)},
+            "backends": {"digits-cpu": digits_backend()},
+            "models": {"digits": digits_model(audit_payload=True)},
+        }
+        async with gateway(config) as gw:
+            reply = await gw.client.post(
+                "/v2/models/digits/infer", content=chunks(), headers={"x-request-id": "chunked"}
+            )
+            assert reply.status_code == 200 and "content-length" not in reply.request.headers
+            server = GrpcServer(
+                gw.runtime.service, ServerConfig(grpc={"engine": "aio"}), "127.0.0.1:0"
+            )
+            port = await server.start()
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                    await stub.ModelInfer(message, metadata=(("x-request-id", "grpc"),), timeout=10)
+            finally:
+                await server.stop(0)
+
+    asyncio.run(run())
+    records = {r["request_id"]: r for r in map(json.loads, audit_file.read_text().splitlines())}
+    assert records["chunked"]["request_bytes"] == len(body)
+    assert records["grpc"]["request_bytes"] == message.ByteSize()
 
 
 def test_the_file_rotates_and_keeps_its_backups(tmp_path: Path) -> None:
