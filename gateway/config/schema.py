@@ -100,6 +100,15 @@ class AuditConfig(Section):
 class RateLimitConfig(Section):
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
+    # Requests a tenant may send at once before the rate applies; None: one
+    # second's worth of the rate, at least 1 (routing/ratelimit.py says why).
+    burst: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> RateLimitConfig:
+        if self.burst is not None and self.requests_per_minute is None:
+            raise ValueError("burst: applies to requests_per_minute, which is not set")
+        return self
 
 
 class TenantConfig(Section):

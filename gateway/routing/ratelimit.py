@@ -18,13 +18,16 @@ admitted when `max(TAT, now) + T - now <= C`, which moves TAT by `T`; the
 refused request's Retry-After is the excess. Equivalent to a token bucket of
 `C / T` tokens refilled continuously, with no refill timer.
 
-Burst: requests get a capacity of `request_burst_s` (1 s) worth of the rate
-(at least one request): a tenant of 600/min may send 10 at once, then one per
-100 ms. So any 60 s window admits at most `limit + limit/60` requests: within
-+1.7% of the configured limit, while parallel clients are not refused for
-arriving together. Tokens get `token_burst_s` (60 s): the whole minute's quota
-may be spent at once (one long completion must fit), then it refills
-continuously; `admit` refuses while not even one token is left.
+Burst: a tenant's `burst` (requests) is how many it may send at once, after
+which the rate applies: with 120/min and `burst: 50`, fifty parallel calls are
+admitted, then one per 500 ms. Any 60 s window then admits at most
+`limit + burst` requests. The default is `request_burst_s` (1 s) worth of the
+rate, at least one request (600/min: 10 at once; 120/min: 2): within +1.7% of
+the limit in any window, which is right for steady traffic but refuses a
+client that fans out (50 calls at 120/min: 48 refused), so such tenants set
+`burst` to their parallelism. Tokens get `token_burst_s` (60 s): the whole
+minute's quota may be spent at once (one long completion must fit), then it
+refills continuously; `admit` refuses while not even one token is left.
 
 Clock: the shared path takes the time from Redis (`TIME` inside the script):
 one clock for every replica, so host clock skew cannot hand one replica extra
@@ -170,12 +173,17 @@ class TenantLimits:
         rpm, tpm = config.requests_per_minute, config.tokens_per_minute
         per_request = round(60 * _US / rpm) if rpm else 0
         per_token = round(60 * _US / tpm) if tpm else 0
+        # GCRA admits n requests at once when n emission intervals fit the capacity.
+        if config.burst is not None:
+            request_capacity = config.burst * per_request
+        else:
+            request_capacity = max(per_request, round(request_burst_s * _US))
         return cls(
             tenant=tenant,
             requests_per_minute=rpm,
             tokens_per_minute=tpm,
             us_per_request=per_request,
-            request_capacity_us=max(per_request, round(request_burst_s * _US)),
+            request_capacity_us=request_capacity,
             us_per_token=per_token,
             token_capacity_us=max(per_token, round(token_burst_s * _US)),
             request_key=f"{key_prefix}{{{tenant}}}:req",

@@ -160,6 +160,37 @@ def test_a_slow_rate_has_a_burst_of_one(limiter_factory) -> None:
     run(scenario)
 
 
+def test_a_configured_burst_admits_that_many_at_once_then_the_rate(limiter_factory) -> None:
+    tenant, clock = unique_tenant(), FakeClock()
+    config = RateLimitConfig(requests_per_minute=120, burst=50)
+    limiter = limiter_factory({tenant: config}, clock)
+
+    async def scenario() -> None:
+        await ready(limiter)
+        # A client fanning out 50 calls: all admitted (the default burst, 2, refused 48).
+        assert [await admitted(limiter, tenant) for _ in range(50)] == [True] * 50
+        assert await retry_after(limiter, tenant) == pytest.approx(0.5)
+        clock.advance(0.5)
+        assert await admitted(limiter, tenant)
+        assert not await admitted(limiter, tenant)
+        # Over a minute of steady hammering after the burst: the rate, no more.
+        count = 0
+        for _ in range(600):
+            clock.advance(0.1)
+            count += await admitted(limiter, tenant)
+        assert count == 120
+        # Idle long enough to refill: the whole burst again, and not one more.
+        clock.advance(60)
+        assert sum([await admitted(limiter, tenant) for _ in range(60)]) == 50
+
+    run(scenario)
+
+
+def test_a_burst_needs_a_request_rate() -> None:
+    with pytest.raises(ValueError, match="burst: applies to requests_per_minute"):
+        RateLimitConfig(tokens_per_minute=1000, burst=5)
+
+
 def test_refusal_names_the_limit_and_counts(limiter_factory) -> None:
     tenant, clock = unique_tenant(), FakeClock()
     limiter = limiter_factory({tenant: RateLimitConfig(requests_per_minute=60)}, clock)

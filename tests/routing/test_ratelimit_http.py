@@ -4,6 +4,7 @@ Retry-After beyond it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -11,8 +12,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
+
 from tests.api.http_helpers import post
 from tests.conftest import digits_config, start_gateway
+from tests.observe.inprocess import digits_backend, digits_model, gateway
 from tests.redis_server import RedisServer
 
 KEY_ENV = "RATELIMIT_HTTP_TEST_KEY"
@@ -82,3 +86,37 @@ def test_two_replicas_hold_one_tenant_limit_together(redis_server_factory, tmp_p
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_a_tenant_with_a_burst_may_fan_out_that_many_calls(monkeypatch) -> None:
+    # 120/min admits 2 at once by default; `burst: 50` lets a client send 50
+    # in parallel, and the 51st is refused with the time to wait.
+    monkeypatch.setenv(KEY_ENV, KEY)
+    config = {
+        "tenants": [
+            {
+                "name": "fan-out",
+                "key_env": KEY_ENV,
+                "rate_limit": {"requests_per_minute": 120, "burst": 50},
+            }
+        ],
+        "backends": {"digits-cpu": digits_backend()},
+        "models": {"digits": digits_model()},
+    }
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+
+    async def run() -> tuple[list[int], httpx.Response]:
+        async with gateway(config) as gw:
+            replies = await asyncio.gather(
+                *(
+                    gw.client.post("/v2/models/digits/infer", content=BODY, headers=headers)
+                    for _ in range(50)
+                )
+            )
+            refused = await gw.client.post("/v2/models/digits/infer", content=BODY, headers=headers)
+            return [r.status_code for r in replies], refused
+
+    statuses, refused = asyncio.run(run())
+    assert statuses == [200] * 50
+    assert refused.status_code == 429
+    assert 0 < float(refused.headers["retry-after"]) <= 1
