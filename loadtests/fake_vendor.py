@@ -47,7 +47,14 @@ Kinds: "500", "429" (with `Retry-After: <retry_after_s>`), "timeout" (no
 answer until the client goes away), "garbage" (200 whose body is not JSON;
 for a stream, an SSE event whose data is not JSON), "cut_stream" (the
 connection closes midway: a stream after about half its events, without
-[DONE] / message_stop; a JSON answer after half its declared body).
+[DONE] / message_stop; a JSON answer after half its declared body),
+"stream_error" (a stream starts, then sends an error event: OpenAI's
+`data: {"error": {...}}`, Anthropic's `event: error`; a JSON answer is a 500).
+
+`echo_credentials` (off by default) plays a careless vendor or proxy: the
+bodies of its 401s and of its injected errors ("500", "stream_error") then
+quote the credential headers it received (`Authorization`, `x-api-key`,
+`api-key`), so tests can check that no key travels on from there.
 `latency_ms` plus a uniform draw in [0, jitter_ms] passes before every
 answer of a vendor route; `chunk_interval_ms` passes between streamed events.
 
@@ -85,7 +92,7 @@ from loadtests.aio_serving import serve_until_signalled
 from loadtests.gateway_process import GatewayProcess, free_port, start_server
 
 READY_LINE = "fake vendor ready"  # printed once the socket listens: start_server waits for it
-ERROR_KINDS = ("500", "429", "timeout", "garbage", "cut_stream")
+ERROR_KINDS = ("500", "429", "timeout", "garbage", "cut_stream", "stream_error")
 MODELS = ("fake-chat", "fake-embed")
 PAD_WORD = "pad"
 
@@ -118,6 +125,7 @@ class FakeVendorConfig:
     api_key: str = "fake-key"
     embedding_dim: int = 384
     seed: int = 0
+    echo_credentials: bool = False
 
     def __post_init__(self) -> None:
         if self.error_kind not in ERROR_KINDS:
@@ -156,6 +164,10 @@ def _field_types() -> dict[str, type]:
 
 
 def _coerce(name: str, value: object, kind: type) -> object:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name}: expected bool, got {type(value).__name__}")
     # bool is an int to Python but never a sensible knob value.
     if isinstance(value, bool):
         raise ValueError(f"{name}: expected {kind.__name__}, got a boolean")
@@ -395,6 +407,7 @@ class Dialect:
 
     check_headers: Callable[[Mapping[str, str], str], Refusal | None]  # (headers, api_key)
     error_body: Callable[[str, str], bytes]  # (kind, message)
+    error_event: Callable[[str, str], bytes]  # (kind, message): an error mid-stream
 
 
 def _openai_headers(headers: Mapping[str, str], api_key: str) -> Refusal | None:
@@ -452,8 +465,24 @@ def _anthropic_error(kind: str, message: str) -> bytes:
     )
 
 
-OPENAI = Dialect(_openai_headers, _openai_error)
-ANTHROPIC = Dialect(_anthropic_headers, _anthropic_error)
+def _openai_error_event(kind: str, message: str) -> bytes:
+    return b"data: " + _openai_error(kind, message) + b"\n\n"
+
+
+def _anthropic_error_event(kind: str, message: str) -> bytes:
+    return b"event: error\ndata: " + _anthropic_error(kind, message) + b"\n\n"
+
+
+def _credentials_received(headers: Mapping[str, str]) -> str:
+    """What `echo_credentials` quotes: the credential headers as received."""
+    found = [f"{name}: {headers[name]}" for name in _CREDENTIAL_HEADERS if name in headers]
+    return f" (request headers: {', '.join(found)})" if found else ""
+
+
+_CREDENTIAL_HEADERS = ("Authorization", "x-api-key", "api-key")
+
+OPENAI = Dialect(_openai_headers, _openai_error, _openai_error_event)
+ANTHROPIC = Dialect(_anthropic_headers, _anthropic_error, _anthropic_error_event)
 
 
 def _sse(obj: object) -> bytes:
@@ -703,9 +732,17 @@ class FakeVendor:
             await asyncio.sleep(delay_ms / 1000.0)
 
     def _refuse(
-        self, route: str, dialect: Dialect, status: int, kind: str, message: str
+        self,
+        route: str,
+        dialect: Dialect,
+        status: int,
+        kind: str,
+        message: str,
+        request: web.Request | None = None,
     ) -> web.Response:
         self.stats.outcomes[route, str(status)] += 1
+        if request is not None and self.config.echo_credentials and status in (401, 500):
+            message += _credentials_received(request.headers)
         return web.Response(
             status=status, body=dialect.error_body(kind, message), content_type=_JSON
         )
@@ -762,12 +799,22 @@ class FakeVendor:
         config = self.config
         refused = dialect.check_headers(request.headers, config.api_key)
         if refused is not None:
-            return self._refuse(route, dialect, *refused)
+            return self._refuse(route, dialect, *refused, request=request)
         try:
             parsed = parse(await request.read())
         except InvalidRequest as exc:
             return self._refuse(route, dialect, 400, "invalid_request", str(exc))
         fault = self._draw_fault()
+        if fault == "stream_error" and parsed.stream:
+            self.stats.outcomes[route, fault] += 1
+            message = "injected fault: the stream failed"
+            if config.echo_credentials:
+                message += _credentials_received(request.headers)
+            started = answer(parsed, config)
+            assert isinstance(started, list)
+            return await self._send_events(
+                request, [started[0], dialect.error_event("server", message)], cut=False
+            )
         if fault is not None and fault != "cut_stream":
             return await self._fail(request, route, dialect, fault, parsed.stream)
         body = answer(parsed, config)
@@ -782,9 +829,9 @@ class FakeVendor:
     async def _fail(
         self, request: web.Request, route: str, dialect: Dialect, fault: str, stream: bool
     ) -> web.StreamResponse:
-        if fault == "500":
+        if fault in ("500", "stream_error"):  # stream_error, asked for a JSON answer: a 500
             return self._refuse(
-                route, dialect, 500, "server", "injected fault: internal server error"
+                route, dialect, 500, "server", "injected fault: internal server error", request
             )
         if fault == "429":
             response = self._refuse(
@@ -845,7 +892,7 @@ class FakeVendor:
         await self._wait_latency()
         refused = dialect.check_headers(headers, self.config.api_key)
         if refused is not None:
-            return self._refuse(MODELS_PATH, dialect, *refused)
+            return self._refuse(MODELS_PATH, dialect, *refused, request=request)
         self.stats.outcomes[MODELS_PATH, "ok"] += 1
         if anthropic:
             data = [
@@ -924,6 +971,16 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _yes_no(text: str) -> bool:
+    """A boolean flag's value: true/false (also 1/0, yes/no, on/off)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def config_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.fake_vendor",
@@ -936,7 +993,7 @@ def config_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             _flag(name),
             dest=name,
-            type=kind,
+            type=_yes_no if kind is bool else kind,
             default=getattr(defaults, name),
             choices=ERROR_KINDS if name == "error_kind" else None,
         )

@@ -7,6 +7,10 @@ there is one, `exception` when one is logged, and any `extra=` fields. The
 request comes from the `CURRENT_REQUEST` context variable, which the transports
 set once per request where they create its RequestContext: one ContextVar.set,
 and nothing read until a line is actually written.
+
+Every handler set up here carries `RedactingFilter`: whatever a record says
+(its message, exception, stack and `extra=` text) passes through
+`gateway.observe.redact` before it is written, so no key reaches the log.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import orjson
 
 from gateway.observe import tracing
+from gateway.observe.redact import redact
 
 # The RequestContext of the request this task serves (None outside requests).
 # Tasks copy it when they start, so work a request spawns logs under its id.
@@ -35,6 +40,30 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "taskName",
     "color_message",
 }
+
+
+class RedactingFilter(logging.Filter):
+    """Blanks credentials out of a record before any handler's formatter sees it:
+    the formatted message, the exception text and the stack (see redact.py)."""
+
+    _exceptions = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            # Formatters use exc_text when it is set: formatted once, here, redacted.
+            record.exc_text = self._exceptions.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            if isinstance(value, str) and (key not in _STANDARD or key == "color_message"):
+                record.__dict__[key] = redact(value)  # `extra=` fields, uvicorn's coloured copy
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -59,7 +88,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and key not in doc:
                 doc[key] = value
-        if record.exc_info:
+        if record.exc_text:  # set (and redacted) by RedactingFilter
+            doc["exception"] = record.exc_text
+        elif record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             doc["stack"] = self.formatStack(record.stack_info)
@@ -77,6 +108,7 @@ def formatter(fmt: str = "text") -> logging.Formatter:
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(fmt))
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.observe.redact import redact
+
 if TYPE_CHECKING:
     from typing import TypeGuard
 
@@ -539,13 +541,13 @@ class AnthropicStreamTranslator:
 
 _MAX_MESSAGE_CHARS = 300
 # Defence in depth: vendors and proxies in front of them have echoed keys in
-# error text before; nothing shaped like a key reaches logs or clients.
-_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+)", re.IGNORECASE)
+# error text before; nothing shaped like a key (nor a configured key) reaches
+# logs or clients (gateway.observe.redact).
 _WHITESPACE = re.compile(r"\s+")
 
 
 def _clean(text: str) -> str:
-    text = _SECRET.sub("[redacted]", _WHITESPACE.sub(" ", text).strip())
+    text = redact(_WHITESPACE.sub(" ", text).strip())
     if len(text) > _MAX_MESSAGE_CHARS:
         text = text[:_MAX_MESSAGE_CHARS] + "..."
     return text

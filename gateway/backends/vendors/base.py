@@ -14,6 +14,7 @@ from gateway.backends.vendors.http import RetryPolicy, VendorClient
 from gateway.config.schema import VendorBackendCommon
 from gateway.core.errors import BackendFailed, DeadlineExceeded, GatewayError
 from gateway.core.llm import Usage
+from gateway.observe import redact
 from gateway.routing.concurrency import ConcurrencyLimiter
 
 
@@ -26,6 +27,7 @@ def api_key(env_name: str | None, backend: str) -> str | None:
         raise ValueError(
             f"backend '{backend}': environment variable {env_name} (api_key_env) is not set"
         )
+    redact.remember_secret(value)  # blanked out of vendor error text and logs wherever it shows
     return value
 
 
@@ -109,7 +111,9 @@ class VendorStream:
             return DeadlineExceeded(
                 f"backend '{self.backend}': the stream did not finish within the deadline"
             )
-        return BackendFailed(f"backend '{self.backend}': the stream broke: {exc}")
+        return BackendFailed(
+            f"backend '{self.backend}': the stream broke: {redact.redact(str(exc))}"
+        )
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -4,7 +4,9 @@ Retries (exponential backoff with jitter, `Retry-After` honoured) happen on
 connection errors, 429 and 5xx, and only while the deadline leaves room for
 another try; a stream is only retried before its response has started. The
 API key goes into the request headers and nowhere else: error messages name
-the backend and the vendor's status, never headers.
+the backend and the vendor's status, never headers, and the vendor's own text
+in them passes through `gateway.observe.redact` (vendors and the proxies in
+front of them have echoed credentials in error bodies).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gateway.core.errors import (
     Overloaded,
 )
 from gateway.observe import tracing
+from gateway.observe.redact import redact
 
 log = logging.getLogger("gateway.backends.vendor")
 
@@ -161,7 +164,7 @@ class VendorClient:
                 raise error
 
     def status_error(self, status: int, payload: bytes, retry_after: float | None) -> GatewayError:
-        text = self.describe_error(status, payload)
+        text = redact(self.describe_error(status, payload))
         if status == 429:
             return Overloaded(
                 f"backend '{self.backend}': the vendor is rate limiting (HTTP 429): {text}",
@@ -231,21 +234,25 @@ def _retry_after_s(value: str | None) -> float | None:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text[:_MAX_ERROR_TEXT]
+    return _excerpt(str(exc) or type(exc).__name__)
+
+
+def _excerpt(text: str) -> str:
+    """Redacted first, then cut: a cut must not leave the head of a key unrecognised."""
+    return redact(text)[:_MAX_ERROR_TEXT]
 
 
 def _error_text(status: int, payload: bytes) -> str:
-    """OpenAI-shaped error bodies give their message; anything else a short excerpt."""
+    """OpenAI-shaped error bodies give their message; anything else a short excerpt.
+    Either is redacted (`gateway.observe.redact`)."""
     try:
         doc = orjson.loads(payload)
         error = doc.get("error") if isinstance(doc, dict) else None
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            message: str = error["message"]
-            return message[:_MAX_ERROR_TEXT]
+            return _excerpt(error["message"])
         if isinstance(error, str):
-            return error[:_MAX_ERROR_TEXT]
+            return _excerpt(error)
     except orjson.JSONDecodeError:
         pass
-    text = payload[:_MAX_ERROR_TEXT].decode("utf-8", "replace").strip()
+    text = _excerpt(payload[: 8 * _MAX_ERROR_TEXT].decode("utf-8", "replace").strip())
     return text or f"HTTP {status} with an empty body"

@@ -19,6 +19,7 @@ from gateway.backends.vendors.sse import parse_sse
 from gateway.config.schema import OpenAIBackendConfig
 from gateway.core.errors import BackendFailed
 from gateway.core.llm import ChatRequest, ChatResult, EmbeddingResult, Usage
+from gateway.observe.redact import redact
 
 _DONE = b"[DONE]"
 
@@ -115,6 +116,10 @@ class OpenAIChatStream(VendorStream):
                         done = True
                         break
                     chunk = _json_object(payload, self.backend)
+                    if "error" in chunk and not chunk.get("choices"):
+                        raise BackendFailed(
+                            f"backend '{self.backend}': stream error: {_stream_error(chunk)}"
+                        )
                     usage = usage_of(chunk)
                     if usage is not None:
                         self.usage = usage
@@ -129,13 +134,22 @@ class OpenAIChatStream(VendorStream):
             raise BackendFailed(f"backend '{self.backend}': the stream ended before [DONE]")
 
 
+def _stream_error(chunk: dict[str, Any]) -> str:
+    """The message of an error event in an OpenAI-compatible stream (vLLM and
+    others send `data: {"error": {...}}` mid-stream), redacted and cut short."""
+    error = chunk.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    text = message if isinstance(message, str) else orjson.dumps(error).decode()
+    return redact(text)[:300]
+
+
 def _json_object(payload: bytes, backend: str) -> dict[str, Any]:
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
+        excerpt = redact(payload[:400].decode("utf-8", "replace"))[:80]
         raise BackendFailed(
-            f"backend '{backend}': the vendor answered something that is not "
-            f"JSON: {payload[:80]!r}",
+            f"backend '{backend}': the vendor answered something that is not JSON: {excerpt!r}",
             reason="bad_output",
         ) from None
     if not isinstance(doc, dict):
