@@ -11,7 +11,7 @@ RUNTIME_VENV ?= .venv-runtime
 
 LOCKS := requirements/build.txt requirements/runtime.txt requirements/dev.txt
 
-.PHONY: run test lint check bench lock proto redis-server promtool h2load clean
+.PHONY: run test lint check bench fuzz lock proto redis-server promtool h2load clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,8 +53,8 @@ test: $(VENV)/.installed-dev $(RUNTIME_VENV)/.installed redis-server promtool
 
 # ruff (lint and format) over the Python trees, mypy (strict) over the package.
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check gateway tests loadtests models
-	$(VENV)/bin/ruff format --check gateway tests loadtests models
+	$(VENV)/bin/ruff check gateway tests loadtests models fuzz
+	$(VENV)/bin/ruff format --check gateway tests loadtests models fuzz
 	$(VENV)/bin/mypy
 	@# A type: ignore names its error code and says why, after it on the same line.
 	@! grep -rn --include='*.py' 'type: ignore' gateway | grep -v '^gateway/api/proto/' \
@@ -63,6 +63,10 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev h2load
 	$(PY) loadtests/bench.py
+
+# The coverage-guided fuzz target of the tensor decoders (atheris): FUZZ_SECONDS, 120 by default.
+fuzz: $(VENV)/.installed-dev
+	$(PY) fuzz/fuzz_decoders.py -max_total_time=$(or $(FUZZ_SECONDS),120)
 
 # Re-resolves requirements/ from pyproject.toml's ranges with uv, keeping every
 # pin the ranges still allow. Upgrades: `make lock UPGRADE=--upgrade` (all) or

@@ -37,12 +37,20 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
 
 
-def request_context(headers: Headers, protocol: str) -> RequestContext:
+def request_id_of(headers: Headers) -> str:
+    """The caller's x-request-id if it is one we can echo (at most 128 printable
+    ASCII characters: it goes back in a header, in logs and in audit records),
+    else a new one."""
     raw_id = headers.get(b"x-request-id")
-    request_id = (
-        raw_id.decode("latin-1") if raw_id and len(raw_id) <= _MAX_REQUEST_ID else new_request_id()
-    )
-    ctx = RequestContext(request_id=request_id, protocol=protocol, headers=headers)
+    if raw_id and len(raw_id) <= _MAX_REQUEST_ID:
+        text = raw_id.decode("latin-1")
+        if text.isascii() and text.isprintable():
+            return text
+    return new_request_id()
+
+
+def request_context(headers: Headers, protocol: str) -> RequestContext:
+    ctx = RequestContext(request_id=request_id_of(headers), protocol=protocol, headers=headers)
     CURRENT_REQUEST.set(ctx)  # log lines of this request carry its id (and trace id)
     if tracing.ENABLED and b"traceparent" in headers:
         ctx.trace_parent = tracing.context_from_headers(headers)

@@ -28,6 +28,7 @@ from gateway.api.http_request import (
     header_map,
     read_body,
     request_context,
+    request_id_of,
     send_response,
 )
 from gateway.core.errors import GatewayError, InvalidInput
@@ -235,12 +236,16 @@ class OpenAIApi:
         return [Route("/v1/models", self.list_models, methods=["GET"])]
 
     async def list_models(self, request: Request) -> Response:
-        ctx = request_context(header_map(request.scope), "openai")
-        headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx)}
+        raw_headers = header_map(request.scope)
+        ctx: RequestContext | None = None
         try:
+            ctx = request_context(raw_headers, "openai")  # a bad header is a 400 here too
+            headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx)}
             models = self.service.models_for(ctx)
         except GatewayError as error:
             status, body = openai_error_body(error)
+            ctx = ctx or RequestContext(request_id=request_id_of(raw_headers), protocol="openai")
+            headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx)}
             return Response(
                 body, status_code=status, headers=headers, media_type="application/json"
             )
@@ -354,10 +359,19 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
     return ChatRequest(body=body, stream=bool(stream), include_usage=include_usage)
 
 
+# Texts per /v1/embeddings request: OpenAI's own limit, which its SDKs and
+# LangChain already respect (docs/configuration.md#request-limits).
+MAX_EMBEDDING_INPUTS = 2048
+
+
 def _embedding_inputs(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        if len(value) > MAX_EMBEDDING_INPUTS:
+            raise InvalidInput(
+                f"input: at most {MAX_EMBEDDING_INPUTS} texts per request, got {len(value)}"
+            )
         return value
     if isinstance(value, list) and value and all(isinstance(v, (int, list)) for v in value):
         raise InvalidInput(

@@ -2,13 +2,18 @@
 
 Binary payloads become numpy arrays with `np.frombuffer` (no copies, no Python
 lists); JSON tensors are checked for type before conversion so that "1.5" for
-an FP32 input or 2.5 for an INT64 input is refused rather than coerced.
+an FP32 input or 2.5 for an INT64 input is refused rather than coerced, and
+numbers that do not fit the datatype (300 for INT8, 1e300 for FP32) are refused.
+
+Memory is bounded by what was sent: each tensor's declared shape is checked
+against the model's signature and against the bytes (or JSON elements) that
+came, on Python ints, before any array is allocated for it.
 """
 
 from __future__ import annotations
 
-import math
 import struct
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +22,22 @@ import orjson
 
 from gateway.core.datatypes import DATATYPES, NUMPY_DTYPES, datatype_of
 from gateway.core.errors import InvalidInput
-from gateway.core.signature import format_shape
+from gateway.core.signature import Signature, check_rank, format_shape, shape_size
 from gateway.core.types import InferRequest, InferResponse, RequestedOutput
 
 _LENGTH = struct.Struct("<I")
 # numpy kinds a JSON array may produce for each family of datatype
 _ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 _KIND_WORDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}
+# The smallest magnitude that rounds to infinity in each narrow float datatype
+# (its largest finite value plus half a unit in the last place), and its square.
+_FLOAT_OVERFLOW = {"FP16": 65520.0, "FP32": 2.0**128 - 2.0**103}
+_FLOAT_OVERFLOW_SQUARED = {k: v * v for k, v in _FLOAT_OVERFLOW.items()}
+# _check_float_range's dot product overflows (to inf, as intended) for values past
+# 1e154: numpy's warning about it would only say that such a value was refused.
+warnings.filterwarnings(
+    "ignore", "overflow encountered in dot", RuntimeWarning, r"gateway\.api\.v2_codec"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +48,14 @@ class WireOptions:
 
 
 def decode_infer_request(
-    body: bytes, header_length: str | None, model: str, version: str | None
+    body: bytes,
+    header_length: str | None,
+    model: str,
+    version: str | None,
+    signature: Signature | None = None,
 ) -> tuple[InferRequest, WireOptions]:
+    """The core request, each input checked against `signature` (when the model
+    has one) as soon as its header is read, before its tensor is built."""
     if not body:
         raise InvalidInput("request body is empty: expected a KServe v2 inference request")
     view = memoryview(body)
@@ -68,6 +88,8 @@ def decode_infer_request(
         name, datatype, shape, params = _tensor_header(item, index)
         if name in inputs:
             raise InvalidInput(f"input '{name}' is given twice")
+        if signature is not None:
+            signature.check_input(name, datatype, shape)
         size = params.get("binary_data_size")
         if size is not None:
             if "data" in item:
@@ -138,11 +160,13 @@ def _tensor_header(item: Any, index: int) -> tuple[str, str, tuple[int, ...], di
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"inputs[{index}]: 'name' must be a non-empty string")
     datatype = item.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(
             f"input '{name}': unknown datatype {datatype!r} (expected one of {sorted(DATATYPES)})"
         )
     shape = item.get("shape")
+    if isinstance(shape, list):
+        check_rank(name, len(shape))
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
@@ -165,9 +189,18 @@ def decode_buffer(
 ) -> np.ndarray:
     """One input's tensor from its raw bytes (binary extension, gRPC raw contents).
     `mismatch` says where the size came from when it is wrong, formatted with
-    `index` and `size` (e.g. "binary_data_size is {size}")."""
-    count = math.prod(shape)
+    `index` and `size` (e.g. "binary_data_size is {size}").
+
+    The shape is checked against the bytes before anything is allocated: a
+    fixed-size datatype needs exactly count * itemsize bytes, and each BYTES
+    element at least its 4-byte length prefix."""
+    count = shape_size(name, shape)
     if datatype == "BYTES":
+        if count > len(data) // 4:
+            raise InvalidInput(
+                f"input '{name}': BYTES {format_shape(shape)} needs at least {count * 4} bytes "
+                f"(a 4-byte length per element), {mismatch.format(index=index, size=len(data))}"
+            )
         return decode_bytes_elements(name, shape, count, memoryview(data))
     dtype = NUMPY_DTYPES[datatype]
     if len(data) != count * dtype.itemsize:
@@ -181,6 +214,8 @@ def decode_buffer(
 def decode_bytes_elements(
     name: str, shape: tuple[int, ...], count: int, raw: memoryview
 ) -> np.ndarray:
+    """`count` length-prefixed elements; the caller made sure that `raw` has at
+    least 4 bytes per element, so the array allocated is bounded by it."""
     elements = np.empty(count, dtype=object)
     pos, end = 0, len(raw)
     for i in range(count):
@@ -209,9 +244,15 @@ def decode_bytes_elements(
 def _decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     if not isinstance(data, list):
         raise InvalidInput(f"input '{name}': 'data' must be a list, got {_json_type(data)}")
-    count = math.prod(shape)
+    count = shape_size(name, shape)
     if datatype == "BYTES":
         return _decode_json_bytes(name, shape, count, data)
+    if len(data) != count and (not data or not isinstance(data[0], list)):
+        # Flat data: its length is the element count, known before numpy sees it.
+        raise InvalidInput(
+            f"input '{name}': shape {format_shape(shape)} needs {count} elements, "
+            f"'data' has {len(data)}"
+        )
     try:
         array = np.array(data)
     except (ValueError, OverflowError):
@@ -225,7 +266,7 @@ def _decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
         )
     dtype = NUMPY_DTYPES[datatype]
     family = dtype.kind
-    if family in "iu" and array.dtype.kind in "fO":
+    if family in "iu" and array.dtype.kind in "fO" and array.size:
         # numpy infers float64 (losing precision) for integers beyond int64,
         # e.g. UINT64 values over 2**63: keep them exact on this slow path.
         array = _exact_integers(name, datatype, data, array)
@@ -242,7 +283,29 @@ def _decode_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
                 f"input '{name}': value {low if low < info.min else high} is out of range "
                 f"for {datatype} [{info.min}, {info.max}]"
             )
+    squared = _FLOAT_OVERFLOW_SQUARED.get(datatype)
+    if squared is not None and array.size:
+        # Numbers that would become infinite in a narrow float datatype. One dot
+        # product answers for float data (its sum of squares stays under the
+        # bound's square when every value is under the bound); the exact test
+        # runs when it does not, and on integers.
+        flat = array if array.ndim == 1 else array.reshape(-1)
+        if array.dtype.kind != "f" or flat.dot(flat) >= squared:
+            _check_float_range(name, datatype, array)
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _check_float_range(name: str, datatype: str, array: np.ndarray) -> None:
+    if array.dtype.kind in "iu" and datatype != "FP16":
+        return  # every int64 and uint64 fits FP32
+    overflow = _FLOAT_OVERFLOW[datatype]
+    low, high = float(array.min()), float(array.max())
+    if high >= overflow or low <= -overflow:
+        value = high if high >= overflow else low
+        raise InvalidInput(
+            f"input '{name}': value {value:g} is out of range for {datatype} "
+            f"(finite values up to ±{np.finfo(NUMPY_DTYPES[datatype]).max:g})"
+        )
 
 
 def _exact_integers(name: str, datatype: str, data: list[Any], inferred: np.ndarray) -> np.ndarray:
@@ -331,7 +394,8 @@ def _requested_outputs(raw: Any, options: WireOptions) -> tuple[RequestedOutput,
             )
         binary = params.get("binary_data", options.binary_outputs)
         requested.append(RequestedOutput(item["name"], binary is True))
-    return tuple(requested)
+    # None of them named: every output, as on gRPC (and Triton).
+    return tuple(requested) if requested else None
 
 
 def encode_infer_response(

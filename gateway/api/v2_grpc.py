@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from gateway import __version__
 from gateway.api.http_errors import HTTP_STATUS, error_headers
@@ -33,7 +34,7 @@ from gateway.api.proto import grpc_predict_v2_pb2 as pb
 from gateway.api.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.api.v2_grpc_codec import decode_infer_request, encode_infer_response
 from gateway.api.v2_http import EXTENSIONS, PLATFORM
-from gateway.core.errors import ErrorKind, GatewayError
+from gateway.core.errors import ErrorKind, GatewayError, InvalidInput
 from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.types import RequestContext
 from gateway.observe import tracing
@@ -61,6 +62,56 @@ _MAX_REQUEST_ID = 128
 # Requests of one stream in flight at once; past it the stream is not read,
 # so HTTP/2 flow control pushes back on the client.
 STREAM_WINDOW = 64
+
+# -- messages in: a malformed one is the caller's error, not gRPC's ------------------
+
+
+class MalformedRequest:
+    """Bytes that do not parse as a ModelInferRequest. gRPC answers a message its
+    deserializer cannot parse with INTERNAL (threaded server) or UNKNOWN (grpc.aio);
+    this stands in for it so the servicer answers INVALID_ARGUMENT instead."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+InferMessage = pb.ModelInferRequest | MalformedRequest
+
+
+def parse_infer_request(data: bytes) -> InferMessage:
+    """ModelInfer's and ModelStreamInfer's request deserializer: never raises."""
+    try:
+        return pb.ModelInferRequest.FromString(data)
+    except DecodeError as exc:
+        return MalformedRequest(str(exc))
+
+
+def add_inference_servicer(servicer: Any, server: grpc.Server | grpc.aio.Server) -> None:
+    """Serve `inference.GRPCInferenceService` with `servicer`'s methods: protoc's
+    add_GRPCInferenceServiceServicer_to_server, except that infer requests are
+    parsed by parse_infer_request."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        parse = (
+            parse_infer_request if request_type is pb.ModelInferRequest else request_type.FromString
+        )
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=parse,
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
 
 # -- the request's context: metadata in, metadata out -----------------------------------
 
@@ -192,7 +243,7 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(
         self,
-        request: pb.ModelInferRequest,
+        request: InferMessage,
         context: grpc.aio.ServicerContext[pb.ModelInferRequest, pb.ModelInferResponse],
     ) -> pb.ModelInferResponse:
         ctx = request_context(context)
@@ -221,20 +272,31 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
         context.set_trailing_metadata(response_metadata(ctx))
         return message
 
-    async def _infer(
-        self, request: pb.ModelInferRequest, ctx: RequestContext
-    ) -> pb.ModelInferResponse:
+    async def _infer(self, request: InferMessage, ctx: RequestContext) -> pb.ModelInferResponse:
+        if isinstance(request, MalformedRequest):
+            raise InvalidInput(
+                f"request: not a valid inference.ModelInferRequest message ({request.reason})"
+            )
         # Resolve the model (and the caller) first, as HTTP does: an unknown
         # model is NOT_FOUND whatever the tensors.
         entry = self.service.admit(request.model_name, ctx, request.model_version or None)
         if entry.audit_payload:  # the message's size, for the audit record (computed, not free)
             ctx.request_bytes = request.ByteSize()
-        core, raw = decode_infer_request(request)
+        started_ns = time.time_ns() if tracing.ENABLED else 0
+        try:
+            # Inputs are checked against the signature as they are decoded.
+            core, raw = decode_infer_request(
+                request, entry.signature if entry.kind == "tensor" else None
+            )
+        except GatewayError as exc:
+            if started_ns:
+                tracing.step(ctx, "validate", started_ns, exc)
+            raise
         return encode_infer_response(await self.service.infer(core, ctx), raw)
 
     async def ModelStreamInfer(
         self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        request_iterator: AsyncIterator[InferMessage],
         context: grpc.aio.ServicerContext[pb.ModelInferRequest, pb.ModelStreamInferResponse],
     ) -> None:
         """Each request is served as it arrives (up to STREAM_WINDOW at once) and
@@ -246,7 +308,7 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
         writing = asyncio.Lock()  # one write at a time on the call
         pending: set[asyncio.Task[None]] = set()
 
-        async def answer(request: pb.ModelInferRequest, ctx: RequestContext) -> None:
+        async def answer(request: InferMessage, ctx: RequestContext) -> None:
             try:
                 reply = await self._stream_reply(request, ctx)
                 async with writing:
@@ -273,7 +335,7 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     async def _stream_reply(
-        self, request: pb.ModelInferRequest, ctx: RequestContext
+        self, request: InferMessage, ctx: RequestContext
     ) -> pb.ModelStreamInferResponse:
         code = 500
         try:
@@ -290,6 +352,8 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
             message = internal_error_message(exc, ctx.request_id)
         finally:
             self.service.observe(ctx, code)
+        if isinstance(request, MalformedRequest):
+            return pb.ModelStreamInferResponse(error_message=message)
         return pb.ModelStreamInferResponse(
             error_message=message,
             infer_response=pb.ModelInferResponse(

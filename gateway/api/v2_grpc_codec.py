@@ -1,10 +1,10 @@
 """KServe v2 gRPC messages <-> the core's tensors: typed `contents` and
 `raw_input_contents` in, typed or raw outputs back, each checked against what
-the request declares (the gRPC twin of v2_codec.py)."""
+the request declares (the gRPC twin of v2_codec.py) and, before any tensor is
+built, against the model's signature and the elements or bytes that came."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ from gateway.api.proto import grpc_predict_v2_pb2 as pb
 from gateway.api.v2_codec import decode_buffer, encode_binary
 from gateway.core.datatypes import DATATYPES, NUMPY_DTYPES, datatype_of
 from gateway.core.errors import InvalidInput
-from gateway.core.signature import format_shape
+from gateway.core.signature import Signature, check_rank, format_shape, shape_size
 from gateway.core.types import InferRequest, InferResponse, RequestedOutput
 
 # The typed `contents` field of each datatype (FP16 has none: raw only).
@@ -46,8 +46,11 @@ _FIELD_DTYPE = {
 _NARROW = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
 
 
-def decode_infer_request(request: pb.ModelInferRequest) -> tuple[InferRequest, bool]:
-    """The core request, and whether its tensors came as raw contents."""
+def decode_infer_request(
+    request: pb.ModelInferRequest, signature: Signature | None = None
+) -> tuple[InferRequest, bool]:
+    """The core request, and whether its tensors came as raw contents; each input
+    is checked against `signature` (when the model has one) before it is built."""
     tensors = request.inputs
     raw_contents = request.raw_input_contents
     raw = len(raw_contents) > 0
@@ -71,11 +74,15 @@ def decode_infer_request(request: pb.ModelInferRequest) -> tuple[InferRequest, b
                 f"input '{name}': unknown datatype {datatype!r} (expected one of "
                 f"{sorted(DATATYPES)})"
             )
-        shape = tuple(tensor.shape)
+        dims = tensor.shape
+        check_rank(name, len(dims))
+        shape = tuple(dims)
         if any(d < 0 for d in shape):
             raise InvalidInput(
                 f"input '{name}': 'shape' must be non-negative integers, got {format_shape(shape)}"
             )
+        if signature is not None:
+            signature.check_input(name, datatype, shape)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(
@@ -105,7 +112,7 @@ def decode_infer_request(request: pb.ModelInferRequest) -> tuple[InferRequest, b
 def decode_contents(
     name: str, datatype: str, shape: tuple[int, ...], tensor: pb.ModelInferRequest.InferInputTensor
 ) -> np.ndarray:
-    count = math.prod(shape)
+    count = shape_size(name, shape)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(

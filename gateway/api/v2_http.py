@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,12 +26,14 @@ from gateway.api.http_request import (
     header_map,
     read_body,
     request_context,
+    request_id_of,
     send_response,
 )
 from gateway.api.v2_codec import decode_infer_request, encode_infer_response
 from gateway.core.errors import GatewayError
 from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.types import InferRequest, InferResponse, RequestContext
+from gateway.observe import tracing
 
 log = logging.getLogger("gateway.api.v2")
 
@@ -75,11 +78,23 @@ class V2HttpApi:
                 raise _MethodNotAllowed(scope["method"])
             model, version = params["model"], params.get("version")
             # Resolve the model first: an unknown model is a 404 whatever the body.
-            ctx.model = self.service.admit(model, ctx, version).name
+            entry = self.service.admit(model, ctx, version)
+            ctx.model = entry.name
             body = await read_body(receive, headers, self.max_request_bytes, ctx)
-            request, options = decode_infer_request(
-                body, _text(headers.get(b"inference-header-content-length")), model, version
-            )
+            started_ns = time.time_ns() if tracing.ENABLED else 0
+            try:
+                # Inputs are checked against the signature as they are decoded.
+                request, options = decode_infer_request(
+                    body,
+                    _text(headers.get(b"inference-header-content-length")),
+                    model,
+                    version,
+                    entry.signature if entry.kind == "tensor" else None,
+                )
+            except GatewayError as exc:
+                if started_ns:
+                    tracing.step(ctx, "validate", started_ns, exc)
+                raise
             response = self.service.cached_answer(request, ctx)
             if response is None:
                 response = await self._infer_while_connected(request, ctx, receive)
@@ -95,9 +110,7 @@ class V2HttpApi:
                 out.append((b"inference-header-content-length", str(header_length).encode()))
                 await send_response(send, 200, payload, OCTETS, out)
         except GatewayError as error:
-            ctx = ctx or RequestContext(
-                request_id=_text(headers.get(b"x-request-id")) or "-", protocol="v2_http"
-            )
+            ctx = ctx or RequestContext(request_id=request_id_of(headers), protocol="v2_http")
             code, body = v2_error_body(error)
             await send_response(send, code, body, JSON, gateway_headers(ctx) + error_headers(error))
         except _MethodNotAllowed as exc:
@@ -160,14 +173,19 @@ class V2HttpApi:
     @staticmethod
     def _json_endpoint(handler: MetadataHandler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            ctx = request_context(header_map(request.scope), "v2_http")
-            headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx)}
+            raw_headers = header_map(request.scope)
+            ctx: RequestContext | None = None
             try:
+                ctx = request_context(raw_headers, "v2_http")  # a bad header is a 400 here too
                 status, doc = handler(request.path_params)
                 body = orjson.dumps(doc)
+                extra: list[tuple[bytes, bytes]] = []
             except GatewayError as error:
                 status, body = v2_error_body(error)
-                headers.update({k.decode(): v.decode() for k, v in error_headers(error)})
+                extra = error_headers(error)
+            if ctx is None:
+                ctx = RequestContext(request_id=request_id_of(raw_headers), protocol="v2_http")
+            headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx) + extra}
             return Response(
                 body, status_code=status, headers=headers, media_type="application/json"
             )

@@ -3,6 +3,13 @@
 Inference runs in a thread pool sized to the backend's `max_concurrency`:
 ONNX Runtime releases the GIL while it computes, so the event loop keeps
 serving other requests meanwhile.
+
+A backend that tokenizes text bounds what one request may cost
+(docs/configuration.md#request-limits): at most `tokenizer.max_texts` texts per
+request, refused before it is queued (`check_request`), and at most
+`max_execution_rows` texts per run of the graph: a larger request or batch is
+tokenized as one (so its padding, and its answer, are those of a single run)
+and run in chunks of that many rows, which bounds ONNX Runtime's memory.
 """
 
 from __future__ import annotations
@@ -20,11 +27,14 @@ import onnxruntime as ort
 from gateway.backends.preprocess import TextTokenizer
 from gateway.backends.providers import ProviderUnavailable, select_providers, uses_gpu
 from gateway.config.schema import OnnxBackendConfig
-from gateway.core.datatypes import ONNX_TYPES
-from gateway.core.errors import BackendFailed, DeadlineExceeded
+from gateway.core.datatypes import NUMPY_DTYPES, ONNX_TYPES
+from gateway.core.errors import BackendFailed, DeadlineExceeded, InvalidInput
 from gateway.core.signature import TensorSpec
 
 log = logging.getLogger("gateway.backends.onnx")
+
+# Texts per run of a tokenizing backend without `batching` (with it: max_batch_size).
+DEFAULT_TEXT_ROWS = 32
 
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -109,6 +119,12 @@ class OnnxBackend:
                 s for s in graph_inputs if s.name not in tokenizer.consumes
             ]
         self._inputs = graph_inputs
+        # Rows per run of the graph (None: any): bounded for text, whose cost per row
+        # (max_length tokens through a transformer) is what makes memory grow.
+        self.max_execution_rows: int | None = None
+        if tokenizer is not None:
+            rows = config.batching.max_batch_size if config.batching else DEFAULT_TEXT_ROWS
+            self.max_execution_rows = min(rows, tokenizer.max_texts)
         self._outputs = [_spec_of(a) for a in self.session.get_outputs()]
         self._string_inputs = {s.name for s in self._inputs if s.datatype == "BYTES"}
         # Runs executing on the pool's threads, for busy(): a run whose caller's
@@ -128,6 +144,18 @@ class OnnxBackend:
     def busy(self) -> bool:
         return self._executing > 0
 
+    def check_request(self, inputs: dict[str, np.ndarray]) -> None:
+        """Refuse (400) a request over the per-request bound, before it is queued."""
+        tokenizer = self._tokenizer
+        if tokenizer is None:
+            return
+        texts = inputs.get(tokenizer.input)
+        if texts is not None and texts.size > tokenizer.max_texts:
+            raise InvalidInput(
+                f"input '{tokenizer.input}': {texts.size} texts, at most {tokenizer.max_texts} "
+                f"per request (backend '{self.name}': tokenizer.max_texts)"
+            )
+
     def _run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         with self._executing_lock:
             self._executing += 1
@@ -139,20 +167,77 @@ class OnnxBackend:
 
     def _execute(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         if self._tokenizer is not None:
-            feeds.update(self._tokenizer(feeds.pop(self._tokenizer.input)))
+            texts = feeds.pop(self._tokenizer.input)
+            if texts.size == 0:
+                # No text, no run: a transformer graph fails on zero tokens.
+                empty = self._empty_answer(outputs)
+                if empty is not None:
+                    return empty
+            feeds.update(self._tokenizer(texts))
         for name in self._string_inputs & feeds.keys():
             # ORT string tensors hold str, the gateway's BYTES hold bytes.
             feeds[name] = np.vectorize(_to_str, otypes=[object])(feeds[name])
-        try:
-            results = self.session.run(outputs, feeds)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            raise BackendFailed(f"backend '{self.name}': onnxruntime failed: {exc}") from None
+        chunk = self.max_execution_rows
+        total = None if chunk is None else _rows(feeds, chunk)
+        if chunk is not None and total is not None:
+            results = self._run_in_chunks(feeds, outputs, chunk, total)
+        else:
+            results = self._run_graph(feeds, outputs)
         answer = {}
         for name, value in zip(outputs, results):
             if value.dtype.kind == "U" or value.dtype == object:
                 value = np.vectorize(_to_bytes, otypes=[object])(value)
             answer[name] = value
         return answer
+
+    def _empty_answer(self, outputs: list[str]) -> dict[str, np.ndarray] | None:
+        """Outputs of zero rows (other unknown dimensions 0), when the graph says how."""
+        specs = {s.name: s for s in self._outputs}
+        answer = {}
+        for name in outputs:
+            spec = specs.get(name)
+            if spec is None or not spec.shape or spec.datatype not in NUMPY_DTYPES:
+                return None
+            shape = (0, *(max(d, 0) for d in spec.shape[1:]))
+            answer[name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+        return answer
+
+    def _run_graph(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        try:
+            results: list[np.ndarray] = self.session.run(outputs, feeds)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise BackendFailed(f"backend '{self.name}': onnxruntime failed: {exc}") from None
+        return results
+
+    def _run_in_chunks(
+        self, feeds: dict[str, np.ndarray], outputs: list[str], chunk: int, total: int
+    ) -> list[np.ndarray]:
+        """Run `chunk` of the `total` rows at a time (row views, no copies); join
+        each output's rows."""
+        parts = []
+        for start in range(0, total, chunk):
+            rows = min(chunk, total - start)
+            part = self._run_graph({k: v[start : start + rows] for k, v in feeds.items()}, outputs)
+            for name, value in zip(outputs, part):
+                if value.ndim == 0 or value.shape[0] != rows:
+                    raise BackendFailed(
+                        f"backend '{self.name}' returned output '{name}' with shape "
+                        f"{list(value.shape)} for {rows} rows; cannot join the chunks of a run "
+                        f"of {total} rows (max_execution_rows {chunk})",
+                        reason="bad_output",
+                    )
+            parts.append(part)
+        joined = []
+        for index, name in enumerate(outputs):
+            pieces = [part[index] for part in parts]
+            if any(p.shape[1:] != pieces[0].shape[1:] for p in pieces):
+                raise BackendFailed(
+                    f"backend '{self.name}' returned output '{name}' in chunk shapes "
+                    f"{[list(p.shape) for p in pieces]}; cannot join them",
+                    reason="bad_output",
+                )
+            joined.append(np.concatenate(pieces))
+        return joined
 
     async def infer(
         self, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float | None
@@ -171,6 +256,17 @@ class OnnxBackend:
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _rows(feeds: dict[str, np.ndarray], chunk: int) -> int | None:
+    """The rows of `feeds` when there are more than `chunk` and every feed has them
+    (so the run can be split), else None."""
+    total: int | None = None
+    for value in feeds.values():
+        if value.ndim == 0 or (total is not None and value.shape[0] != total):
+            return None
+        total = value.shape[0]
+    return total if total is not None and total > chunk else None
 
 
 def _to_str(value: object) -> str:

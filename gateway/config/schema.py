@@ -179,9 +179,12 @@ class TokenizerConfig(Section):
 
     path: str
     input: str = "text"
-    max_length: int = Field(256, ge=1)
+    max_length: int = Field(256, ge=1)  # tokens per text; a text is cut at 16 bytes per token first
     ids_input: str = "input_ids"
     mask_input: str = "attention_mask"
+    # Texts one tensor request may carry (more: 400). Executions take at most
+    # batching.max_batch_size texts (32 without batching); more run in chunks.
+    max_texts: int = Field(128, ge=1)
 
 
 class OnnxBackendConfig(BackendCommon):
@@ -269,7 +272,7 @@ BACKEND_CONFIGS: Final[dict[str, type[BackendCommon]]] = {
 class TensorSpecConfig(Section):
     name: str = Field(min_length=1)
     datatype: Datatype
-    shape: list[int]
+    shape: list[int] = Field(max_length=32)  # core.signature.MAX_RANK: no request could fit more
 
     @field_validator("shape")
     @classmethod

@@ -204,6 +204,7 @@ class InferenceService:
             or self.cache is None
             or ctx.no_cache
             or entry.signature is None
+            or entry.kind != "tensor"
             or tracing.ENABLED
             or (self.ratelimit is not None and self.tenants.enabled)
         ):
@@ -228,7 +229,7 @@ class InferenceService:
         entry = self.admit(request.model, ctx, request.version)
         await self._rate_limit(ctx)
         signature = entry.signature
-        if signature is None:
+        if signature is None or entry.kind != "tensor":  # an embeddings model has one too
             raise InvalidInput(
                 f"model '{entry.name}' is of kind '{entry.kind}' and takes no tensor requests"
             )
@@ -292,7 +293,7 @@ class InferenceService:
         async def call(backend: Any, timeout: float) -> dict[str, np.ndarray]:
             outputs = await backend.infer(inputs, wanted, timeout)
             # A backend that breaks the signature failed: the next one may not.
-            signature.validate_outputs(outputs, batch, backend.name)
+            signature.validate_outputs(outputs, batch, backend.name, wanted)
             return {name: outputs[name] for name in wanted}
 
         outputs = await run_plan(entry, ctx, call)

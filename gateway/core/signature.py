@@ -7,6 +7,7 @@ across the tensors of one request (and of its answer).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,9 +15,48 @@ import numpy as np
 from gateway.core.datatypes import datatype_of
 from gateway.core.errors import BackendFailed, InvalidInput
 
+# Caps on the shape of any tensor a caller declares, checked before anything is
+# allocated (docs/configuration.md#request-limits). numpy 1 holds at most 32
+# dimensions (numpy 2: 64); no request body can carry more elements than
+# MAX_ELEMENTS, and a tensor with none (a dimension of 0) is held to the same
+# bound on its other dimensions, which numpy could not describe past it.
+MAX_RANK = 32
+MAX_ELEMENTS = 2**31 - 1
+
 
 def format_shape(shape: tuple[int, ...] | list[int]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def check_rank(name: str, rank: int) -> None:
+    """Refuse a shape of more than MAX_RANK dimensions (before looking at them)."""
+    if rank > MAX_RANK:
+        raise InvalidInput(
+            f"input '{name}': shape has {rank} dimensions, at most {MAX_RANK} are accepted"
+        )
+
+
+def shape_size(name: str, shape: tuple[int, ...]) -> int:
+    """The element count of a caller's shape (non-negative dimensions), refusing
+    one that no tensor may have: over MAX_RANK dimensions, or over MAX_ELEMENTS
+    elements (counting the dimensions other than 0 when there are none).
+    O(rank), on Python ints: nothing is allocated and nothing overflows."""
+    if len(shape) > MAX_RANK:
+        check_rank(name, len(shape))
+    count = math.prod(shape)
+    if count > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"input '{name}': shape {format_shape(shape)} holds {count} elements, "
+            f"at most {MAX_ELEMENTS} are accepted"
+        )
+    if count == 0:
+        spread = math.prod([d for d in shape if d])
+        if spread > MAX_ELEMENTS:
+            raise InvalidInput(
+                f"input '{name}': shape {format_shape(shape)}: its dimensions other than 0 "
+                f"multiply to {spread}, at most {MAX_ELEMENTS} are accepted"
+            )
+    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +64,12 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    # (axis, size) of each fixed dimension, for accepts() on every request.
+    _fixed: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fixed = tuple((axis, size) for axis, size in enumerate(self.shape) if size != -1)
+        object.__setattr__(self, "_fixed", fixed)
 
     def describe(self) -> str:
         return f"{self.datatype} {format_shape(self.shape)}"
@@ -31,7 +77,10 @@ class TensorSpec:
     def accepts(self, datatype: str, shape: tuple[int, ...]) -> bool:
         if datatype != self.datatype or len(shape) != len(self.shape):
             return False
-        return all(want == -1 or want == got for want, got in zip(self.shape, shape))
+        for axis, size in self._fixed:  # noqa: SIM110 - no generator per request (hot path)
+            if shape[axis] != size:
+                return False
+        return True
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -63,6 +112,18 @@ class Signature:
 
     def output(self, name: str) -> TensorSpec | None:
         return self._outputs_by_name.get(name)
+
+    def check_input(self, name: str, datatype: str, shape: tuple[int, ...]) -> None:
+        """Refuse an input the signature does not have, or whose declared datatype
+        or shape it does not accept: what `validate_inputs` says of the tensor,
+        said by a decoder before the tensor is built."""
+        spec = self._inputs_by_name.get(name)
+        if spec is None:
+            raise InvalidInput(f"unknown input '{name}': expected inputs {self.input_names}")
+        if not spec.accepts(datatype, shape):
+            raise InvalidInput(
+                f"input '{name}': expected {spec.describe()}, got {datatype} {format_shape(shape)}"
+            )
 
     def validate_inputs(self, inputs: dict[str, np.ndarray]) -> int | None:
         """Check a request's tensors; return the batch size (None if not batched).
@@ -96,10 +157,16 @@ class Signature:
         return batch
 
     def validate_outputs(
-        self, outputs: dict[str, np.ndarray], batch: int | None, backend: str
+        self,
+        outputs: dict[str, np.ndarray],
+        batch: int | None,
+        backend: str,
+        wanted: list[str] | None = None,
     ) -> None:
-        """Check a backend's answer; a mismatch is the backend's fault (502)."""
-        for spec in self.outputs:
+        """Check a backend's answer (the `wanted` outputs; None: every output of
+        the signature); a mismatch is the backend's fault (502)."""
+        specs = self._outputs_by_name
+        for spec in self.outputs if wanted is None else (specs[name] for name in wanted):
             array = outputs.get(spec.name)
             if array is None:
                 raise BackendFailed(

@@ -14,7 +14,9 @@ the pipeline do not know it is there. Guarantees:
   and removed from the queue: it is never executed;
 * a request whose caller went away (its task is cancelled) is removed too;
 * one request's bad luck never fails its batch-mates: inputs are validated
-  before they are queued, and a batch that fails fails as a backend error.
+  before they are queued (by the signature, and by the backend's own
+  `check_request` when it has one: a tokenizer's text limit), and a batch
+  that fails fails as a backend error.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -123,6 +125,12 @@ class QueuedBackend:
         self.max_queue = max_queue
         self.batching = batching
         self.max_queue_wait_s = max_queue_wait_s
+        # The backend's own per-request checks (OnnxBackend: text limits), if any.
+        self._check_request: Callable[[dict[str, np.ndarray]], None] | None = getattr(
+            backend, "check_request", None
+        )
+        # Rows the backend runs at once (None: any); callers may send fewer at a time.
+        self.max_execution_rows: int | None = getattr(backend, "max_execution_rows", None)
         # When each slot's current execution started (None: the slot is not executing).
         self._running_since: list[float | None] = [None] * max_concurrency
         self._execution_s = 0.0  # running mean of one execution's duration; 0 = none seen yet
@@ -155,6 +163,8 @@ class QueuedBackend:
     async def infer(
         self, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float | None
     ) -> dict[str, np.ndarray]:
+        if self._check_request is not None:
+            self._check_request(inputs)
         if self._waiting >= self.max_queue:
             self._shed_full.inc()
             raise Overloaded(

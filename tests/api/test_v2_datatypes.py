@@ -160,12 +160,17 @@ def bytes_request(raw: bytes, shape: list[int]) -> tuple[bytes, dict[str, str]]:
     "raw, fragments",
     [
         (
-            struct.pack("<I", 100) + b"short",
-            ["input 'in_BYTES': BYTES element 0 declares 100 bytes, only 5 remain"],
+            struct.pack("<I", 100) + b"short" + bytes(8),
+            ["input 'in_BYTES': BYTES element 0 declares 100 bytes, only 13 remain"],
         ),
         (
-            struct.pack("<I", 1) + b"a" + b"\x01\x00",
+            struct.pack("<I", 8) + b"abcdefgh" + b"\x01\x00",
             ["input 'in_BYTES': BYTES [1,3] needs 3 elements, the binary data holds 1"],
+        ),
+        (
+            # Fewer bytes than 3 length prefixes: refused before anything is parsed.
+            struct.pack("<I", 1) + b"a" + b"\x01\x00",
+            ["input 'in_BYTES': BYTES [1,3] needs at least 12 bytes", "binary_data_size is 7"],
         ),
         (
             b"".join(struct.pack("<I", 1) + b"a" for _ in range(3)) + b"zz",
