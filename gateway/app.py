@@ -8,9 +8,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.api import http_limits
 from gateway.api.grpc_server import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
 from gateway.api.http_app import InferFastPath, create_http_app
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
+from gateway.config.tls import tls_files
 from gateway.gcfreeze import freeze_long_lived
 from gateway.observe import tracing
 
@@ -93,7 +95,9 @@ def worker_grpc_server(runtime: Runtime) -> GrpcServer | None:
         address = grpc_address(server.host, server.grpc_port) if server.grpc_port else ""
     if not address:
         return None
-    return GrpcServer(runtime.service, server, address, reuse_port=True)
+    return GrpcServer(
+        runtime.service, server, address, reuse_port=True, tls=tls_files(runtime.loaded)
+    )
 
 
 def app_from_env() -> InferFastPath:
@@ -106,8 +110,13 @@ def app_from_env() -> InferFastPath:
     # The parent process already listens on the shared socket, so a worker is
     # ready as soon as its application has started.
     runtime = build_runtime(loaded)
+    grpc = worker_grpc_server(runtime)
+    # This worker's connections get the limits of its config (server.http).
+    http_limits.configure(
+        http_limits.HttpLimits.from_config(loaded.config.server.http, grpc=grpc is not None)
+    )
     return create_app(
         runtime,
         on_startup=lambda: log.info("%s (worker %d)", READY_LINE, os.getpid()),
-        grpc=worker_grpc_server(runtime),
+        grpc=grpc,
     )

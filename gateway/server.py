@@ -6,6 +6,10 @@ with `server.grpc.engine: aio`; see api/grpc_server.py). With N workers each
 worker runs both: uvicorn shares the parent's HTTP socket, and each worker
 binds the gRPC port itself with SO_REUSEPORT, the kernel spreading connections
 across them.
+
+HTTP is served by uvicorn's httptools protocol with the limits of `server.http`
+(api/http_limits.py: each worker sets them from its config in app_from_env),
+and both protocols serve TLS with `server.tls`.
 """
 
 from __future__ import annotations
@@ -15,32 +19,40 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
 
+from gateway.api import http_limits
 from gateway.api.grpc_server import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
 from gateway.app import CONFIG_ENV, READY_LINE, Runtime, build_runtime, create_app
 from gateway.config.loader import LoadedConfig
+from gateway.config.tls import tls_files
+from gateway.fd_budget import raise_open_files_limit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Literal, TypedDict
+    from typing import Literal, NotRequired, TypedDict
 
     class _UvicornOptions(TypedDict):
         """The keyword arguments of uvicorn.Config (and uvicorn.run) set here."""
 
         host: str
         port: int
-        http: str
+        http: type[asyncio.Protocol]
         loop: str
         lifespan: Literal["auto", "on", "off"]
         access_log: bool
         log_level: str
         timeout_keep_alive: int
         log_config: None
+        ssl_certfile: NotRequired[str]
+        ssl_keyfile: NotRequired[str]
+        ssl_ca_certs: NotRequired[str]
+        ssl_cert_reqs: NotRequired[int]
 
 
 log = logging.getLogger("gateway")
@@ -58,24 +70,41 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def _uvicorn_options(loaded: LoadedConfig, host: str, port: int) -> _UvicornOptions:
-    return {
+    server = loaded.config.server
+    options: _UvicornOptions = {
         "host": host,
         "port": port,
-        "http": "httptools",
+        # httptools with the limits of server.http (each process sets them:
+        # http_limits.configure, here or in app_from_env).
+        "http": http_limits.LimitedHttpToolsProtocol,
         "loop": "none",
         "lifespan": "on",
         "access_log": False,
-        "log_level": loaded.config.server.log_level,
-        "timeout_keep_alive": 30,
+        "log_level": server.log_level,
+        "timeout_keep_alive": server.http.keep_alive_timeout_s,
         "log_config": None,
     }
+    tls = tls_files(loaded)
+    if tls is not None:
+        options["ssl_certfile"] = str(tls.cert_file)
+        options["ssl_keyfile"] = str(tls.key_file)
+        if tls.client_ca_file is not None:
+            options["ssl_ca_certs"] = str(tls.client_ca_file)
+            options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
 
 
 def serve(loaded: LoadedConfig, host: str, http_port: int, grpc_port: int, workers: int) -> None:
     """Serve HTTP on `http_port` and gRPC on `grpc_port` (0: no gRPC)."""
+    before, after = raise_open_files_limit()  # workers inherit it
+    if after != before:
+        log.info("open-files limit raised from %d to %d", before, after)
     if workers > 1:
         _serve_workers(loaded, host, http_port, grpc_port, workers)
         return
+    http_limits.configure(
+        http_limits.HttpLimits.from_config(loaded.config.server.http, grpc=bool(grpc_port))
+    )
     runtime = build_runtime(loaded)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve_one(runtime, loaded, host, http_port, grpc_port))
@@ -96,12 +125,13 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             config = self.config
+            secure = "s" if config.is_ssl else ""
             grpc = (
-                f" and grpc://{grpc_address(config.host, self.grpc.port)}"
+                f" and grpc{secure}://{grpc_address(config.host, self.grpc.port)}"
                 if self.grpc is not None and self.grpc.port
                 else ""
             )
-            log.info("%s on http://%s:%d%s", READY_LINE, config.host, config.port, grpc)
+            log.info("%s on http%s://%s:%d%s", READY_LINE, secure, config.host, config.port, grpc)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.grpc is not None:
@@ -116,7 +146,12 @@ async def _serve_one(
     grpc: GrpcServer | None = None
     if grpc_port:
         # Started before uvicorn, so READY_LINE means both protocols listen.
-        grpc = GrpcServer(runtime.service, loaded.config.server, grpc_address(host, grpc_port))
+        grpc = GrpcServer(
+            runtime.service,
+            loaded.config.server,
+            grpc_address(host, grpc_port),
+            tls=tls_files(loaded),
+        )
         await grpc.start()
     log.info("serving %d model(s)", len(runtime.service.models))
     try:
@@ -139,11 +174,13 @@ def _serve_workers(
     options = _uvicorn_options(loaded, host, port)
     options["loop"] = "uvloop"
     log.info("metrics of all workers aggregated through %s", metrics_dir)
+    secure = "s" if loaded.config.server.tls is not None else ""
     log.info(
-        "serving on http://%s:%d%s with %d workers",
+        "serving on http%s://%s:%d%s with %d workers",
+        secure,
         host,
         port,
-        f" and grpc://{grpc_address(host, grpc_port)}" if grpc_port else "",
+        f" and grpc{secure}://{grpc_address(host, grpc_port)}" if grpc_port else "",
         workers,
     )
     try:

@@ -5,30 +5,41 @@ backend readiness) and server reflection, on one of two engines:
     threads  gRPC's threaded server hands each call to the event loop
              (api/grpc_threads.py): about twice grpc.aio's calls/s on one core
     aio      grpc.aio on the event loop itself: streams hold no thread
+
+On both, calls in progress or waiting are at most `server.grpc.max_concurrent_rpcs`
+and open streams (ModelStreamInfer, Health.Watch) at most
+`server.grpc.max_open_streams`, below it (and below `threads`): past either, a
+call is refused at once with RESOURCE_EXHAUSTED, so open streams never leave
+unary calls without room. With `server.tls`, the port serves TLS (mTLS with
+`client_ca_file`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from gateway.api.grpc_threads import LoopHandoff, ThreadedBridge, bridge_servicer
+from gateway.api.grpc_threads import LoopHandoff, StreamLimit, ThreadedBridge, bridge_servicer
 from gateway.api.proto import grpc_predict_v2_pb2 as pb
-from gateway.api.proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from gateway.api.v2_grpc import SERVICE_NAME, STREAM_WINDOW, V2GrpcServicer
+from gateway.api.v2_grpc import (
+    SERVICE_NAME,
+    STREAM_WINDOW,
+    V2GrpcServicer,
+    add_inference_servicer,
+)
 from gateway.config.schema import ServerConfig
+from gateway.config.tls import TlsFiles
 from gateway.core.errors import GatewayError
 from gateway.core.service import InferenceService
-
-if TYPE_CHECKING:
-    from types import SimpleNamespace
+from gateway.fd_budget import connection_budget
 
 log = logging.getLogger("gateway.api.grpc_server")
 
@@ -52,6 +63,53 @@ UNARY_RPCS = (
     "ModelMetadata",
     "ModelInfer",
 )
+
+
+def limit_streams_aio(
+    servicer: object,
+    streams: StreamLimit,
+    *,
+    unary: tuple[str, ...] = (),
+    server_stream: tuple[str, ...] = (),
+    bidi_stream: tuple[str, ...] = (),
+) -> SimpleNamespace:
+    """The servicer's methods for grpc.aio, its streams admitted by `streams`
+    (the threaded engine admits them in ThreadedBridge, on the call's thread)."""
+    methods: dict[str, Any] = {name: getattr(servicer, name) for name in unary}
+    for name in server_stream:
+        methods[name] = _limited_server_stream(getattr(servicer, name), streams)
+    for name in bidi_stream:
+        methods[name] = _limited_bidi_stream(getattr(servicer, name), streams)
+    return SimpleNamespace(**methods)
+
+
+def _limited_server_stream(
+    method: Callable[[Any, Any], AsyncIterator[Any]], streams: StreamLimit
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
+        if not streams.try_open():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, streams.refusal())
+        try:
+            async for reply in method(request, context):
+                yield reply
+        finally:
+            streams.close()
+
+    return handle
+
+
+def _limited_bidi_stream(
+    method: Callable[[Any, Any], Awaitable[None]], streams: StreamLimit
+) -> Callable[[Any, Any], Awaitable[None]]:
+    async def handle(requests: Any, context: Any) -> None:
+        if not streams.try_open():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, streams.refusal())
+        try:
+            await method(requests, context)
+        finally:
+            streams.close()
+
+    return handle
 
 
 class ModelHealth:
@@ -158,7 +216,8 @@ class GrpcServer:
 
     `reuse_port` lets N worker processes bind the same port (SO_REUSEPORT, the
     kernel spreads connections across them); a single process leaves it off so
-    that a port already in use fails loudly instead of being shared.
+    that a port already in use fails loudly instead of being shared. `tls`:
+    serve TLS with those files (`server.tls`, resolved: config/tls.py).
     """
 
     def __init__(
@@ -167,11 +226,14 @@ class GrpcServer:
         config: ServerConfig,
         address: str,
         reuse_port: bool = False,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.service = service
         self.config = config
         self.address = address
         self.reuse_port = reuse_port
+        self.tls = tls
+        self.streams = StreamLimit(config.grpc.open_streams_limit())
         self.port: int | None = None
         self._server: grpc.Server | grpc.aio.Server | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -193,7 +255,13 @@ class GrpcServer:
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
+            # Past it, gRPC closes a new connection as soon as it is accepted, so
+            # that idle connections cannot take every file descriptor.
+            ("grpc.max_allowed_incoming_connections", self.max_connections()),
         ]
+
+    def max_connections(self) -> int:
+        return self.config.grpc.max_connections or connection_budget(grpc=True)[1]
 
     def bind(self) -> int:
         """Build the server on the running loop and bind its port; raises if it cannot."""
@@ -202,19 +270,32 @@ class GrpcServer:
         health: ModelHealth | SimpleNamespace
         servicer, health = V2GrpcServicer(self.service), ModelHealth(self.service)
         server: grpc.Server | grpc.aio.Server
-        if self.config.grpc.engine == "threads":
-            self._pool = ThreadPoolExecutor(
-                self.config.grpc.threads, thread_name_prefix="grpc-call"
+        tuning = self.config.grpc
+        if tuning.engine == "threads":
+            self._pool = ThreadPoolExecutor(tuning.threads, thread_name_prefix="grpc-call")
+            server = grpc.server(
+                self._pool,
+                options=self.options(),
+                maximum_concurrent_rpcs=tuning.max_concurrent_rpcs,
             )
-            server = grpc.server(self._pool, options=self.options())
-            bridge = ThreadedBridge(LoopHandoff(asyncio.get_running_loop()), STREAM_WINDOW)
+            bridge = ThreadedBridge(
+                LoopHandoff(asyncio.get_running_loop()), STREAM_WINDOW, self.streams
+            )
             servicer = bridge_servicer(
                 bridge, servicer, unary=UNARY_RPCS, bidi_stream=("ModelStreamInfer",)
             )
             health = bridge_servicer(bridge, health, unary=("Check",), server_stream=("Watch",))
         else:
-            server = grpc.aio.server(options=self.options())
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]  # protoc's code is unannotated
+            server = grpc.aio.server(
+                options=self.options(), maximum_concurrent_rpcs=tuning.max_concurrent_rpcs
+            )
+            servicer = limit_streams_aio(
+                servicer, self.streams, unary=UNARY_RPCS, bidi_stream=("ModelStreamInfer",)
+            )
+            health = limit_streams_aio(
+                health, self.streams, unary=("Check",), server_stream=("Watch",)
+            )
+        add_inference_servicer(servicer, server)  # malformed infer messages: INVALID_ARGUMENT
         server.add_generic_rpc_handlers((health_handler(health),))
         reflection.enable_server_reflection(
             (
@@ -226,11 +307,23 @@ class GrpcServer:
             pool=_POOL,
         )
         try:
-            self.port = server.add_insecure_port(self.address)
+            if self.tls is None:
+                self.port = server.add_insecure_port(self.address)
+            else:
+                self.port = server.add_secure_port(self.address, self.credentials(self.tls))
         except RuntimeError as exc:
             raise OSError(f"gRPC cannot listen on {self.address}: {exc}") from exc
         self._server = server
         return self.port
+
+    @staticmethod
+    def credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+        """TLS with the files of `server.tls`; with client CAs, clients must present
+        a certificate one of them signed."""
+        cert, key, client_ca = tls.read()
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
 
     async def start(self) -> int:
         """Bind (unless done) and serve; returns the port."""
@@ -250,7 +343,11 @@ class GrpcServer:
 
     def _engine(self) -> str:
         tuning = self.config.grpc
-        return f"{tuning.threads} threads" if tuning.engine == "threads" else "grpc.aio"
+        engine = f"{tuning.threads} threads" if tuning.engine == "threads" else "grpc.aio"
+        return (
+            f"{engine}, {tuning.max_concurrent_rpcs} calls, {self.streams.limit} open streams, "
+            f"{self.max_connections()} connections{', TLS' if self.tls else ''}"
+        )
 
     def start_soon(self) -> int:
         """For a synchronous startup hook on the running loop: bind now (so a

@@ -183,13 +183,48 @@ class RequestStream:
         return request
 
 
+class StreamLimit:
+    """At most `limit` streams open at once (any thread may open and close them).
+
+    On the threaded engine each open stream holds one of the server's threads
+    for as long as it is open: streams past the limit are refused at once, so
+    that however many streams clients open, unary calls still have threads."""
+
+    SETTING = "server.grpc.max_open_streams"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self._lock = threading.Lock()
+
+    def try_open(self) -> bool:
+        with self._lock:
+            if self.open >= self.limit:
+                return False
+            self.open += 1
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+    def refusal(self) -> str:
+        return (
+            f"{self.limit} streams are open, the gateway's limit ({self.SETTING}); "
+            "retry later, or use unary calls"
+        )
+
+
 class ThreadedBridge:
     """Sync handlers for a threaded grpc.server, each running an async servicer
-    method on the loop."""
+    method on the loop. With `streams`, at most that many streams are open at once."""
 
-    def __init__(self, handoff: LoopHandoff, stream_window: int) -> None:
+    def __init__(
+        self, handoff: LoopHandoff, stream_window: int, streams: StreamLimit | None = None
+    ) -> None:
         self.handoff = handoff
         self.stream_window = stream_window
+        self.streams = streams
 
     def _wait(self, future: concurrent.futures.Future[Any], context: grpc.ServicerContext) -> Any:
         try:
@@ -215,22 +250,35 @@ class ThreadedBridge:
 
     def _stream_out(
         self,
-        start: Callable[[queue.SimpleQueue[Any]], Coroutine[Any, Any, None]],
+        prepare: Callable[[], Callable[[queue.SimpleQueue[Any]], Coroutine[Any, Any, None]]],
         context: grpc.ServicerContext,
     ) -> Iterator[Any]:
-        replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        """The replies of the coroutine `prepare()` makes, once the stream is admitted.
 
-        async def run() -> None:
-            try:
-                await start(replies)
-            finally:
-                replies.put(_END)
+        A generator: gRPC starts it on the call's thread, so the stream counts
+        as open from its first step (the admission) to its `finally`, which runs
+        whether it ends, fails, or is dropped unfinished."""
+        streams = self.streams
+        if streams is not None and not streams.try_open():
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, streams.refusal())
+        try:
+            start = prepare()
+            replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
-        future = self.handoff.submit(run())
-        context.add_callback(lambda: self.handoff.cancel(future))
-        while (reply := replies.get()) is not _END:
-            yield reply
-        self._wait(future, context)
+            async def run() -> None:
+                try:
+                    await start(replies)
+                finally:
+                    replies.put(_END)
+
+            future = self.handoff.submit(run())
+            context.add_callback(lambda: self.handoff.cancel(future))
+            while (reply := replies.get()) is not _END:
+                yield reply
+            self._wait(future, context)
+        finally:
+            if streams is not None:
+                streams.close()
 
     def server_stream(
         self, method: Callable[[Any, LoopContext], AsyncIterator[Any]]
@@ -240,7 +288,7 @@ class ThreadedBridge:
                 async for reply in method(request, LoopContext(context, replies)):
                     replies.put(reply)
 
-            return self._stream_out(start, context)
+            return self._stream_out(lambda: start, context)
 
         return handle
 
@@ -248,15 +296,19 @@ class ThreadedBridge:
         self, method: Callable[[AsyncIterator[Any], LoopContext], Awaitable[None]]
     ) -> Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]]:
         def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-            stream = RequestStream(requests, self.handoff.loop, self.stream_window)
+            def prepare() -> Callable[[queue.SimpleQueue[Any]], Coroutine[Any, Any, None]]:
+                # Its reader thread starts only for an admitted stream.
+                stream = RequestStream(requests, self.handoff.loop, self.stream_window)
 
-            async def start(replies: queue.SimpleQueue[Any]) -> None:
-                try:
-                    await method(stream, LoopContext(context, replies))
-                finally:
-                    stream.close()
+                async def start(replies: queue.SimpleQueue[Any]) -> None:
+                    try:
+                        await method(stream, LoopContext(context, replies))
+                    finally:
+                        stream.close()
 
-            return self._stream_out(start, context)
+                return start
+
+            return self._stream_out(prepare, context)
 
         return handle
 

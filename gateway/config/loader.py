@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.config.schema import BACKEND_CONFIGS, NAME_PATTERN, GatewayConfig
+from gateway.config.tls import check_tls
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -132,13 +133,18 @@ def parse_config(
     if problems:
         raise ConfigError(name, problems)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return LoadedConfig(
+    loaded = LoadedConfig(
         config=config,
         source=source.resolve() if source else None,
         sha256=digest,
         lines=lines,
         text=text,
     )
+    # Files the config names that only the servers read: checked now, by key.
+    problems = [f"{loaded.where(path)}: {message}" for path, message in check_tls(loaded)]
+    if problems:
+        raise ConfigError(name, problems)
+    return loaded
 
 
 def _expand_env(

@@ -48,6 +48,68 @@ class GrpcServerConfig(Section):
     # threads engine: calls served at once (more wait in gRPC's queue); open
     # streams count against it.
     threads: int = Field(64, ge=1, le=1024)
+    # Calls in progress or waiting, both engines (gRPC's maximum_concurrent_rpcs):
+    # beyond it a call is refused at once with RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = Field(1024, ge=1)
+    # Streams (ModelStreamInfer, Health.Watch) open at once; beyond it a new one is
+    # refused with RESOURCE_EXHAUSTED, so that unary calls always have room. None:
+    # half of `threads` (threads engine) or of `max_concurrent_rpcs` (aio).
+    max_open_streams: int | None = Field(None, ge=0)
+    # Connections open at once (per process); None: from the open-files limit
+    # (gateway/fd_budget.py).
+    max_connections: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _streams_leave_room(self) -> GrpcServerConfig:
+        streams = self.max_open_streams
+        if streams is None:
+            return self
+        if self.engine == "threads" and streams >= self.threads:
+            raise ValueError(
+                f"max_open_streams: {streams} must be below threads ({self.threads}): "
+                "each open stream holds a thread, and unary calls need some"
+            )
+        if streams >= self.max_concurrent_rpcs:
+            raise ValueError(
+                f"max_open_streams: {streams} must be below max_concurrent_rpcs "
+                f"({self.max_concurrent_rpcs}), which open streams count against"
+            )
+        return self
+
+    def open_streams_limit(self) -> int:
+        """`max_open_streams`, or its default for the engine."""
+        if self.max_open_streams is not None:
+            return self.max_open_streams
+        room = self.threads if self.engine == "threads" else self.max_concurrent_rpcs
+        return min(room, self.max_concurrent_rpcs) // 2
+
+
+class HttpServerConfig(Section):
+    """HTTP/1.1 connection limits, enforced by api/http_limits.py (per process)."""
+
+    # Request line + headers; larger heads are answered 431 and the connection closed.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # A request head must be complete this long after the connection opened, or
+    # after its first byte on a kept-alive connection (slowloris).
+    header_timeout_s: float = Field(10.0, gt=0)
+    # A request body that receives no byte for this long: 408 and close.
+    body_timeout_s: float = Field(30.0, gt=0)
+    # An idle kept-alive connection is closed after this long.
+    keep_alive_timeout_s: int = Field(30, ge=1)
+    # Connections open at once; beyond it a new one is answered 503 and closed.
+    # None: from the open-files limit (gateway/fd_budget.py).
+    max_connections: int | None = Field(None, ge=1)
+    # Requests in progress at once; beyond it a request is answered 503.
+    max_concurrent_requests: int = Field(1024, ge=1)
+
+
+class TlsConfig(Section):
+    """TLS for HTTP and gRPC (PEM files; relative paths resolve like model paths)."""
+
+    cert_file: str  # the server's certificate chain
+    key_file: str  # its private key (unencrypted)
+    # Set: clients must present a certificate signed by one of these CAs (mTLS).
+    client_ca_file: str | None = None
 
 
 class ServerConfig(Section):
@@ -60,6 +122,8 @@ class ServerConfig(Section):
     # json: one JSON object per line, with the request id and trace id (observe/logs.py).
     log_format: Literal["text", "json"] = "text"
     grpc: GrpcServerConfig = GrpcServerConfig()
+    http: HttpServerConfig = HttpServerConfig()
+    tls: TlsConfig | None = None  # None: plain HTTP and gRPC
     # How often the config file is checked for changes (hot reload); 0: never.
     watch_config_s: float = Field(2.0, ge=0)
 
