@@ -135,7 +135,7 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
         )
 
     tenants = _tenants(loaded, problems)
-    redis, cache = _shared_state(loaded, previous)
+    redis, cache = _shared_state(loaded, previous, problems)
     admin_env = config.server.admin_key_env
     if admin_env and not os.environ.get(admin_env):
         problems.append(
@@ -229,15 +229,19 @@ def _rate_limiter(loaded: LoadedConfig, redis: Any, previous: Runtime | None) ->
 
 
 def _shared_state(
-    loaded: LoadedConfig, previous: Runtime | None
+    loaded: LoadedConfig, previous: Runtime | None, problems: list[str]
 ) -> tuple[Any, ResponseCache | None]:
     """The Redis client and the response cache: taken over from the previous
     runtime when their settings did not change, so a reload keeps the cache warm."""
     config = loaded.config
+    cached = any(m.cache for m in config.models.values())
+    signing_key = _cache_signing_key(loaded, problems) if cached else None
     if (
         previous is not None
         and previous.loaded.config.redis == config.redis
         and previous.loaded.config.cache == config.cache
+        and (previous.cache is not None) == cached
+        and (previous.cache is None or previous.cache.signing_key == signing_key)
     ):
         return previous.redis, previous.cache
     redis = None
@@ -245,9 +249,33 @@ def _shared_state(
         from gateway.redis_client import SharedRedis
 
         redis = SharedRedis(config.redis.url, timeout_ms=config.redis.timeout_ms)
-    if not any(m.cache for m in config.models.values()):
+    if not cached:
         return redis, None
-    return redis, ResponseCache(config.cache.max_bytes, redis, config.cache.lock_ttl_ms)
+    return redis, ResponseCache(
+        config.cache.max_bytes, redis, config.cache.lock_ttl_ms, signing_key=signing_key
+    )
+
+
+def _cache_signing_key(loaded: LoadedConfig, problems: list[str]) -> bytes | None:
+    """The secret that signs cached values in Redis (None: a key of this process's
+    own, enough for the in-process tier alone)."""
+    config = loaded.config
+    env = config.cache.signing_key_env
+    if env is None:
+        if config.redis is not None:
+            problems.append(
+                f"{loaded.where(('cache',))}: signing_key_env is required when answers are "
+                "cached in Redis: replicas sign and check shared values with that key, so a "
+                "value written to Redis by anyone else is never served"
+            )
+        return None
+    value = os.environ.get(env)
+    if not value:
+        problems.append(
+            f"{loaded.where(('cache', 'signing_key_env'))}: environment variable {env} is not set"
+        )
+        return None
+    return value.encode()
 
 
 def _load_backend(
@@ -383,6 +411,7 @@ def _model_entry(
         prices=prices,
         cache_ttl_s=model.cache.ttl_s if model.cache else None,
         cache_sampled=bool(model.cache and model.cache.sampled),
+        cache_shared_across_tenants=bool(model.cache and model.cache.shared_across_tenants),
         cache_prefix=_cache_prefix(name, model, loaded),
         audit_payload=model.audit_payload,
     )

@@ -142,6 +142,9 @@ class CacheSettings(Section):
     max_bytes: int = Field(64 * 1024 * 1024, ge=0)  # the in-process tier's bound
     # How long a replica may hold the right to compute a value the others wait for.
     lock_ttl_ms: int = Field(10_000, ge=1)
+    # The variable holding the secret that signs values kept in Redis (a keyed
+    # MAC): every replica must have the same. Required once Redis holds answers.
+    signing_key_env: str | None = None
 
 
 class AuditConfig(Section):
@@ -429,6 +432,8 @@ class CacheConfig(Section):
     ttl_s: float = Field(gt=0)
     # Chat answers sampled with temperature > 0 differ run to run: cached only if true.
     sampled: bool = False
+    # False: tenants never share entries (a hit would tell one what another asked).
+    shared_across_tenants: bool = False
 
 
 class SloConfig(Section):

@@ -211,8 +211,22 @@ def _sticky_key(route: Route, ctx: RequestContext) -> str | None:
         return ctx.tenant
     if route.sticky_header is not None and ctx.headers is not None:
         value = ctx.headers.get(route.sticky_header)
-        return value.decode("latin-1") if isinstance(value, bytes) else value
+        if value is None:
+            return None
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        # Per tenant: one tenant's callers never pick another's variants by
+        # sending the same header value.
+        return text if ctx.tenant is None else f"{ctx.tenant}\x00{text}"
     return None
+
+
+def sticky_variant(route: Route, ctx: RequestContext) -> str | None:
+    """The backend a sticky weighted route sends this caller to first (None when
+    the route does not stick, or this caller has no sticky key)."""
+    if not (route.sticky_tenant or route.sticky_header is not None):
+        return None
+    key = _sticky_key(route, ctx)
+    return None if key is None else route.plan(key)[0].backend.name
 
 
 def _time_left(ctx: RequestContext) -> bool:

@@ -35,7 +35,7 @@ from gateway.core.llm import (
     Price,
     Usage,
 )
-from gateway.core.plan import mirror, run_plan
+from gateway.core.plan import mirror, run_plan, sticky_variant
 from gateway.core.signature import Signature
 from gateway.core.types import InferRequest, InferResponse, RequestContext
 from gateway.observe import tracing
@@ -84,11 +84,26 @@ class ModelEntry:
     cache_ttl_s: float | None = None
     cache_sampled: bool = False
     cache_prefix: bytes = b""
+    # False: each tenant has its own entries (one tenant's answer reveals its request).
+    cache_shared_across_tenants: bool = False
     # Audit records of this model hold the request's size and chat messages too.
     audit_payload: bool = False
 
     def ready(self) -> bool:
         return any(b.ready() for b in self.route.backends)
+
+    def cache_scope(self, ctx: RequestContext) -> bytes:
+        """The key prefix of this request's cache entries: the model's, narrowed
+        to the caller's tenant (unless the model shares answers across tenants)
+        and, on a sticky weighted route, to the variant the caller sticks to, so
+        that no answer crosses tenants or variants."""
+        scope = self.cache_prefix
+        if ctx.tenant is not None and not self.cache_shared_across_tenants:
+            scope += b"\x00tenant:" + ctx.tenant.encode()
+        variant = sticky_variant(self.route, ctx)
+        if variant is not None:
+            scope += b"\x00variant:" + variant.encode()
+        return scope
 
 
 class InferenceService:
@@ -214,7 +229,7 @@ class InferenceService:
         assert signature is not None
         batch = signature.validate_inputs(request.inputs)
         wanted = self._output_names(signature, request)
-        key = tensor_key(entry.cache_prefix, request.inputs, wanted)
+        key = tensor_key(entry.cache_scope(ctx), request.inputs, wanted)
         outputs = self.cache.local.get(key)
         if outputs is None:
             ctx.prepared = (batch, wanted, key)
@@ -252,7 +267,7 @@ class InferenceService:
         if cache is None:
             outputs = await self._run_plan(entry, signature, request.inputs, wanted, batch, ctx)
         else:
-            key = key or tensor_key(entry.cache_prefix, request.inputs, wanted)
+            key = key or tensor_key(entry.cache_scope(ctx), request.inputs, wanted)
             outputs, ctx.cache = await cache.fetch(
                 entry.name,
                 key,
@@ -324,7 +339,7 @@ class InferenceService:
             if cache is not None:
                 ctx.cache = "bypass"
             return await compute()
-        key = json_key(entry.cache_prefix, _chat_cache_document(request.body))
+        key = json_key(entry.cache_scope(ctx), _chat_cache_document(request.body))
         result, ctx.cache = await cache.fetch(
             entry.name,
             key,
@@ -383,7 +398,7 @@ class InferenceService:
         cache = self._cache_for(entry, ctx)
         if cache is None:
             return await compute()
-        key = json_key(entry.cache_prefix, [texts, dimensions])
+        key = json_key(entry.cache_scope(ctx), [texts, dimensions])
         result, ctx.cache = await cache.fetch(
             entry.name,
             key,

@@ -158,6 +158,13 @@ CACHE_REQUESTS = Counter(
     ["model", "tier", "result"],
     registry=REGISTRY,
 )
+CACHE_REJECTED = Counter(
+    "gateway_cache_rejected_total",
+    "Values read from Redis that were not served (counted as misses): their signature "
+    "did not verify, or they did not decode",
+    ["model", "reason"],
+    registry=REGISTRY,
+)
 CACHE_LOCAL_BYTES = Gauge(
     "gateway_cache_local_bytes",
     "Bytes held by the in-process tier of the response cache",

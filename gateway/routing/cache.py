@@ -1,11 +1,19 @@
 """Response cache: an in-process LRU bounded in bytes, then Redis, with
 single-flight so a burst of identical requests makes one backend call.
 
-Keys are computed by the pipeline (`tensor_key`, `chat_key`, `embedding_key`
-below, prefixed with the model's route fingerprint) and hashed with xxh3-128.
-Values are kept as objects in the local tier (no copy, no decoding on a hit)
-and as bytes in Redis (`codec`s below: no pickle, since a shared Redis must
-not be able to make a replica run code).
+Keys are computed by the pipeline (`tensor_key`, `json_key` below, prefixed
+with the model's route fingerprint and the caller's scope: see
+ModelEntry.cache_scope) and hashed with xxh3-128. Values are kept as objects in
+the local tier (no copy, no decoding on a hit) and as bytes in Redis (`codec`s
+below: no pickle, since a shared Redis must not be able to make a replica run
+code).
+
+What Redis holds is signed: a format byte, a keyed MAC (BLAKE2b, 16 bytes,
+keyed by the deployment's `cache.signing_key_env` secret) over the Redis key
+and the value, then the value. A value that does not verify (written by
+someone without the key, moved to another key, or from an older format) or
+does not decode is never served: it counts as a miss
+(`gateway_cache_rejected_total{reason}`) and is recomputed and overwritten.
 
 Redis trouble never fails a request: an unavailable Redis is skipped, and a
 request never waits on it longer than the client's time budget.
@@ -14,6 +22,9 @@ request never waits on it longer than the client's time budget.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import os
 import struct
 import time
 from collections import OrderedDict
@@ -26,7 +37,13 @@ import orjson
 import xxhash
 
 from gateway.core.datatypes import NUMPY_DTYPES, datatype_of
-from gateway.observe.metrics import CACHE_LOCAL_BYTES, CACHE_REQUESTS, FastChildren, fast_inc
+from gateway.observe.metrics import (
+    CACHE_LOCAL_BYTES,
+    CACHE_REJECTED,
+    CACHE_REQUESTS,
+    FastChildren,
+    fast_inc,
+)
 
 if TYPE_CHECKING:
     from gateway.core.llm import ChatResult, EmbeddingResult
@@ -34,6 +51,9 @@ if TYPE_CHECKING:
 V = TypeVar("V")
 
 _LOCK_POLL_S = 0.002
+# What Redis holds: this format byte, the MAC, then the codec's bytes.
+_FORMAT = b"\x01"
+_MAC_BYTES = 16
 _ENTRY_OVERHEAD = 200  # bytes of bookkeeping per local entry, roughly
 
 
@@ -121,11 +141,17 @@ class ResponseCache:
         redis: RedisLike | None = None,
         lock_ttl_ms: int = 10_000,
         namespace: str = "gw:cache:",
+        signing_key: bytes | None = None,
     ) -> None:
         self.local = LocalLru(max_bytes)
         self.redis = redis
         self.lock_ttl_ms = lock_ttl_ms
         self.namespace = namespace
+        # None: a key of this process's own (its values verify only here).
+        self.signing_key = signing_key
+        self._mac_key = hashlib.sha256(
+            signing_key if signing_key is not None else os.urandom(32)
+        ).digest()
         self._flights: dict[bytes, asyncio.Future[Any]] = {}
 
     async def fetch(
@@ -190,10 +216,13 @@ class ResponseCache:
         redis_key = self.namespace + key.hex()
         stored = await redis.get(redis_key)
         if isinstance(stored, bytes):
-            value = codec.decode(stored)
-            _count(model, "redis", "hit")
-            self.local.put(key, value, codec.size(value), ttl_s)
-            return value, "hit"
+            found = self._open(model, redis_key, stored, codec)
+            if found is not None:
+                value = found[0]
+                _count(model, "redis", "hit")
+                self.local.put(key, value, codec.size(value), ttl_s)
+                return value, "hit"
+            stored = None  # not served: recomputed and overwritten, as a miss
         _count(model, "redis", "miss" if stored is None else "unavailable")
         locked = False
         if stored is None:  # Redis answers: ask for the right to compute
@@ -202,8 +231,9 @@ class ResponseCache:
             locked = got is True
             if got is False:
                 waited = await self._wait_for_other(redis, redis_key, wait_s)
-                if waited is not None:
-                    value = codec.decode(waited)
+                opened = None if waited is None else self._open(model, redis_key, waited, codec)
+                if opened is not None:
+                    value = opened[0]
                     _count(model, "redis", "hit")
                     self.local.put(key, value, codec.size(value), ttl_s)
                     return value, "hit"
@@ -213,8 +243,35 @@ class ResponseCache:
             if locked:
                 await redis.delete(redis_key + ":lock")
         self.local.put(key, value, codec.size(value), ttl_s)
-        await redis.set(redis_key, codec.encode(value), int(ttl_s * 1000))
+        await redis.set(redis_key, self._seal(redis_key, codec.encode(value)), int(ttl_s * 1000))
         return value, "miss"
+
+    def _mac(self, redis_key: str, payload: bytes) -> bytes:
+        mac = hashlib.blake2b(redis_key.encode(), key=self._mac_key, digest_size=_MAC_BYTES)
+        mac.update(payload)
+        return mac.digest()
+
+    def _seal(self, redis_key: str, payload: bytes) -> bytes:
+        """What Redis keeps for `payload` under `redis_key`: signed for this deployment."""
+        return _FORMAT + self._mac(redis_key, payload) + payload
+
+    def _open(self, model: str, redis_key: str, stored: bytes, codec: Codec[V]) -> tuple[V] | None:
+        """The value Redis held, if it verifies and decodes (in a 1-tuple, since a
+        value may be falsy); None (counted) if it must not be served."""
+        head = len(_FORMAT) + _MAC_BYTES
+        payload = stored[head:]
+        if (
+            len(stored) < head
+            or stored[:1] != _FORMAT
+            or not hmac.compare_digest(stored[1:head], self._mac(redis_key, payload))
+        ):
+            _rejected(model, "signature")(1)
+            return None
+        try:
+            return (codec.decode(payload),)
+        except Exception:  # noqa: BLE001 - a signed value that does not decode (a bug, or an old format) is a miss, never an error
+            _rejected(model, "decode")(1)
+            return None
 
     async def _wait_for_other(
         self, redis: RedisLike, redis_key: str, wait_s: float | None
@@ -235,6 +292,7 @@ class ResponseCache:
 
 
 _lookups = FastChildren(CACHE_REQUESTS, fast_inc)  # on every lookup: bound per label set
+_rejected = FastChildren(CACHE_REJECTED, fast_inc)
 
 
 def _count(model: str, tier: str, result: str) -> None:

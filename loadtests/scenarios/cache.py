@@ -19,6 +19,7 @@ miss), and the client's p50 end to end.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -107,7 +108,13 @@ def run_cache(settings: Settings) -> dict[str, Any]:
         print("  redis hit: skipped (no redis-server binary)", flush=True)
     else:
         try:
-            redis_config = {**config, "redis": {"url": redis.url}, "cache": {"max_bytes": 0}}
+            # Replicas sign what they keep in Redis with a shared secret.
+            os.environ.setdefault("GATEWAY_BENCH_CACHE_SIGNING_KEY", "bench-signing-key")
+            redis_config = {
+                **config,
+                "redis": {"url": redis.url},
+                "cache": {"max_bytes": 0, "signing_key_env": "GATEWAY_BENCH_CACHE_SIGNING_KEY"},
+            }
             variants["redis-hit"] = _variant(
                 redis_config, settings, "redis-hit", lambda port: _requests(port, 1)
             )

@@ -25,6 +25,9 @@ from tests.metrics_reader import value
 from tests.redis_server import RedisServer
 
 KEY_ENV = "CACHE_TEST_VENDOR_KEY"
+# The secret that signs values in Redis: every replica of a deployment has it.
+SIGNING_KEY_ENV = "CACHE_TEST_SIGNING_KEY"
+os.environ[SIGNING_KEY_ENV] = "cache-signing-secret-for-the-tests"
 EMBEDDINGS = "/v1/embeddings"
 CHAT = "/v1/chat/completions"
 
@@ -57,6 +60,7 @@ def config(vendor_url: str, redis_url: str | None, max_bytes: int = 64 << 20) ->
     }
     if redis_url is not None:
         doc["redis"] = {"url": redis_url, "timeout_ms": 50}
+        doc["cache"]["signing_key_env"] = SIGNING_KEY_ENV
     return doc
 
 
@@ -240,6 +244,7 @@ def test_workers_of_one_gateway_share_the_cache_through_redis(
     config = digits_config()
     config["models"]["digits"]["cache"] = {"ttl_s": 600}
     config["redis"] = {"url": redis_server.url, "timeout_ms": 200}
+    config["cache"] = {"signing_key_env": SIGNING_KEY_ENV}
     gateway = start_gateway(config, tmp_path, "--workers", "2")
     try:
         deadline = time.monotonic() + 60
