@@ -202,6 +202,8 @@ def _audit(loaded: LoadedConfig, previous: Runtime | None) -> AuditLog | None:
             section.max_bytes,
             section.backups,
             section.flush_interval_ms / 1000.0,
+            max_unwritten_records=section.max_unwritten_records,
+            fsync_interval_s=section.fsync_interval_ms / 1000.0,
         )
     if audit is not None:
         # What a vendor backend runs unless its answer names a more exact version.

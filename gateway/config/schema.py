@@ -156,6 +156,12 @@ class AuditConfig(Section):
     max_bytes: int = Field(100 * 1024 * 1024, ge=0)  # rotate past this size; 0: never
     backups: int = Field(5, ge=0)  # rotated files kept
     flush_interval_ms: float = Field(200.0, gt=0)  # records reach the sink this often
+    # A crashed process loses at most this many records (those not yet written):
+    # they are handed to the writer in batches of half as many.
+    max_unwritten_records: int = Field(256, ge=2)
+    # A crashed machine also loses what was written but not yet synced to disk:
+    # a file sink is fsynced this often (0: after every batch).
+    fsync_interval_ms: float = Field(1000.0, ge=0)
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> AuditConfig:

@@ -8,11 +8,18 @@ latency, gateway overhead and cost. It never holds a secret (no API key, no
 header) and never request content, unless the model opts in with
 `audit_payload: true`: then the request body's size and, for chat, the messages.
 
-Records are appended to an in-memory buffer on the request path (one dict and
-one `orjson.dumps`); a single writer thread empties it every `flush_interval_ms`
-or once it holds `_FLUSH_BYTES`, so no request waits on a disk. Sinks: stdout,
-or a file rotated at `max_bytes` keeping `backups` old files (`{pid}` in the
-path gives each worker process a file of its own).
+Records are appended to an in-memory buffer on the request path (a tuple; the
+JSON lines are built a batch at a time); a single writer thread is handed the
+buffer every `flush_interval_ms`, or as soon as it holds half of
+`max_unwritten_records`, so no request waits on a disk. Sinks: stdout, or a
+file rotated at `max_bytes` keeping `backups` old files (`{pid}` in the path
+gives each worker process a file of its own).
+
+What a crash loses (docs/operations.md#logs-and-audit): a process killed
+outright (SIGKILL, the OOM killer) loses the records not yet written, at most
+`max_unwritten_records` (half buffered, half being written) while the sink
+keeps up; a machine that goes down also loses what the file sink wrote but had
+not yet synced, at most `fsync_interval_ms` of it.
 """
 
 from __future__ import annotations
@@ -35,14 +42,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.observe.audit")
 
-# Past this many buffered bytes the buffer is handed to the writer at once.
-_FLUSH_BYTES = 256 * 1024
-_RENDER_ROWS = 128
 _MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # a time's fraction, formatted once
 
 
 class AuditSink(Protocol):
     def write(self, lines: bytes | bytearray) -> None: ...  # whole lines
+
+    def sync(self) -> None: ...  # what was written survives a machine crash
 
     def close(self) -> None: ...
 
@@ -55,6 +61,9 @@ class StdoutSink:
         out.write(lines)
         out.flush()
 
+    def sync(self) -> None:
+        pass  # whoever reads the stream keeps it
+
     def close(self) -> None:
         pass
 
@@ -63,12 +72,21 @@ class RotatingFileSink:
     """Lines appended to `path`; past `max_bytes` (0: never) the file becomes
     `path.1` (`path.1` becomes `path.2`... up to `backups`) and a new one starts."""
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int, backups: int) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int,
+        backups: int,
+        fsync_interval_s: float = 1.0,
+    ) -> None:
         self.path = Path(str(path).replace("{pid}", str(os.getpid())))
         self.max_bytes = max_bytes
         self.backups = backups
+        self.fsync_interval_s = fsync_interval_s
         self._file: Any = None
         self._size = 0
+        self._unsynced = False
+        self._synced_at = time.monotonic()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +116,18 @@ class RotatingFileSink:
             self._file.write(lines)
             self._size += len(lines)
         self._file.flush()
+        self._unsynced = True
+        if time.monotonic() - self._synced_at >= self.fsync_interval_s:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._file is not None and self._unsynced:
+            os.fsync(self._file.fileno())
+            self._unsynced = False
+            self._synced_at = time.monotonic()
 
     def _rotate(self) -> None:
+        self.sync()
         self._file.close()
         if self.backups > 0:
             for i in range(self.backups - 1, 0, -1):
@@ -113,6 +141,7 @@ class RotatingFileSink:
 
     def close(self) -> None:
         if self._file is not None:
+            self.sync()
             self._file.close()
             self._file = None
 
@@ -124,9 +153,19 @@ class AuditLog:
     change: `retain()` for each, `aclose()` from each; the last one closes it.
     """
 
-    def __init__(self, sink: AuditSink, flush_interval_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        sink: AuditSink,
+        flush_interval_s: float = 0.2,
+        max_unwritten_records: int = 256,
+        fsync_interval_s: float = 1.0,
+    ) -> None:
         self.sink = sink
         self.flush_interval_s = flush_interval_s
+        # Handed over in halves: one half may be buffered while the other is written.
+        self._batch_rows = max(1, max_unwritten_records // 2)
+        self.fsync_interval_s = fsync_interval_s
+        self._sync_timer: asyncio.TimerHandle | None = None
         # A bytearray, not a list of the lines: orjson's output kept alive in a
         # list makes its next dumps ten times slower (allocator), copied it is not.
         self._pending = bytearray()
@@ -176,12 +215,42 @@ class AuditLog:
         if self._closed:  # answered after shutdown began: write it in place
             self._render()
             self._write(self._take())
-        elif len(rows) >= _RENDER_ROWS:
-            self._render()
-            if len(self._pending) >= _FLUSH_BYTES:
-                self._hand_over()
-        if self._timer is None and not self._closed:
+        elif len(rows) >= self._batch_rows:
+            self._hand_over()
+        elif self._timer is None:
             self._schedule()
+
+    # -- configuration changes ------------------------------------------------------
+
+    def admin(
+        self,
+        action: str,
+        caller: dict[str, Any],
+        status: int,
+        config_before: str,
+        config_after: str,
+        target: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record an admin action or a reload (`type: admin`), and hand it to the
+        writer at once: configuration changes are rare and each one matters."""
+        record: dict[str, Any] = {
+            "time": self._time_text(time.time()),
+            "type": "admin",
+            "action": action,
+            "caller": caller,
+            "target": target,
+            "status": status,
+            "config_before": config_before,
+            "config_after": config_after,
+        }
+        if error is not None:
+            record["error"] = error
+        self._pending += orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        if self._closed:
+            self._write(self._take())
+        else:
+            self._hand_over()
 
     def _render(self) -> None:
         """Turn the buffered rows into JSON lines, in one pass (warm caches: about
@@ -272,6 +341,24 @@ class AuditLog:
         lines = self._take()
         if lines:
             self._writing = self._writer.submit(self._write, lines)
+            if self._sync_timer is None and self.fsync_interval_s > 0:
+                # Written lines are synced within the interval even if no more come.
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    return
+                self._sync_timer = loop.call_later(self.fsync_interval_s, self._sync_soon)
+
+    def _sync_soon(self) -> None:
+        self._sync_timer = None
+        if not self._closed:
+            self._writing = self._writer.submit(self._sync)
+
+    def _sync(self) -> None:
+        try:
+            self.sink.sync()
+        except OSError:
+            log.exception("audit: the sink could not be synced to disk")
 
     def _write(self, lines: bytes | bytearray) -> None:
         try:
@@ -294,6 +381,9 @@ class AuditLog:
         if self._writing is not None:
             await asyncio.wrap_future(self._writing)
         self._closed = True
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
+            self._sync_timer = None
         self._writer.shutdown(wait=True)
         self.sink.close()
 
@@ -304,13 +394,21 @@ def audit_log(
     max_bytes: int = 0,
     backups: int = 0,
     flush_interval_s: float = 0.2,
+    *,
+    max_unwritten_records: int = 256,
+    fsync_interval_s: float = 1.0,
 ) -> AuditLog | None:
     """The AuditLog a config's `audit:` section asks for (None for `sink: none`)."""
     if sink == "none":
         return None
     if sink == "stdout":
-        return AuditLog(StdoutSink(), flush_interval_s)
+        return AuditLog(StdoutSink(), flush_interval_s, max_unwritten_records, fsync_interval_s)
     if sink == "file":
         assert path is not None
-        return AuditLog(RotatingFileSink(path, max_bytes, backups), flush_interval_s)
+        return AuditLog(
+            RotatingFileSink(path, max_bytes, backups, fsync_interval_s),
+            flush_interval_s,
+            max_unwritten_records,
+            fsync_interval_s,
+        )
     raise ValueError(f"audit sink: expected none, stdout or file, got {sink!r}")
