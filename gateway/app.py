@@ -57,8 +57,7 @@ def create_app(
     from gateway.reload import ConfigManager
 
     server = runtime.loaded.config.server
-    admin_key = os.environ.get(server.admin_key_env) if server.admin_key_env else None
-    manager = ConfigManager(runtime, admin_key)
+    manager = ConfigManager(runtime)  # the admin key is the running config's (reload.py)
 
     async def started() -> None:
         if grpc is not None:

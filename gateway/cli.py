@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.api.admin import warn_if_admin_open
     from gateway.app import default_config_path
     from gateway.observe import tracing
     from gateway.observe.logs import setup_logging
@@ -67,9 +68,11 @@ def _serve(args: argparse.Namespace) -> int:
         server = loaded.config.server
         setup_logging(server.log_level, server.log_format)
         tracing.setup()  # as the OTEL_* variables say; off by default
+        host = args.host or server.host
+        warn_if_admin_open(server, host)
         serve(
             loaded,
-            host=args.host or server.host,
+            host=host,
             http_port=server.http_port if args.http_port is None else args.http_port,
             grpc_port=server.grpc_port if args.grpc_port is None else args.grpc_port,
             workers=max(1, args.workers),

@@ -39,9 +39,8 @@ class ReloadRefused(Exception):
 
 
 class ConfigManager:
-    def __init__(self, runtime: Runtime, admin_key: str | None = None) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.admin_key = admin_key
         self.version = 1
         self.loaded_at = time.time()
         self._history: list[LoadedConfig] = []
@@ -53,6 +52,30 @@ class ConfigManager:
     @property
     def source(self) -> Path | None:
         return self.runtime.loaded.source
+
+    @property
+    def admin_key_digest(self) -> bytes | None:
+        """The running config's admin key (sha256): a reload that adds, changes or
+        removes `server.admin_key_env` applies from the next admin call."""
+        return self.runtime.admin_key_digest
+
+    @property
+    def config_sha256(self) -> str:
+        return self.runtime.loaded.sha256
+
+    def audit_admin(
+        self,
+        action: str,
+        caller: dict[str, Any],
+        status: int,
+        config_before: str,
+        target: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """An audit record of an admin call or a reload (none without `audit:`)."""
+        audit = self.runtime.audit
+        if audit is not None:
+            audit.admin(action, caller, status, config_before, self.config_sha256, target, error)
 
     # -- reload and roll-back ------------------------------------------------
 
@@ -104,6 +127,7 @@ class ConfigManager:
         kept = frozenset(n for n, b in new.backends.items() if old.backends.get(n) is b)
         self._retire(old, kept)
         self._apply_logging(old.loaded.config.server, loaded.config.server)
+        self._report_admin_key(old.admin_key_digest, new.admin_key_digest)
         log.info(
             "config %s applied (%s): version %d, %d model(s), %d backend(s) kept, %d new",
             loaded.sha256[:12],
@@ -122,6 +146,19 @@ class ConfigManager:
         if (old.log_level, old.log_format) != (new.log_level, new.log_format):
             setup_logging(new.log_level, new.log_format)
             log.info("logging now %s at level %s", new.log_format, new.log_level)
+
+    @staticmethod
+    def _report_admin_key(old: bytes | None, new: bytes | None) -> None:
+        if old == new:
+            return
+        if new is None:
+            log.warning(
+                "the admin endpoints need no key any more (server.admin_key_env was "
+                "removed): anyone who reaches the HTTP port can reload, roll back and "
+                "disable backends"
+            )
+        else:
+            log.info("admin key %s: the next admin call needs it", "changed" if old else "set")
 
     def _retire(self, old: Runtime, kept: frozenset[str]) -> None:
         """Close the old runtime's other backends once no request uses them."""
@@ -197,10 +234,7 @@ class ConfigManager:
 
     def _reload_soon(self, trigger: str) -> None:
         async def run() -> None:
-            try:
-                await self.reload(trigger)
-            except ReloadRefused:
-                pass  # logged with its reasons; the running config stays
+            await self._reload_audited(trigger)
 
         task = asyncio.get_running_loop().create_task(run())
         self._retiring.add(task)
@@ -217,7 +251,15 @@ class ConfigManager:
                 continue  # being replaced (write to temp + rename): look again next time
             if digest != self._file_digest:
                 self._file_digest = digest
-                try:
-                    await self.reload("file changed")
-                except ReloadRefused:
-                    pass
+                await self._reload_audited("file changed")
+
+    async def _reload_audited(self, trigger: str) -> None:
+        """A reload the gateway triggered itself (file watch, SIGHUP), audited
+        like one asked for on /admin/reload."""
+        before = self.config_sha256
+        try:
+            await self.reload(trigger)
+        except ReloadRefused as refused:  # logged with its reasons; the running config stays
+            self.audit_admin("reload", {"trigger": trigger}, 422, before, error=str(refused))
+        else:
+            self.audit_admin("reload", {"trigger": trigger}, 200, before)

@@ -25,10 +25,11 @@ from gateway.config.schema import (
     OnnxBackendConfig,
     SignatureConfig,
 )
-from gateway.core.auth import Tenant, Tenants
+from gateway.core.auth import Tenant, Tenants, key_digest
 from gateway.core.llm import ChatBackend, EmbeddingBackend, Price
 from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.signature import Signature, TensorSpec, compatibility_problems
+from gateway.observe import redact
 from gateway.observe.audit import AuditLog, audit_log
 from gateway.observe.slo import SloTracker
 from gateway.routing.batching import BatchPolicy
@@ -57,6 +58,8 @@ class Runtime:
     cache: ResponseCache | None = None
     redis: Any = None  # gateway.redis_client.SharedRedis when `redis` is configured
     audit: AuditLog | None = None  # shared with the next runtime while `audit:` is unchanged
+    # sha256 of the admin key (`server.admin_key_env`); None: the admin endpoints are open.
+    admin_key_digest: bytes | None = None
 
     async def close(self, keep: frozenset[str] = frozenset(), keep_redis: bool = False) -> None:
         """Close the backends, except those named in `keep` (reused elsewhere)."""
@@ -136,12 +139,7 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
 
     tenants = _tenants(loaded, problems)
     redis, cache = _shared_state(loaded, previous, problems)
-    admin_env = config.server.admin_key_env
-    if admin_env and not os.environ.get(admin_env):
-        problems.append(
-            f"{loaded.where(('server', 'admin_key_env'))}: environment variable "
-            f"{admin_env} is not set"
-        )
+    admin_digest = _admin_key_digest(loaded, problems)
 
     models: dict[str, ModelEntry] = {}
     for name, model in config.models.items():
@@ -182,7 +180,26 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
         cache=cache,
         redis=redis,
         audit=audit,
+        admin_key_digest=admin_digest,
     )
+
+
+def _admin_key_digest(loaded: LoadedConfig, problems: list[str]) -> bytes | None:
+    """The admin key's sha256 digest (the key itself is not kept), or None when
+    `server.admin_key_env` is not set."""
+    admin_env = loaded.config.server.admin_key_env
+    if not admin_env:
+        return None
+    key = os.environ.get(admin_env)
+    if not key:
+        problems.append(
+            f"{loaded.where(('server', 'admin_key_env'))}: environment variable "
+            f"{admin_env} is not set"
+        )
+        return None
+    digest = key_digest(key)
+    redact.remember_digest(digest, len(key))
+    return digest
 
 
 def _audit(loaded: LoadedConfig, previous: Runtime | None) -> AuditLog | None:
@@ -300,25 +317,30 @@ def _load_backend(
 
 
 def _tenants(loaded: LoadedConfig, problems: list[str]) -> Tenants:
-    by_key: dict[str, Tenant] = {}
+    """Each tenant under the sha256 digest of each of its keys (`key_env`: one
+    variable or a list, for rotation); the keys themselves are not kept."""
+    by_digest: dict[bytes, Tenant] = {}
     for i, tenant in enumerate(loaded.config.tenants):
-        key = os.environ.get(tenant.key_env)
-        if not key:
-            problems.append(
-                f"{loaded.where(('tenants', i, 'key_env'))}: environment variable "
-                f"{tenant.key_env} is not set"
+        entry = Tenant(tenant.name, None if tenant.models is None else frozenset(tenant.models))
+        listed = not isinstance(tenant.key_env, str)
+        for j, env in enumerate(tenant.key_envs()):
+            where = loaded.where(
+                ("tenants", i, "key_env", j) if listed else ("tenants", i, "key_env")
             )
-            continue
-        if key in by_key:
-            problems.append(
-                f"{loaded.where(('tenants', i, 'key_env'))}: tenants "
-                f"'{by_key[key].name}' and '{tenant.name}' have the same key"
-            )
-            continue
-        by_key[key] = Tenant(
-            tenant.name, None if tenant.models is None else frozenset(tenant.models)
-        )
-    return Tenants(by_key)
+            key = os.environ.get(env)
+            if not key:
+                problems.append(f"{where}: environment variable {env} is not set")
+                continue
+            digest = key_digest(key)
+            owner = by_digest.get(digest)
+            if owner is not None and owner.name != tenant.name:
+                problems.append(
+                    f"{where}: tenants '{owner.name}' and '{tenant.name}' have the same key"
+                )
+                continue
+            by_digest[digest] = entry
+            redact.remember_digest(digest, len(key))
+    return Tenants(by_digest)
 
 
 def _model_entry(

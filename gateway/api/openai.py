@@ -84,9 +84,11 @@ class OpenAIApi:
                     send, 405, body, JSON, [*gateway_headers(ctx), (b"allow", b"POST")]
                 )
                 return
+            # The key first: nothing of the body is read or parsed for an unknown caller.
+            self.service.authenticate(ctx)
             code = await self.post_routes[scope["path"]](scope, receive, send, headers, ctx)
         except GatewayError as error:
-            ctx = ctx or RequestContext(request_id="-", protocol="openai")
+            ctx = ctx or RequestContext(request_id=request_id_of(headers), protocol="openai")
             code, body = openai_error_body(error)
             await send_response(send, code, body, JSON, gateway_headers(ctx) + error_headers(error))
         except Exception as exc:  # noqa: BLE001 - a bug; never let it take the process down

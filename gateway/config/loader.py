@@ -224,6 +224,16 @@ def _cross_check(config: GatewayConfig) -> list[tuple[Path_, str]]:
         for j, model_name in enumerate(tenant.models or []):
             if model_name not in config.models:
                 found.append((("tenants", i, "models", j), f"unknown model '{model_name}'"))
+    if config.tenants and not config.server.admin_key_env:
+        # Fail closed: a gateway that asks callers for keys must not leave reload,
+        # roll-back and the kill switch open to anyone who reaches its port.
+        found.append(
+            (
+                ("server", "admin_key_env"),
+                "required when tenants are configured: name the environment variable "
+                "that holds the admin key (the /admin endpoints need it)",
+            )
+        )
     return found
 
 

@@ -186,9 +186,15 @@ class RateLimitConfig(Section):
 
 class TenantConfig(Section):
     name: str = Field(pattern=NAME_PATTERN)
-    key_env: str
+    # The variable holding the tenant's key, or a list of them: every key listed
+    # is valid at once (rotation: add the next key, move callers, drop the old).
+    key_env: str | Annotated[list[str], Field(min_length=1)]
     models: list[str] | None = None  # None: every model
     rate_limit: RateLimitConfig | None = None
+
+    def key_envs(self) -> list[str]:
+        """The variables of `key_env`, as a list."""
+        return [self.key_env] if isinstance(self.key_env, str) else list(self.key_env)
 
 
 class BatchingConfig(Section):

@@ -173,7 +173,8 @@ class InferenceService:
         """The model called `name` (at `version`, if given), or NotFound."""
         entry = self.models.get(name)
         if entry is None:
-            raise NotFound(f"unknown model '{name}' (served: {sorted(self.models)})")
+            # Names no model: the caller may not be allowed to know the others.
+            raise NotFound(f"unknown model '{name}'")
         if version is not None and version != entry.version:
             raise NotFound(
                 f"model '{name}' has no version '{version}' (available: {entry.version})"
@@ -192,10 +193,21 @@ class InferenceService:
         if ctx.model == name:
             return self.model(name, version)
         if self.tenants.enabled:
-            ctx.tenant = self.tenants.authorize(ctx.api_key, name)
+            if ctx.tenant is None:
+                # Known before the model is judged: a 403's audit record names the tenant.
+                self.authenticate(ctx)
+            ctx.tenant = self.tenants.authorize(ctx.api_key, name, ctx.tenant)
         entry = self.model(name, version)
         ctx.model = entry.name
         return entry
+
+    def authenticate(self, ctx: RequestContext) -> None:
+        """Who is calling, when tenants are configured: Unauthenticated for a
+        missing or unknown key. Transports call it before they read the body;
+        `admit` then only checks the model."""
+        if self.tenants.enabled:
+            tenant = self.tenants.identify(ctx.api_key)
+            ctx.tenant = tenant.name if tenant is not None else None
 
     def models_for(self, ctx: RequestContext) -> list[ModelEntry]:
         """The models this caller may use."""

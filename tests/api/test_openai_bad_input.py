@@ -32,6 +32,8 @@ CHECKOUT_KEY_ENV = "OPENAI_BAD_INPUT_TEST_CHECKOUT_KEY"
 PLATFORM_KEY_ENV = "OPENAI_BAD_INPUT_TEST_PLATFORM_KEY"
 CHECKOUT_KEY = "checkout-secret-1"
 PLATFORM_KEY = "platform-secret-2"
+ADMIN_KEY_ENV = "OPENAI_BAD_INPUT_TEST_ADMIN_KEY"  # a config with tenants needs one
+ADMIN_KEY = "admin-secret-3"
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -40,6 +42,7 @@ HELLO = [{"role": "user", "content": "hello"}]
 @pytest.fixture(scope="module")
 def gateway(vendors: Vendors, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     config = {
+        "server": {"admin_key_env": ADMIN_KEY_ENV},
         # checkout may use `chat` only; platform every model.
         "tenants": [
             {"name": "checkout", "key_env": CHECKOUT_KEY_ENV, "models": ["chat"]},
@@ -56,7 +59,11 @@ def gateway(vendors: Vendors, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "embed": {"kind": "embeddings", "route": {"backends": ["a-embed"]}},
         },
     }
-    keys = {CHECKOUT_KEY_ENV: CHECKOUT_KEY, PLATFORM_KEY_ENV: PLATFORM_KEY}
+    keys = {
+        CHECKOUT_KEY_ENV: CHECKOUT_KEY,
+        PLATFORM_KEY_ENV: PLATFORM_KEY,
+        ADMIN_KEY_ENV: ADMIN_KEY,
+    }
     with serving(config, tmp_path_factory.mktemp("openai-bad-input"), env=keys) as started:
         yield started
 

@@ -32,6 +32,7 @@ from tests.observe.inprocess import (
 )
 
 TENANT_KEY_ENV = "OBSERVE_TEST_TENANT_KEY"
+ADMIN_KEY_ENV = "OBSERVE_TEST_ADMIN_KEY"  # a config with tenants needs one
 TENANT_KEY = "tenant-secret-key-9876543210"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 KEYS = {
@@ -58,6 +59,7 @@ KEYS = {
 def secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(VENDOR_KEY_ENV, VENDOR_KEY)
     monkeypatch.setenv(TENANT_KEY_ENV, TENANT_KEY)
+    monkeypatch.setenv(ADMIN_KEY_ENV, "admin-key-for-the-audit-test")
 
 
 def test_every_answered_request_gets_a_complete_secret_free_record(tmp_path: Path) -> None:
@@ -69,6 +71,7 @@ def test_every_answered_request_gets_a_complete_secret_free_record(tmp_path: Pat
     async def run() -> dict[str, Any]:
         async with fake_vendor(error_rate=1.0, error_kind="500") as bad, fake_vendor() as good:
             config = {
+                "server": {"admin_key_env": ADMIN_KEY_ENV},  # tenants need an admin key
                 "audit": {"sink": "file", "path": str(audit_file)},
                 "tenants": [{"name": "checkout", "key_env": TENANT_KEY_ENV}],
                 "backends": {

@@ -21,6 +21,8 @@ from tests.redis_server import RedisServer
 
 KEY_ENV = "RATELIMIT_HTTP_TEST_KEY"
 KEY = "tenant-key-for-the-rate-limit-test"
+ADMIN_KEY_ENV = "RATELIMIT_HTTP_TEST_ADMIN_KEY"  # a config with tenants needs one
+ADMIN_KEY = "admin-key-for-the-rate-limit-test"
 PER_MINUTE = 1200  # 20/s, with a burst of one second's worth (20)
 BODY = json.dumps(
     {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
@@ -28,7 +30,7 @@ BODY = json.dumps(
 
 
 def tenant_config(redis_url: str) -> dict:
-    config = digits_config()
+    config = digits_config(admin_key_env=ADMIN_KEY_ENV)
     # A generous budget: this test is about the shared limit, and a call over budget
     # would be decided by the per-replica fallback (tested on its own elsewhere).
     config["redis"] = {"url": redis_url, "timeout_ms": 500}
@@ -53,6 +55,7 @@ def infer(port: int, key: str | None = KEY):
 def test_two_replicas_hold_one_tenant_limit_together(redis_server_factory, tmp_path: Path) -> None:
     redis: RedisServer = redis_server_factory()
     os.environ[KEY_ENV] = KEY
+    os.environ[ADMIN_KEY_ENV] = ADMIN_KEY
     replicas = [start_gateway(tenant_config(redis.url), tmp_path / f"r{i}") for i in range(2)]
     try:
         assert infer(replicas[0].port, key=None).status == 401  # the tenant needs its key
@@ -92,7 +95,9 @@ def test_a_tenant_with_a_burst_may_fan_out_that_many_calls(monkeypatch) -> None:
     # 120/min admits 2 at once by default; `burst: 50` lets a client send 50
     # in parallel, and the 51st is refused with the time to wait.
     monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.setenv(ADMIN_KEY_ENV, ADMIN_KEY)
     config = {
+        "server": {"admin_key_env": ADMIN_KEY_ENV},
         "tenants": [
             {
                 "name": "fan-out",
