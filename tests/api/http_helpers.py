@@ -15,7 +15,9 @@ class Reply:
 
     @property
     def error(self) -> str:
-        return json.loads(self.body)["error"]
+        """The message of a v2 error ({"error": "..."}) or an OpenAI one."""
+        error = json.loads(self.body)["error"]
+        return error["message"] if isinstance(error, dict) else error
 
 
 def post(

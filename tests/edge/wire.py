@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import http.client
 import json
-from dataclasses import dataclass
 
 import grpc
 
+from tests.api.http_helpers import Reply
+
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-    @property
-    def error(self) -> str:
-        """The message of a v2 error ({"error": "..."}) or an OpenAI one."""
-        error = json.loads(self.body)["error"]
-        return error["message"] if isinstance(error, dict) else error
 
 
 class Http:
