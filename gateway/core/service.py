@@ -275,15 +275,16 @@ class InferenceService:
             if started_ns:
                 tracing.step(ctx, "validate", started_ns)
             key = None
-        cache = self._cache_for(entry, ctx)
-        if cache is None:
+        cached = self._cache_for(entry, ctx)
+        if cached is None:
             outputs = await self._run_plan(entry, signature, request.inputs, wanted, batch, ctx)
         else:
+            cache, ttl_s = cached
             key = key or tensor_key(entry.cache_scope(ctx), request.inputs, wanted)
             outputs, ctx.cache = await cache.fetch(
                 entry.name,
                 key,
-                entry.cache_ttl_s,  # type: ignore[arg-type]  # not None: _cache_for gave a cache
+                ttl_s,
                 TENSORS,
                 lambda: self._run_plan(entry, signature, request.inputs, wanted, batch, ctx),
                 ctx.remaining_s(),
@@ -345,17 +346,18 @@ class InferenceService:
             ctx.backend_model = result.body.get("model")  # the vendor's exact model version
             return result
 
-        cache = self._cache_for(entry, ctx)
+        cached = self._cache_for(entry, ctx)
         temperature = request.body.get("temperature", 1.0)  # OpenAI's default samples
-        if cache is None or not (entry.cache_sampled or temperature == 0):
-            if cache is not None:
+        if cached is None or not (entry.cache_sampled or temperature == 0):
+            if cached is not None:
                 ctx.cache = "bypass"
             return await compute()
+        cache, ttl_s = cached
         key = json_key(entry.cache_scope(ctx), _chat_cache_document(request.body))
         result, ctx.cache = await cache.fetch(
             entry.name,
             key,
-            entry.cache_ttl_s,  # type: ignore[arg-type]  # not None: _cache_for gave a cache
+            ttl_s,
             CHAT,
             compute,
             ctx.remaining_s(),
@@ -407,14 +409,15 @@ class InferenceService:
             self._account(entry, ctx, result.usage)
             return result
 
-        cache = self._cache_for(entry, ctx)
-        if cache is None:
+        cached = self._cache_for(entry, ctx)
+        if cached is None:
             return await compute()
+        cache, ttl_s = cached
         key = json_key(entry.cache_scope(ctx), [texts, dimensions])
         result, ctx.cache = await cache.fetch(
             entry.name,
             key,
-            entry.cache_ttl_s,  # type: ignore[arg-type]  # not None: _cache_for gave a cache
+            ttl_s,
             EMBEDDINGS,
             compute,
             ctx.remaining_s(),
@@ -423,16 +426,18 @@ class InferenceService:
             ctx.cost_usd = 0.0
         return result
 
-    def _cache_for(self, entry: ModelEntry, ctx: RequestContext) -> CacheFetch | None:
-        """The cache, if this request may use it (x-gateway-cache says which way)."""
-        if entry.cache_ttl_s is None or self.cache is None:
+    def _cache_for(self, entry: ModelEntry, ctx: RequestContext) -> tuple[CacheFetch, float] | None:
+        """The cache and the model's TTL, if this request may use the cache
+        (x-gateway-cache says which way)."""
+        ttl_s = entry.cache_ttl_s
+        if ttl_s is None or self.cache is None:
             return None
         if ctx.no_cache:
             count_bypass(entry.name)
             return None
         if tracing.ENABLED:
-            return tracing.CacheLookup(self.cache, ctx)
-        return self.cache
+            return tracing.CacheLookup(self.cache, ctx), ttl_s
+        return self.cache, ttl_s
 
     async def _entry_of_kind(self, name: str, kind: str, ctx: RequestContext) -> ModelEntry:
         entry = self.admit(name, ctx)
