@@ -1,14 +1,14 @@
 """Config -> runtime objects: backends (with their limits and health), model
-entries and routes, tenants, shared state (Redis, cache, rate limits), SLOs
-and audit, checked completely before anything serves. On reload, what did not
-change is taken over from the previous runtime."""
+entries and routes, and SLOs, with the tenants and admin key of
+runtime_access.py and the shared state of runtime_shared.py (Redis, cache,
+rate limits, audit), checked completely before anything serves. On reload,
+what did not change is taken over from the previous runtime."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,19 +25,18 @@ from gateway.config.schema import (
     OnnxBackendConfig,
     SignatureConfig,
 )
-from gateway.core.auth import Tenant, Tenants, key_digest
 from gateway.core.llm import ChatBackend, EmbeddingBackend, Price
 from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.signature import Signature, TensorSpec, compatibility_problems
-from gateway.observe import redact
-from gateway.observe.audit import AuditLog, audit_log
+from gateway.observe.audit import AuditLog
 from gateway.observe.slo import SloTracker
 from gateway.routing.batching import BatchPolicy
 from gateway.routing.cache import ResponseCache
 from gateway.routing.limits import QueuedBackend
-from gateway.routing.ratelimit import RateLimiter
 from gateway.routing.resilience import BackendHealth, BreakerPolicy
 from gateway.routing.router import Attempt, Route, Shadow
+from gateway.runtime_access import admin_key_digest, build_tenants
+from gateway.runtime_shared import build_audit, build_rate_limiter, build_shared_state
 
 if TYPE_CHECKING:
     from gateway.config.loader import Path_
@@ -137,9 +136,9 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
             ),
         )
 
-    tenants = _tenants(loaded, problems)
-    redis, cache = _shared_state(loaded, previous, problems)
-    admin_digest = _admin_key_digest(loaded, problems)
+    tenants = build_tenants(loaded, problems)
+    redis, cache = build_shared_state(loaded, previous, problems)
+    admin_digest = admin_key_digest(loaded, problems)
 
     models: dict[str, ModelEntry] = {}
     for name, model in config.models.items():
@@ -164,7 +163,7 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
             if name not in reused:
                 _close_quietly(backend)
         raise ConfigError(str(loaded.source or "<config>"), [str(exc)]) from None
-    audit = _audit(loaded, previous)
+    audit = build_audit(loaded, previous)
     return Runtime(
         loaded=loaded,
         backends=backends,
@@ -174,7 +173,7 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
             cache,
             slo,
             audit=audit,
-            ratelimit=_rate_limiter(loaded, redis, previous),
+            ratelimit=build_rate_limiter(loaded, redis, previous),
         ),
         health=health,
         cache=cache,
@@ -182,119 +181,6 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
         audit=audit,
         admin_key_digest=admin_digest,
     )
-
-
-def _admin_key_digest(loaded: LoadedConfig, problems: list[str]) -> bytes | None:
-    """The admin key's sha256 digest (the key itself is not kept), or None when
-    `server.admin_key_env` is not set."""
-    admin_env = loaded.config.server.admin_key_env
-    if not admin_env:
-        return None
-    key = os.environ.get(admin_env)
-    if not key:
-        problems.append(
-            f"{loaded.where(('server', 'admin_key_env'))}: environment variable "
-            f"{admin_env} is not set"
-        )
-        return None
-    digest = key_digest(key)
-    redact.remember_digest(digest, len(key))
-    return digest
-
-
-def _audit(loaded: LoadedConfig, previous: Runtime | None) -> AuditLog | None:
-    """The audit log `audit:` asks for: the previous runtime's while unchanged."""
-    config = loaded.config
-    if (
-        previous is not None
-        and previous.audit is not None
-        and previous.loaded.config.audit == config.audit
-    ):
-        audit: AuditLog | None = previous.audit.retain()
-    else:
-        section = config.audit
-        audit = audit_log(
-            section.sink,
-            str(loaded.resolve_path(section.path)) if section.path else None,
-            section.max_bytes,
-            section.backups,
-            section.flush_interval_ms / 1000.0,
-            max_unwritten_records=section.max_unwritten_records,
-            fsync_interval_s=section.fsync_interval_ms / 1000.0,
-        )
-    if audit is not None:
-        # What a vendor backend runs unless its answer names a more exact version.
-        audit.backend_models = {
-            name: b.model for name, b in config.backends.items() if b.type in VENDOR_TYPES
-        }
-    return audit
-
-
-def _rate_limiter(loaded: LoadedConfig, redis: Any, previous: Runtime | None) -> RateLimiter | None:
-    """Tenant limits (shared through Redis when configured); the previous
-    runtime's while tenants and Redis are unchanged, so a reload does not reset
-    the per-replica fallback's memory."""
-    config = loaded.config
-    if not any(t.rate_limit for t in config.tenants):
-        return None
-    if (
-        previous is not None
-        and previous.service.ratelimit is not None
-        and previous.loaded.config.tenants == config.tenants
-        and previous.redis is redis
-    ):
-        return previous.service.ratelimit
-    return RateLimiter.for_tenants(config.tenants, redis)
-
-
-def _shared_state(
-    loaded: LoadedConfig, previous: Runtime | None, problems: list[str]
-) -> tuple[Any, ResponseCache | None]:
-    """The Redis client and the response cache: taken over from the previous
-    runtime when their settings did not change, so a reload keeps the cache warm."""
-    config = loaded.config
-    cached = any(m.cache for m in config.models.values())
-    signing_key = _cache_signing_key(loaded, problems) if cached else None
-    if (
-        previous is not None
-        and previous.loaded.config.redis == config.redis
-        and previous.loaded.config.cache == config.cache
-        and (previous.cache is not None) == cached
-        and (previous.cache is None or previous.cache.signing_key == signing_key)
-    ):
-        return previous.redis, previous.cache
-    redis = None
-    if config.redis is not None:
-        from gateway.redis_client import SharedRedis
-
-        redis = SharedRedis(config.redis.url, timeout_ms=config.redis.timeout_ms)
-    if not cached:
-        return redis, None
-    return redis, ResponseCache(
-        config.cache.max_bytes, redis, config.cache.lock_ttl_ms, signing_key=signing_key
-    )
-
-
-def _cache_signing_key(loaded: LoadedConfig, problems: list[str]) -> bytes | None:
-    """The secret that signs cached values in Redis (None: a key of this process's
-    own, enough for the in-process tier alone)."""
-    config = loaded.config
-    env = config.cache.signing_key_env
-    if env is None:
-        if config.redis is not None:
-            problems.append(
-                f"{loaded.where(('cache',))}: signing_key_env is required when answers are "
-                "cached in Redis: replicas sign and check shared values with that key, so a "
-                "value written to Redis by anyone else is never served"
-            )
-        return None
-    value = os.environ.get(env)
-    if not value:
-        problems.append(
-            f"{loaded.where(('cache', 'signing_key_env'))}: environment variable {env} is not set"
-        )
-        return None
-    return value.encode()
 
 
 def _load_backend(
@@ -314,33 +200,6 @@ def _load_backend(
         )
     # Vendor backends hold their own limiter: a slot lasts a whole call or stream.
     return build_backend(name, backend_config, loaded.resolve_path)
-
-
-def _tenants(loaded: LoadedConfig, problems: list[str]) -> Tenants:
-    """Each tenant under the sha256 digest of each of its keys (`key_env`: one
-    variable or a list, for rotation); the keys themselves are not kept."""
-    by_digest: dict[bytes, Tenant] = {}
-    for i, tenant in enumerate(loaded.config.tenants):
-        entry = Tenant(tenant.name, None if tenant.models is None else frozenset(tenant.models))
-        listed = not isinstance(tenant.key_env, str)
-        for j, env in enumerate(tenant.key_envs()):
-            where = loaded.where(
-                ("tenants", i, "key_env", j) if listed else ("tenants", i, "key_env")
-            )
-            key = os.environ.get(env)
-            if not key:
-                problems.append(f"{where}: environment variable {env} is not set")
-                continue
-            digest = key_digest(key)
-            owner = by_digest.get(digest)
-            if owner is not None and owner.name != tenant.name:
-                problems.append(
-                    f"{where}: tenants '{owner.name}' and '{tenant.name}' have the same key"
-                )
-                continue
-            by_digest[digest] = entry
-            redact.remember_digest(digest, len(key))
-    return Tenants(by_digest)
 
 
 def _model_entry(

@@ -43,17 +43,8 @@ from gateway.observe.audit import AuditLog
 from gateway.observe.metrics import COST, TOKENS, FastChildren, fast_inc
 from gateway.observe.requests import observe_request
 from gateway.observe.slo import SloTracker, availability_of
-from gateway.routing.cache import (
-    CHAT,
-    EMBEDDINGS,
-    TENSORS,
-    CacheFetch,
-    ResponseCache,
-    count_bypass,
-    count_local_hit,
-    json_key,
-    tensor_key,
-)
+from gateway.routing.cache import CacheFetch, ResponseCache, count_bypass, count_local_hit
+from gateway.routing.cache_codecs import CHAT, EMBEDDINGS, TENSORS, json_key, tensor_key
 from gateway.routing.ratelimit import RateLimiter
 from gateway.routing.router import Route
 

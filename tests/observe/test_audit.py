@@ -19,7 +19,8 @@ from gateway.app import build_runtime
 from gateway.config.loader import ConfigError, parse_config
 from gateway.config.schema import ServerConfig
 from gateway.core.types import RequestContext
-from gateway.observe.audit import AuditLog, RotatingFileSink, StdoutSink
+from gateway.observe.audit import AuditLog
+from gateway.observe.audit_sinks import RotatingFileSink, StdoutSink
 from tests.observe.inprocess import (
     DIGITS_BODY,
     VENDOR_KEY,
