@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
+from gateway.admission.batching import BatchPolicy
+from gateway.admission.queue import QueuedBackend
 from gateway.backends.base import Backend, ConfiguredBackend
 from gateway.backends.factory import build_backend
 from gateway.backends.tensor_embedder import TensorEmbedder
@@ -26,13 +28,12 @@ from gateway.config.schema import (
     SignatureConfig,
 )
 from gateway.core.llm import ChatBackend, EmbeddingBackend, Price
-from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.signature import Signature, TensorSpec, compatibility_problems
 from gateway.observe.audit import AuditLog
 from gateway.observe.slo import SloTracker
-from gateway.routing.batching import BatchPolicy
+from gateway.pipeline.entry import ModelEntry
+from gateway.pipeline.service import InferenceService
 from gateway.routing.cache import ResponseCache
-from gateway.routing.limits import QueuedBackend
 from gateway.routing.resilience import BackendHealth, BreakerPolicy
 from gateway.routing.router import Attempt, Route, Shadow
 from gateway.runtime_access import admin_key_digest, build_tenants

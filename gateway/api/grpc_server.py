@@ -38,8 +38,8 @@ from gateway.api.v2_grpc import (
 from gateway.config.schema import ServerConfig
 from gateway.config.tls import TlsFiles
 from gateway.core.errors import GatewayError
-from gateway.core.service import InferenceService
 from gateway.fd_budget import connection_budget
+from gateway.pipeline.service import InferenceService
 
 log = logging.getLogger("gateway.api.grpc_server")
 

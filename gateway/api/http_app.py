@@ -16,7 +16,7 @@ from gateway import __version__
 from gateway.api.admin import ConfigControl, admin_routes
 from gateway.api.openai import OpenAIApi
 from gateway.api.v2_http import V2HttpApi
-from gateway.core.service import InferenceService
+from gateway.pipeline.service import InferenceService
 
 InferAsgi = Callable[[Scope, Receive, Send, dict[str, str]], Awaitable[None]]
 

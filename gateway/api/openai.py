@@ -33,8 +33,8 @@ from gateway.api.http_request import (
 )
 from gateway.core.errors import GatewayError, InvalidInput
 from gateway.core.llm import ChatRequest, ChatStream
-from gateway.core.service import InferenceService
 from gateway.core.types import RequestContext
+from gateway.pipeline.service import InferenceService
 
 log = logging.getLogger("gateway.api.openai")
 

@@ -35,10 +35,11 @@ from gateway.api.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.api.v2_grpc_codec import decode_infer_request, encode_infer_response
 from gateway.api.v2_http import EXTENSIONS, PLATFORM
 from gateway.core.errors import ErrorKind, GatewayError, InvalidInput
-from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.types import RequestContext
 from gateway.observe import tracing
 from gateway.observe.logs import CURRENT_REQUEST
+from gateway.pipeline.entry import ModelEntry
+from gateway.pipeline.service import InferenceService
 
 log = logging.getLogger("gateway.api.v2_grpc")
 

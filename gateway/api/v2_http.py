@@ -31,9 +31,10 @@ from gateway.api.http_request import (
 )
 from gateway.api.v2_codec import decode_infer_request, encode_infer_response
 from gateway.core.errors import GatewayError
-from gateway.core.service import InferenceService, ModelEntry
 from gateway.core.types import InferRequest, InferResponse, RequestContext
 from gateway.observe import tracing
+from gateway.pipeline.entry import ModelEntry
+from gateway.pipeline.service import InferenceService
 
 log = logging.getLogger("gateway.api.v2")
 

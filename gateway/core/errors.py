@@ -34,7 +34,7 @@ class GatewayError(Exception):
     kind: ErrorKind = ErrorKind.BACKEND_FAILED
     default_reason: str = "error"
     tries: int = 1  # HTTP tries a backend made before giving up (its retries included)
-    # Set by core.plan on the failure of a hedged pair (where the plan goes on);
+    # Set by pipeline.plan on the failure of a hedged pair (where the plan goes on);
     # declared only, so unset elsewhere: read them with getattr and a default.
     plan_next: int
     plan_backend: str

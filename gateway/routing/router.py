@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.errors import GatewayError
+from gateway.core.types import RequestContext
 from gateway.routing.resilience import BackendHealth, BreakerPolicy
 
 
@@ -95,3 +96,26 @@ class Route:
             (i for i, edge in enumerate(self._cumulative) if point < edge), len(self.attempts) - 1
         )
         return (self.attempts[first], *tuple(a for i, a in enumerate(self.attempts) if i != first))
+
+
+def sticky_key(route: Route, ctx: RequestContext) -> str | None:
+    if route.sticky_tenant:
+        return ctx.tenant
+    if route.sticky_header is not None and ctx.headers is not None:
+        value = ctx.headers.get(route.sticky_header)
+        if value is None:
+            return None
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        # Per tenant: one tenant's callers never pick another's variants by
+        # sending the same header value.
+        return text if ctx.tenant is None else f"{ctx.tenant}\x00{text}"
+    return None
+
+
+def sticky_variant(route: Route, ctx: RequestContext) -> str | None:
+    """The backend a sticky weighted route sends this caller to first (None when
+    the route does not stick, or this caller has no sticky key)."""
+    if not (route.sticky_tenant or route.sticky_header is not None):
+        return None
+    key = sticky_key(route, ctx)
+    return None if key is None else route.plan(key)[0].backend.name

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.admission.slots import ConcurrencyLimiter
 from gateway.backends.vendors.anthropic_shape import (
     AnthropicStreamTranslator,
     UnsupportedRequest,
@@ -27,7 +28,6 @@ from gateway.backends.vendors.sse import parse_sse
 from gateway.config.schema import AnthropicBackendConfig
 from gateway.core.errors import BackendFailed, InvalidInput
 from gateway.core.llm import ChatRequest, ChatResult, Usage
-from gateway.routing.concurrency import ConcurrencyLimiter
 
 
 class AnthropicBackend(VendorBackend):

@@ -10,12 +10,12 @@ from typing import Any
 
 import aiohttp
 
+from gateway.admission.slots import ConcurrencyLimiter
 from gateway.backends.vendors.http import RetryPolicy, VendorClient
 from gateway.config.schema import VendorBackendCommon
 from gateway.core.errors import BackendFailed, DeadlineExceeded, GatewayError
 from gateway.core.llm import Usage
 from gateway.observe import redact
-from gateway.routing.concurrency import ConcurrencyLimiter
 
 
 def api_key(env_name: str | None, backend: str) -> str | None:

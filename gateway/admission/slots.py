@@ -1,6 +1,6 @@
 """Admission for backends whose calls are I/O (vendor APIs): at most
 `max_concurrency` calls (or open streams) in flight, at most `max_queue`
-waiting, deadlines while waiting. The same rules as `limits.QueuedBackend`,
+waiting, deadlines while waiting. The same rules as `queue.QueuedBackend`,
 without its batching and execution slots: a slot is held for a whole call.
 """
 

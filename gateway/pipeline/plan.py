@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,10 +29,8 @@ from gateway.observe.metrics import (
     FastChildren,
     fast_observe,
 )
-from gateway.routing.router import Attempt, Route, Shadow, fallback_class
-
-if TYPE_CHECKING:
-    from gateway.core.service import ModelEntry
+from gateway.pipeline.entry import ModelEntry
+from gateway.routing.router import Attempt, Shadow, fallback_class, sticky_key
 
 log = logging.getLogger("gateway.service")
 
@@ -59,7 +57,7 @@ async def run_plan(
     also asked once `hedge_delay_s` passes without an answer.
     """
     route = entry.route
-    plan = route.plan(_sticky_key(route, ctx))
+    plan = route.plan(sticky_key(route, ctx))
     errors: list[tuple[str, GatewayError]] = []
     ctx.failures = errors  # for the audit record: the fallbacks this request took
     hop_from: tuple[str, str] | None = None  # (backend, reason) we are falling back from
@@ -204,29 +202,6 @@ async def _hedged(
     finally:
         for task in pending:
             task.cancel()
-
-
-def _sticky_key(route: Route, ctx: RequestContext) -> str | None:
-    if route.sticky_tenant:
-        return ctx.tenant
-    if route.sticky_header is not None and ctx.headers is not None:
-        value = ctx.headers.get(route.sticky_header)
-        if value is None:
-            return None
-        text = value.decode("latin-1") if isinstance(value, bytes) else value
-        # Per tenant: one tenant's callers never pick another's variants by
-        # sending the same header value.
-        return text if ctx.tenant is None else f"{ctx.tenant}\x00{text}"
-    return None
-
-
-def sticky_variant(route: Route, ctx: RequestContext) -> str | None:
-    """The backend a sticky weighted route sends this caller to first (None when
-    the route does not stick, or this caller has no sticky key)."""
-    if not (route.sticky_tenant or route.sticky_header is not None):
-        return None
-    key = _sticky_key(route, ctx)
-    return None if key is None else route.plan(key)[0].backend.name
 
 
 def _time_left(ctx: RequestContext) -> bool:

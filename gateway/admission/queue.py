@@ -32,6 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gateway.admission.batching import (
+    BatchPolicy,
+    batch_key,
+    concat_inputs,
+    rows_of,
+    split_outputs,
+)
 from gateway.backends.base import Backend
 from gateway.core.errors import BackendFailed, DeadlineExceeded, GatewayError, Overloaded
 from gateway.core.signature import TensorSpec
@@ -44,18 +51,11 @@ from gateway.observe.metrics import (
     SHED,
     fast_observe,
 )
-from gateway.routing.batching import (
-    BatchPolicy,
-    batch_key,
-    concat_inputs,
-    rows_of,
-    split_outputs,
-)
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
-log = logging.getLogger("gateway.routing.limits")
+log = logging.getLogger("gateway.admission.queue")
 
 # How far past the head of the queue the batcher looks for batch-mates.
 _SCAN_FACTOR = 4

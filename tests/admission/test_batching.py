@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from gateway.admission.batching import BatchPolicy, batch_key, concat_inputs, split_outputs
 from gateway.core.errors import BackendFailed
-from gateway.routing.batching import BatchPolicy, batch_key, concat_inputs, split_outputs
 
 
 def test_target_is_the_largest_preferred_size_that_fits() -> None:
