@@ -16,18 +16,18 @@ import orjson
 
 from gateway.admission.batching import BatchPolicy
 from gateway.admission.queue import QueuedBackend
+from gateway.admission.slots import ConcurrencyLimiter, SlottedBackend
 from gateway.backends.base import Backend, ConfiguredBackend
-from gateway.backends.factory import build_backend
+from gateway.backends.registry import backend_type
 from gateway.backends.tensor_embedder import TensorEmbedder
 from gateway.config.loader import ConfigError, LoadedConfig
 from gateway.config.schema import (
-    VENDOR_TYPES,
-    BackendConfig,
+    BackendCommon,
+    BatchingConfig,
     ModelConfig,
-    OnnxBackendConfig,
     SignatureConfig,
 )
-from gateway.core.llm import ChatBackend, EmbeddingBackend, Price
+from gateway.core.llm import Price
 from gateway.core.signature import Signature, TensorSpec, compatibility_problems
 from gateway.observe.audit import AuditLog
 from gateway.observe.slo import SloTracker
@@ -85,10 +85,9 @@ def to_signature(config: SignatureConfig) -> Signature:
     )
 
 
-def batch_policy(config: BackendConfig) -> BatchPolicy | None:
-    if not isinstance(config, OnnxBackendConfig) or config.batching is None:
+def batch_policy(batching: BatchingConfig | None) -> BatchPolicy | None:
+    if batching is None:
         return None
-    batching = config.batching
     return BatchPolicy(
         max_batch_size=batching.max_batch_size,
         max_queue_delay_s=batching.max_queue_delay_us / 1e6,
@@ -185,22 +184,24 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
 
 
 def _load_backend(
-    name: str, backend_config: BackendConfig, loaded: LoadedConfig
+    name: str, backend_config: BackendCommon, loaded: LoadedConfig
 ) -> ConfiguredBackend:
-    if isinstance(backend_config, OnnxBackendConfig):
-        return QueuedBackend(
-            build_backend(name, backend_config, loaded.resolve_path),
-            max_concurrency=backend_config.max_concurrency,
-            max_queue=backend_config.max_queue,
-            batching=batch_policy(backend_config),
-            max_queue_wait_s=(
-                None
-                if backend_config.max_queue_wait_ms is None
-                else backend_config.max_queue_wait_ms / 1000.0
-            ),
-        )
-    # Vendor backends hold their own limiter: a slot lasts a whole call or stream.
-    return build_backend(name, backend_config, loaded.resolve_path)
+    """The backend its type builds, behind the admission its type asks for."""
+    kind = backend_type(backend_config.type)
+    backend = kind.build(name, backend_config, loaded.resolve_path)
+    if kind.admission == "slots":
+        limiter = ConcurrencyLimiter(name, backend_config.max_concurrency, backend_config.max_queue)
+        return SlottedBackend(backend, limiter)
+    # Queue settings only a "queue" type's config has (config.loader refuses them elsewhere).
+    max_queue_wait_ms: float | None = getattr(backend_config, "max_queue_wait_ms", None)
+    batching: BatchingConfig | None = getattr(backend_config, "batching", None)
+    return QueuedBackend(
+        backend,
+        max_concurrency=backend_config.max_concurrency,
+        max_queue=backend_config.max_queue,
+        batching=batch_policy(batching),
+        max_queue_wait_s=None if max_queue_wait_ms is None else max_queue_wait_ms / 1000.0,
+    )
 
 
 def _model_entry(
@@ -303,8 +304,9 @@ def _model_entry(
 
 def _cache_prefix(name: str, model: ModelConfig, loaded: LoadedConfig) -> bytes:
     """What a cached answer depends on besides the request: the model's version,
-    signature and route, and the config of every backend it may come from (a
-    changed model file path or vendor model is a different answer)."""
+    signature and route, and what each backend it may come from declares its
+    answers depend on (its type's `cache_identity`: a model file, a vendor
+    model...), so that a changed one is a different answer."""
     names = list(model.route.backend_names())
     document = {
         "model": name,
@@ -313,7 +315,8 @@ def _cache_prefix(name: str, model: ModelConfig, loaded: LoadedConfig) -> bytes:
         "route": model.route.model_dump(mode="json", exclude={"shadow", "hedge", "sticky"}),
         "backends": {
             n: loaded.config.backends[n].model_dump(
-                mode="json", include={"type", "path", "model", "base_url", "tokenizer"}
+                mode="json",
+                include=set(backend_type(loaded.config.backends[n].type).cache_identity),
             )
             for n in names
             if n in loaded.config.backends
@@ -328,27 +331,16 @@ def _for_kind(
     model: ModelConfig,
     signature: Signature | None,
     backend: ConfiguredBackend,
-    config: BackendConfig,
+    config: BackendCommon,
 ) -> object | str:
     """The backend as this model's kind uses it, or why it cannot serve that kind."""
-    is_vendor = config.type in VENDOR_TYPES
-    if model.kind == "tensor":
-        return (
-            "is a vendor API and serves chat or embeddings models, not tensors"
-            if is_vendor
-            else backend
-        )
-    if model.kind == "chat":
-        return (
-            backend
-            if isinstance(backend, ChatBackend)
-            else f"(type {config.type}) cannot serve chat completions"
-        )
-    # embeddings: a vendor's embeddings API, or a local text -> vectors model
-    if isinstance(backend, EmbeddingBackend) and is_vendor:
+    kinds = backend_type(config.type).kinds
+    if model.kind in kinds:
         return backend
-    if is_vendor:
-        return f"(type {config.type}) has no embeddings API"
+    if model.kind != "embeddings" or "tensor" not in kinds:
+        served = " or ".join(sorted(kinds))
+        return f"(type {config.type}) serves {served} models, not {model.kind}"
+    # embeddings from a local tensor model: text -> vectors through its signature
     if (
         signature is None
         or len(signature.inputs) != 1
@@ -361,7 +353,7 @@ def _for_kind(
             "is a local model: the embeddings model needs a signature of one BYTES [-1] "
             "input and one FP32 [-1, dim] output to call it"
         )
-    local = cast(Backend, backend)  # not a vendor's: a local model's (QueuedBackend)
+    local = cast(Backend, backend)  # a "tensor" type's, behind its queue
     specs = local.io_specs()
     if specs is not None:
         problems = compatibility_problems(signature, *specs)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from gateway.backends.registry import backend_type
 from gateway.config.loader import LoadedConfig
-from gateway.config.schema import VENDOR_TYPES
 from gateway.observe.audit import AuditLog, audit_log
 from gateway.routing.cache import ResponseCache
 from gateway.routing.ratelimit import RateLimiter
@@ -110,7 +110,6 @@ def build_audit(loaded: LoadedConfig, previous: Runtime | None) -> AuditLog | No
         )
     if audit is not None:
         # What a vendor backend runs unless its answer names a more exact version.
-        audit.backend_models = {
-            name: b.model for name, b in config.backends.items() if b.type in VENDOR_TYPES
-        }
+        served = {n: backend_type(b.type).served_model(b) for n, b in config.backends.items()}
+        audit.backend_models = {n: m for n, m in served.items() if m is not None}
     return audit

@@ -24,7 +24,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 
 import gateway
-from gateway.config.schema import GatewayConfig
+from gateway.config.loader import document_model
 from gateway.observe import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,11 +224,13 @@ def _models_in(annotation: object) -> Iterator[tuple[str, type[BaseModel]]]:
 
 
 def _config_keys(
-    model: type[BaseModel] = GatewayConfig, path: str = ""
+    model: type[BaseModel] | None = None, path: str = ""
 ) -> Iterator[tuple[str, str]]:
     """(path of the section, key) of every key of the config, every backend type
     included: ("", "server"), ("server.grpc", "engine"), ("tenants[].rate_limit",
     "requests_per_minute"), ("backends.<name>", "path"), ..."""
+    if model is None:
+        model = document_model()  # every registered backend type's keys too
     for key, field in model.model_fields.items():
         yield path, key
         for suffix, inner in _models_in(field.annotation):

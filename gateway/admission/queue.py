@@ -161,7 +161,7 @@ class QueuedBackend:
         return self._waiting > 0 or any(s is not None for s in self._running_since)
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float | None
+        self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
     ) -> dict[str, np.ndarray]:
         if self._check_request is not None:
             self._check_request(inputs)
@@ -195,7 +195,11 @@ class QueuedBackend:
         # The deadline is a timer that fails the future; not asyncio.wait_for(shield()),
         # which costs two more futures, a callback chain and several running-loop
         # lookups (each a getpid() system call on Python 3.11) per request.
-        timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, work.future)
+        timer = (
+            None
+            if deadline is None
+            else loop.call_later(deadline - work.enqueued, _expire, work.future)
+        )
         try:
             return await work.future
         except TimeoutError:

@@ -1,7 +1,8 @@
 """Admission for backends whose calls are I/O (vendor APIs): at most
 `max_concurrency` calls (or open streams) in flight, at most `max_queue`
 waiting, deadlines while waiting. The same rules as `queue.QueuedBackend`,
-without its batching and execution slots: a slot is held for a whole call.
+without its batching and execution slots: a slot is held for a whole call,
+and by a stream until it ends (`SlottedBackend`).
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import AsyncGenerator
+from typing import Any
 
 from gateway.core.errors import DeadlineExceeded, Overloaded
+from gateway.core.llm import ChatRequest, ChatResult, ChatStream, EmbeddingResult, Usage
 from gateway.observe.metrics import INFLIGHT, QUEUE_DURATION, QUEUED, SHED, fast_observe
 
 
@@ -36,13 +40,14 @@ class ConcurrencyLimiter:
     def busy(self) -> bool:
         return self._running > 0 or bool(self._waiters)
 
-    async def acquire(self, timeout_s: float | None) -> None:
-        """Take a slot, waiting at most `timeout_s`; pair with `release()`."""
+    async def acquire(self, deadline: float | None) -> None:
+        """Take a slot, waiting until `deadline` (time.monotonic()) at most; pair
+        with `release()`."""
         if self._running < self.max_concurrency and not self._waiters:
             self._running += 1
             self._inflight.inc()
             return
-        if len(self._waiters) >= self.max_queue:
+        if len(self._waiters) > self.max_queue:
             self._shed_full.inc()
             raise Overloaded(
                 f"backend '{self.name}' is overloaded: {len(self._waiters)} requests waiting "
@@ -54,7 +59,9 @@ class ConcurrencyLimiter:
         self._queued.inc()
         enqueued = time.monotonic()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+            await asyncio.wait_for(
+                asyncio.shield(waiter), None if deadline is None else deadline - enqueued
+            )
         except (TimeoutError, asyncio.CancelledError) as exc:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # the slot was handed over just as we gave up
@@ -83,3 +90,82 @@ class ConcurrencyLimiter:
                 return
         self._running -= 1
         self._inflight.dec()
+
+
+class SlottedBackend:
+    """A backend whose calls are I/O (a vendor API) behind a `ConcurrencyLimiter`:
+    each call holds a slot, a stream holds its slot until it ends or is closed.
+    Keeps the chat and embeddings protocols of core/llm.py, so plans and the
+    pipeline do not know it is there."""
+
+    def __init__(self, backend: Any, limiter: ConcurrencyLimiter) -> None:
+        self.backend = backend
+        self.name: str = backend.name
+        self.limiter = limiter
+
+    def io_specs(self) -> None:
+        return None
+
+    def ready(self) -> bool:
+        return bool(self.backend.ready())
+
+    def busy(self) -> bool:
+        return self.limiter.busy()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def chat(self, request: ChatRequest, deadline: float) -> ChatResult:
+        await self.limiter.acquire(deadline)
+        try:
+            result: ChatResult = await self.backend.chat(request, deadline)
+            return result
+        finally:
+            self.limiter.release()
+
+    async def chat_stream(self, request: ChatRequest, deadline: float) -> ChatStream:
+        await self.limiter.acquire(deadline)
+        try:
+            stream = await self.backend.chat_stream(request, deadline)
+        except BaseException:
+            self.limiter.release()
+            raise
+        return _SlotHoldingStream(stream, self.limiter)
+
+    async def embed(
+        self, texts: list[str], deadline: float, dimensions: int | None = None
+    ) -> EmbeddingResult:
+        await self.limiter.acquire(deadline)
+        try:
+            result: EmbeddingResult = await self.backend.embed(texts, deadline, dimensions)
+            return result
+        finally:
+            self.limiter.release()
+
+
+class _SlotHoldingStream:
+    """A stream that gives its slot back once, when it ends or is closed."""
+
+    def __init__(self, stream: ChatStream, limiter: ConcurrencyLimiter) -> None:
+        self._stream = stream
+        self._limiter: ConcurrencyLimiter | None = limiter
+        self.tries = stream.tries
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._stream.usage
+
+    async def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        limiter, self._limiter = self._limiter, None
+        try:
+            await self._stream.aclose()
+        finally:
+            if limiter is not None:
+                limiter.release()

@@ -6,9 +6,12 @@ whatever it serves: reloads and shutdown rely on `busy()` and `close()`.
 `Backend` adds tensor inference. Chat and embeddings backends keep the
 protocols of `core/llm.py` besides `ConfiguredBackend`.
 
-Adding a backend type today: a module with a class that keeps these
-contracts, its config model in `config/schema.py` (the `BackendConfig` union
-and `BACKEND_CONFIGS`) and its construction in `backends/factory.py`.
+A backend type is one module: its config model, a class that keeps these
+contracts, and its registration (backends/registry.py). Backends only do
+I/O: queues, slots and deadlines while waiting are admission's
+(gateway/admission/), which the runtime puts in front of every backend.
+Deadlines are absolute, on the `time.monotonic()` clock, computed once per
+attempt by the pipeline (pipeline/plan.py).
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ class Backend(ConfiguredBackend, Protocol):
     `infer` receives validated inputs (numpy arrays, batch dimension first when
     the signature is batched) and the output names wanted, and returns those
     outputs. It raises `GatewayError`s: `BackendFailed` for its own failures,
-    `DeadlineExceeded` when `timeout_s` runs out.
+    `DeadlineExceeded` when `deadline` passes (None: no deadline).
     """
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float | None
+        self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
     ) -> dict[str, np.ndarray]: ...

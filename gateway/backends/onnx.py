@@ -18,15 +18,26 @@ import asyncio
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 import onnxruntime as ort
+from pydantic import Field
 
 from gateway.backends.preprocess import TextTokenizer
 from gateway.backends.providers import ProviderUnavailable, select_providers, uses_gpu
-from gateway.config.schema import OnnxBackendConfig
+from gateway.backends.registry import BackendType, register
+from gateway.config.schema import (
+    BackendCommon,
+    BatchingConfig,
+    ProviderName,
+    TokenizerConfig,
+    cpu_only,
+)
 from gateway.core.datatypes import NUMPY_DTYPES, ONNX_TYPES
 from gateway.core.errors import BackendFailed, DeadlineExceeded, InvalidInput
 from gateway.core.signature import TensorSpec
@@ -42,6 +53,29 @@ _OPTIMIZATION = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+class OnnxBackendConfig(BackendCommon):
+    keys_of_other_types: ClassVar[dict[str, str]] = {
+        "retries": "an execution that failed fails the same way again; to try elsewhere, "
+        "add a fallback backend to the model's route",
+    }
+
+    type: Literal["onnx"]
+    path: str
+    # Optional latency bound on the queue: refuse at once what would wait longer
+    # (predicted from the running executions and the recent execution time).
+    max_queue_wait_ms: float | None = Field(None, ge=0)
+    # Tried in order, keeping those this onnxruntime build offers.
+    providers: list[ProviderName] = Field(default_factory=cpu_only, min_length=1)
+    # Refuse to load rather than fall back to CPU when no GPU provider is usable.
+    require_gpu: bool = False
+    # None: cores / max_concurrency, so concurrent runs do not oversubscribe the CPU.
+    intra_op_threads: int | None = Field(None, ge=1)
+    inter_op_threads: int | None = Field(None, ge=1)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    batching: BatchingConfig | None = None
+    tokenizer: TokenizerConfig | None = None
 
 
 class BackendLoadError(Exception):
@@ -240,15 +274,15 @@ class OnnxBackend:
         return joined
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float | None
+        self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
     ) -> dict[str, np.ndarray]:
         future = asyncio.get_running_loop().run_in_executor(
             self._pool, self._run, dict(inputs), outputs
         )
-        if timeout_s is None:
+        if deadline is None:
             return await future
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            return await asyncio.wait_for(future, deadline - time.monotonic())
         except TimeoutError:
             raise DeadlineExceeded(
                 f"backend '{self.name}' did not answer within the deadline"
@@ -277,3 +311,25 @@ def _to_str(value: object) -> str:
 
 def _to_bytes(value: str | bytes) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _build(
+    name: str, config: OnnxBackendConfig, resolve_path: Callable[[str], Path]
+) -> OnnxBackend:
+    tokenizer = None
+    if config.tokenizer is not None:
+        tokenizer = TextTokenizer(config.tokenizer, resolve_path(config.tokenizer.path))
+    return OnnxBackend(name, config, resolve_path(config.path), tokenizer)
+
+
+BACKEND_TYPE = register(
+    BackendType(
+        name="onnx",
+        config=OnnxBackendConfig,
+        build=_build,
+        kinds=frozenset({"tensor"}),
+        # The graph, and the tokenizer that turns text into its inputs.
+        cache_identity=("type", "path", "tokenizer"),
+        admission="queue",
+    )
+)

@@ -35,7 +35,7 @@ class TensorEmbedder:
         return self.backend.ready()
 
     async def embed(
-        self, texts: list[str], timeout_s: float, dimensions: int | None = None
+        self, texts: list[str], deadline: float, dimensions: int | None = None
     ) -> EmbeddingResult:
         if dimensions is not None and self.dimensions is not None and dimensions != self.dimensions:
             raise InvalidInput(
@@ -44,18 +44,16 @@ class TensorEmbedder:
             )
         step = self.part_rows or len(texts)
         if len(texts) <= step:
-            vectors = await self._embed_part(texts, timeout_s)
+            vectors = await self._embed_part(texts, deadline)
         else:
-            deadline = time.monotonic() + timeout_s
             parts: list[np.ndarray] = []
             for start in range(0, len(texts), step):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if deadline - time.monotonic() <= 0:
                     raise DeadlineExceeded(
                         f"backend '{self.name}' did not embed {len(texts)} texts within the "
                         f"deadline ({start} done, in parts of {step})"
                     )
-                part = await self._embed_part(texts[start : start + step], remaining)
+                part = await self._embed_part(texts[start : start + step], deadline)
                 if parts and part.shape[1] != parts[0].shape[1]:
                     raise BackendFailed(
                         f"backend '{self.name}' returned vectors of {parts[0].shape[1]} and "
@@ -66,10 +64,10 @@ class TensorEmbedder:
         # Local models have no token price: usage stays unknown rather than guessed.
         return EmbeddingResult(vectors, None)
 
-    async def _embed_part(self, texts: list[str], timeout_s: float) -> np.ndarray:
+    async def _embed_part(self, texts: list[str], deadline: float) -> np.ndarray:
         batch = np.empty(len(texts), dtype=object)
         batch[:] = [t.encode() for t in texts]
-        outputs = await self.backend.infer({self.input_name: batch}, [self.output_name], timeout_s)
+        outputs = await self.backend.infer({self.input_name: batch}, [self.output_name], deadline)
         vectors = outputs.get(self.output_name)
         if not isinstance(vectors, np.ndarray) or vectors.ndim != 2 or len(vectors) != len(texts):
             raise BackendFailed(f"backend '{self.name}' did not return one vector per text")

@@ -7,17 +7,19 @@ Errors name the YAML path and line of what is wrong
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 import yaml
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, create_model
 
-from gateway.config.schema import BACKEND_CONFIGS, NAME_PATTERN, GatewayConfig
+from gateway.backends.registry import backend_types
+from gateway.config.schema import NAME_PATTERN, GatewayConfig
 from gateway.config.tls import check_tls
 
 if TYPE_CHECKING:
@@ -85,6 +87,22 @@ def format_path(path: Path_) -> str:
     return text or "(top level)"
 
 
+@functools.cache
+def document_model() -> type[GatewayConfig]:
+    """The whole document's model: GatewayConfig with each entry of `backends`
+    validated as the registered type its `type` key names (so errors speak of
+    that type's keys only)."""
+    configs = tuple(t.config for t in backend_types().values())
+    entry: Any = (
+        configs[0] if len(configs) == 1 else Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 - built at run time
+    )
+    return create_model(
+        "GatewayConfig",
+        __base__=GatewayConfig,
+        backends=(dict[str, entry], Field(min_length=1)),
+    )
+
+
 def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> LoadedConfig:
     source = Path(path)
     try:
@@ -116,7 +134,7 @@ def parse_config(
     if problems:
         raise ConfigError(name, problems)
     try:
-        config = GatewayConfig.model_validate(expanded)
+        config = document_model().model_validate(expanded)
     except ValidationError as exc:
         for error in exc.errors():
             path = _clean_loc(error["loc"], expanded)
@@ -255,15 +273,16 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> Path_:
 
 
 def _looks_like_tag(part: str) -> bool:
-    return part in BACKEND_CONFIGS or part in {"str", "WeightedBackend"} or "[" in part
+    return part in backend_types() or part in {"str", "WeightedBackend"} or "[" in part
 
 
 def _key_of_another_type(loc: tuple[Any, ...]) -> str | None:
     """Why a key refused in a backend belongs to another backend type, if it does."""
     # pydantic's location of a key in a backend: ("backends", name, type tag, key)
-    if len(loc) != 4 or loc[0] != "backends" or loc[2] not in BACKEND_CONFIGS:
+    types = backend_types()
+    if len(loc) != 4 or loc[0] != "backends" or loc[2] not in types:
         return None
-    reason = BACKEND_CONFIGS[loc[2]].keys_of_other_types.get(loc[3])
+    reason = types[loc[2]].config.keys_of_other_types.get(loc[3])
     return None if reason is None else f"{loc[2]} backends do not take it: {reason}"
 
 

@@ -7,7 +7,7 @@ checked by `config.loader`, which reports every problem with its YAML path.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Final, Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -234,6 +234,10 @@ class CircuitBreakerConfig(Section):
 
 
 class BackendCommon(Section):
+    """What every backend type's config has. Each type's own model (in its module,
+    registered in gateway/backends/registry.py) narrows `type` to its name."""
+
+    type: str
     # Keys of another backend type that would do nothing in this one: refused
     # with the reason (config.loader), where any other unknown key is a typo.
     keys_of_other_types: ClassVar[dict[str, str]] = {}
@@ -248,7 +252,7 @@ class BackendCommon(Section):
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
 
 
-def _cpu_only() -> list[ProviderName]:
+def cpu_only() -> list[ProviderName]:
     return ["cpu"]
 
 
@@ -264,88 +268,6 @@ class TokenizerConfig(Section):
     # Texts one tensor request may carry (more: 400). Executions take at most
     # batching.max_batch_size texts (32 without batching); more run in chunks.
     max_texts: int = Field(128, ge=1)
-
-
-class OnnxBackendConfig(BackendCommon):
-    keys_of_other_types: ClassVar[dict[str, str]] = {
-        "retries": "an execution that failed fails the same way again; to try elsewhere, "
-        "add a fallback backend to the model's route",
-    }
-
-    type: Literal["onnx"]
-    path: str
-    # Optional latency bound on the queue: refuse at once what would wait longer
-    # (predicted from the running executions and the recent execution time).
-    max_queue_wait_ms: float | None = Field(None, ge=0)
-    # Tried in order, keeping those this onnxruntime build offers.
-    providers: list[ProviderName] = Field(default_factory=_cpu_only, min_length=1)
-    # Refuse to load rather than fall back to CPU when no GPU provider is usable.
-    require_gpu: bool = False
-    # None: cores / max_concurrency, so concurrent runs do not oversubscribe the CPU.
-    intra_op_threads: int | None = Field(None, ge=1)
-    inter_op_threads: int | None = Field(None, ge=1)
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    batching: BatchingConfig | None = None
-    tokenizer: TokenizerConfig | None = None
-
-
-class VendorBackendCommon(BackendCommon):
-    """A managed API reached over HTTP. The key is read from the environment
-    variable named here: never written in the file, never logged."""
-
-    keys_of_other_types: ClassVar[dict[str, str]] = {
-        "max_queue_wait_ms": "it predicts waits from local execution times, and a vendor "
-        "call's time is the vendor's; waiting is bounded by max_queue and the "
-        "request's deadline",
-    }
-
-    base_url: str
-    api_key_env: str | None = None
-    model: str  # the vendor's model name; callers never see or send it
-    max_concurrency: int = Field(64, ge=1)
-    connect_timeout_ms: int = Field(2000, ge=1)
-    # Connection errors, 429 and 5xx are retried within the deadline.
-    retries: RetryConfig = RetryConfig()
-    # Headers sent to the vendor as they are (e.g. an organisation id); not secrets.
-    headers: dict[str, str] = {}
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError("expected an http:// or https:// URL")
-        return url.rstrip("/")
-
-
-class OpenAIBackendConfig(VendorBackendCommon):
-    """Any OpenAI-compatible API: OpenAI, Azure OpenAI, vLLM, Together, Ollama..."""
-
-    type: Literal["openai"]
-    # Azure OpenAI authenticates with `api-key: <key>`; the others with a bearer token.
-    auth_header: Literal["bearer", "api-key"] = "bearer"
-    # Azure OpenAI wants ?api-version=... on every call.
-    query: dict[str, str] = {}
-
-
-class AnthropicBackendConfig(VendorBackendCommon):
-    type: Literal["anthropic"]
-    base_url: str = "https://api.anthropic.com"
-    anthropic_version: str = "2023-06-01"
-    # Anthropic requires max_tokens; used when the caller does not say.
-    default_max_tokens: int = Field(1024, ge=1)
-
-
-# The `type` key selects the variant, so errors speak of that variant only.
-BackendConfig = Annotated[
-    OnnxBackendConfig | OpenAIBackendConfig | AnthropicBackendConfig,
-    Field(discriminator="type"),
-]
-VENDOR_TYPES: Final = ("openai", "anthropic")  # Final: its literals narrow BackendConfig
-BACKEND_CONFIGS: Final[dict[str, type[BackendCommon]]] = {
-    "onnx": OnnxBackendConfig,
-    "openai": OpenAIBackendConfig,
-    "anthropic": AnthropicBackendConfig,
-}
 
 
 class TensorSpecConfig(Section):
@@ -485,5 +407,7 @@ class GatewayConfig(Section):
     cache: CacheSettings = CacheSettings()
     audit: AuditConfig = AuditConfig()
     tenants: list[TenantConfig] = []
-    backends: dict[str, BackendConfig] = Field(min_length=1)
+    # Validated as the registered type each entry names (config.loader builds the
+    # document's model from gateway/backends/registry.py).
+    backends: dict[str, BackendCommon] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)

@@ -124,9 +124,9 @@ class EmbeddingResult:
 class ChatBackend(Protocol):
     name: str
 
-    async def chat(self, request: ChatRequest, timeout_s: float) -> ChatResult: ...
+    async def chat(self, request: ChatRequest, deadline: float) -> ChatResult: ...
 
-    async def chat_stream(self, request: ChatRequest, timeout_s: float) -> ChatStream:
+    async def chat_stream(self, request: ChatRequest, deadline: float) -> ChatStream:
         """Returns once the vendor accepted the request (status and headers in):
         failures up to that point raise, so the caller can still fall back."""
         ...
@@ -137,7 +137,7 @@ class EmbeddingBackend(Protocol):
     name: str
 
     async def embed(
-        self, texts: list[str], timeout_s: float, dimensions: int | None = None
+        self, texts: list[str], deadline: float, dimensions: int | None = None
     ) -> EmbeddingResult:
         """`dimensions`: the caller wants vectors of that size (a model that cannot
         give them raises InvalidInput before doing any work)."""

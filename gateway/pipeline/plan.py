@@ -128,7 +128,7 @@ async def _one_attempt(
     attempt: Attempt,
 ) -> T:
     try:
-        timeout = _attempt_timeout(entry, attempt, ctx)
+        deadline, callers = _attempt_deadline(entry, attempt, ctx)
     except DeadlineExceeded:
         attempt.health.cancelled()  # give a half-open probe back
         raise
@@ -139,13 +139,13 @@ async def _one_attempt(
     started = time.perf_counter()
     outcome = "cancelled"
     try:
-        result = await call(attempt.backend, timeout)
+        result = await call(attempt.backend, deadline)
         outcome = "ok"
     except GatewayError as exc:
         outcome = exc.reason
         failure = exc
         ctx.attempts += exc.tries - 1
-        if isinstance(exc, DeadlineExceeded) and timeout < attempt.timeout_s:
+        if isinstance(exc, DeadlineExceeded) and callers:
             # The caller's deadline was the tighter one: no verdict on the backend.
             attempt.health.cancelled()
         else:
@@ -243,7 +243,7 @@ def mirror(
                 result = "skipped"
                 return
             try:
-                outputs = await call(attempt.backend, attempt.timeout_s)
+                outputs = await call(attempt.backend, time.monotonic() + attempt.timeout_s)
             except GatewayError as exc:
                 attempt.health.record(exc)
                 return
@@ -269,9 +269,18 @@ def mirror(
     task.add_done_callback(tasks.discard)
 
 
-def _attempt_timeout(entry: ModelEntry, attempt: Attempt, ctx: RequestContext) -> float:
-    remaining = ctx.remaining_s()
-    timeout = attempt.timeout_s if remaining is None else min(remaining, attempt.timeout_s)
-    if timeout <= 0:
+def _attempt_deadline(
+    entry: ModelEntry, attempt: Attempt, ctx: RequestContext
+) -> tuple[float, bool]:
+    """The one deadline of this attempt (time.monotonic()): the backend's
+    `timeout_ms` from now, or the caller's deadline if that comes first; every
+    layer below (admission, the backend, a vendor's retries) works to it. And
+    whether it is the caller's (then running out says nothing of the backend)."""
+    now = time.monotonic()
+    deadline = now + attempt.timeout_s
+    callers = False
+    if ctx.deadline is not None and ctx.deadline < deadline:
+        deadline, callers = ctx.deadline, True
+    if deadline <= now:
         raise DeadlineExceeded(f"deadline exceeded before model '{entry.name}' could be served")
-    return timeout
+    return deadline, callers

@@ -268,8 +268,8 @@ class InferenceService:
         batch: int | None,
         ctx: RequestContext,
     ) -> dict[str, np.ndarray]:
-        async def call(backend: Any, timeout: float) -> dict[str, np.ndarray]:
-            outputs = await backend.infer(inputs, wanted, timeout)
+        async def call(backend: Any, deadline: float) -> dict[str, np.ndarray]:
+            outputs = await backend.infer(inputs, wanted, deadline)
             # A backend that breaks the signature failed: the next one may not.
             signature.validate_outputs(outputs, batch, backend.name, wanted)
             return {name: outputs[name] for name in wanted}
@@ -287,8 +287,8 @@ class InferenceService:
         if entry.audit_payload:
             ctx.audit_messages = request.body.get("messages")
 
-        async def call(backend: ChatBackend, timeout: float) -> ChatResult:
-            return await backend.chat(request, timeout)
+        async def call(backend: ChatBackend, deadline: float) -> ChatResult:
+            return await backend.chat(request, deadline)
 
         async def compute() -> ChatResult:
             result = await run_plan(entry, ctx, call)
@@ -325,8 +325,8 @@ class InferenceService:
         if entry.audit_payload:
             ctx.audit_messages = request.body.get("messages")
 
-        async def call(backend: ChatBackend, timeout: float) -> ChatStream:
-            stream = await backend.chat_stream(request, timeout)
+        async def call(backend: ChatBackend, deadline: float) -> ChatStream:
+            stream = await backend.chat_stream(request, deadline)
             # Wait for the first chunk before committing to this backend: until a
             # byte reaches the caller, a failing backend can still be replaced.
             return await PrefetchedStream.start(stream)
@@ -343,8 +343,8 @@ class InferenceService:
     ) -> EmbeddingResult:
         entry = await self._entry_of_kind(model, "embeddings", ctx)
 
-        async def call(backend: EmbeddingBackend, timeout: float) -> EmbeddingResult:
-            result = await backend.embed(texts, timeout, dimensions)
+        async def call(backend: EmbeddingBackend, deadline: float) -> EmbeddingResult:
+            result = await backend.embed(texts, deadline, dimensions)
             if dimensions is not None and result.vectors.shape[1] != dimensions:
                 raise BackendFailed(
                     f"backend '{backend.name}' returned "

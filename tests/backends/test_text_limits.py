@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.backends.onnx import OnnxBackend
+from gateway.backends.onnx import OnnxBackend, OnnxBackendConfig
 from gateway.backends.preprocess import BYTES_PER_TOKEN, TOKENIZE_GROUP, TextTokenizer
 from gateway.backends.tensor_embedder import TensorEmbedder
-from gateway.config.schema import BatchingConfig, OnnxBackendConfig, TokenizerConfig
+from gateway.config.schema import BatchingConfig, TokenizerConfig
 from gateway.core.errors import DeadlineExceeded, InvalidInput
-from loadtests.gateway_process import ROOT
+from testkit.gateway_process import ROOT
 
 EMBEDDER = ROOT / "models" / "embedder" / "1"
 TOKENIZER = TokenizerConfig(path=str(EMBEDDER / "tokenizer.json"), max_length=256, max_texts=16)
@@ -139,7 +139,7 @@ class PartsBackend:
 def test_embeddings_are_sent_in_parts_each_queued_on_its_own() -> None:
     parts = PartsBackend()
     embedder = TensorEmbedder(parts, "text", "embedding")  # type: ignore[arg-type]
-    result = asyncio.run(embedder.embed([f"{'x' * i}" for i in range(7)], 5.0))
+    result = asyncio.run(embedder.embed([f"{'x' * i}" for i in range(7)], time.monotonic() + 5.0))
     assert parts.calls == [3, 3, 1]
     assert result.vectors[:, 0].tolist() == list(range(7))
 
@@ -148,5 +148,5 @@ def test_parts_stop_once_the_deadline_has_passed() -> None:
     parts = PartsBackend(delay_s=0.05)
     embedder = TensorEmbedder(parts, "text", "embedding")  # type: ignore[arg-type]
     with pytest.raises(DeadlineExceeded, match="3 done, in parts of 3"):
-        asyncio.run(embedder.embed(["x"] * 9, 0.04))
+        asyncio.run(embedder.embed(["x"] * 9, time.monotonic() + 0.04))
     assert parts.calls == [3]

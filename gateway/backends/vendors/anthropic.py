@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
+from pydantic import Field
 
-from gateway.admission.slots import ConcurrencyLimiter
+from gateway.backends.registry import BackendType, register
 from gateway.backends.vendors.anthropic_shape import (
     AnthropicStreamTranslator,
     UnsupportedRequest,
@@ -23,11 +24,23 @@ from gateway.backends.vendors.anthropic_shape import (
     anthropic_response_to_chat,
     chat_request_to_anthropic,
 )
-from gateway.backends.vendors.base import VendorBackend, VendorStream, api_key
+from gateway.backends.vendors.base import (
+    VendorBackend,
+    VendorBackendCommon,
+    VendorStream,
+    api_key,
+)
 from gateway.backends.vendors.sse import parse_sse
-from gateway.config.schema import AnthropicBackendConfig
 from gateway.core.errors import BackendFailed, InvalidInput
 from gateway.core.llm import ChatRequest, ChatResult, Usage
+
+
+class AnthropicBackendConfig(VendorBackendCommon):
+    type: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    anthropic_version: str = "2023-06-01"
+    # Anthropic requires max_tokens; used when the caller does not say.
+    default_max_tokens: int = Field(1024, ge=1)
 
 
 class AnthropicBackend(VendorBackend):
@@ -52,9 +65,8 @@ class AnthropicBackend(VendorBackend):
         body["stream"] = request.stream
         return orjson.dumps(body)
 
-    async def chat(self, request: ChatRequest, timeout_s: float) -> ChatResult:
-        deadline = time.monotonic() + timeout_s
-        reply = await self._post("/v1/messages", self._vendor_body(request), timeout_s, deadline)
+    async def chat(self, request: ChatRequest, deadline: float) -> ChatResult:
+        reply = await self._post("/v1/messages", self._vendor_body(request), deadline)
         try:
             doc = orjson.loads(reply.body)
             if not isinstance(doc, dict):
@@ -69,15 +81,14 @@ class AnthropicBackend(VendorBackend):
             ) from None
         return ChatResult(chat, _usage(chat), tries=reply.tries)
 
-    async def chat_stream(self, request: ChatRequest, timeout_s: float) -> AnthropicChatStream:
-        deadline = time.monotonic() + timeout_s
+    async def chat_stream(self, request: ChatRequest, deadline: float) -> AnthropicChatStream:
         response, tries = await self._open_stream(
-            "/v1/messages", self._vendor_body(request), timeout_s, deadline
+            "/v1/messages", self._vendor_body(request), deadline
         )
         translator = AnthropicStreamTranslator(
             str(request.body.get("model", "")), int(time.time()), include_usage=True
         )
-        return AnthropicChatStream(self.name, response, self.limiter, translator, tries)
+        return AnthropicChatStream(self.name, response, translator, tries)
 
 
 class AnthropicChatStream(VendorStream):
@@ -85,11 +96,10 @@ class AnthropicChatStream(VendorStream):
         self,
         backend: str,
         response: aiohttp.ClientResponse,
-        limiter: ConcurrencyLimiter,
         translator: AnthropicStreamTranslator,
         tries: int,
     ) -> None:
-        super().__init__(backend, response, limiter, tries)
+        super().__init__(backend, response, tries)
         self.translator = translator
 
     async def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]:
@@ -125,3 +135,17 @@ def _usage(chat: dict[str, Any]) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     return Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+
+
+BACKEND_TYPE = register(
+    BackendType(
+        name="anthropic",
+        config=AnthropicBackendConfig,
+        build=lambda name, config, resolve_path: AnthropicBackend(name, config),
+        kinds=frozenset({"chat"}),
+        # default_max_tokens cuts answers of callers that do not set max_tokens.
+        cache_identity=("type", "model", "base_url", "anthropic_version", "default_max_tokens"),
+        admission="slots",
+        served_model=lambda config: config.model,
+    )
+)

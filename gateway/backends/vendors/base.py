@@ -1,21 +1,50 @@
-"""What every vendor backend shares: the key from the environment, one pooled
-client with the retry policy, the concurrency limiter, and the life of a
-stream (a slot held until it ends, transport failures as gateway errors)."""
+"""What every vendor backend shares: its config keys, the key from the
+environment, one pooled client with the retry policy, and the life of a stream
+(the connection released once it ends, transport failures as gateway errors).
+How many calls run at once is admission's (gateway/admission/slots.py)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
+from pydantic import Field, field_validator
 
-from gateway.admission.slots import ConcurrencyLimiter
 from gateway.backends.vendors.http import RetryPolicy, VendorClient
-from gateway.config.schema import VendorBackendCommon
+from gateway.config.schema import BackendCommon, RetryConfig
 from gateway.core.errors import BackendFailed, DeadlineExceeded, GatewayError
 from gateway.core.llm import Usage
 from gateway.observe import redact
+
+
+class VendorBackendCommon(BackendCommon):
+    """A managed API reached over HTTP. The key is read from the environment
+    variable named here: never written in the file, never logged."""
+
+    keys_of_other_types: ClassVar[dict[str, str]] = {
+        "max_queue_wait_ms": "it predicts waits from local execution times, and a vendor "
+        "call's time is the vendor's; waiting is bounded by max_queue and the "
+        "request's deadline",
+    }
+
+    base_url: str
+    api_key_env: str | None = None
+    model: str  # the vendor's model name; callers never see or send it
+    max_concurrency: int = Field(64, ge=1)
+    connect_timeout_ms: int = Field(2000, ge=1)
+    # Connection errors, 429 and 5xx are retried within the deadline.
+    retries: RetryConfig = RetryConfig()
+    # Headers sent to the vendor as they are (e.g. an organisation id); not secrets.
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return url.rstrip("/")
 
 
 def api_key(env_name: str | None, backend: str) -> str | None:
@@ -54,13 +83,12 @@ class VendorBackend:
             query=query,
             describe_error=describe_error,
         )
-        self.limiter = ConcurrencyLimiter(name, config.max_concurrency, config.max_queue)
 
     def ready(self) -> bool:
         return True
 
     def busy(self) -> bool:
-        return self.limiter.busy()
+        return False  # calls in flight are admission's to count (admission/slots.py)
 
     def io_specs(self) -> None:
         return None
@@ -68,39 +96,26 @@ class VendorBackend:
     async def close(self) -> None:
         await self.client.close()
 
-    async def _post(self, path: str, body: bytes, timeout_s: float, deadline: float) -> Any:
-        """One call within a limiter slot (the slot is not held while queued)."""
-        await self.limiter.acquire(timeout_s)
-        try:
-            return await self.client.post(path, body, deadline)
-        finally:
-            self.limiter.release()
+    async def _post(self, path: str, body: bytes, deadline: float) -> Any:
+        return await self.client.post(path, body, deadline)
 
     async def _open_stream(
-        self, path: str, body: bytes, timeout_s: float, deadline: float
+        self, path: str, body: bytes, deadline: float
     ) -> tuple[aiohttp.ClientResponse, int]:
-        """A started stream holding a limiter slot: the stream object releases it."""
-        await self.limiter.acquire(timeout_s)
-        try:
-            return await self.client.open_stream(path, body, deadline)
-        except BaseException:
-            self.limiter.release()
-            raise
+        return await self.client.open_stream(path, body, deadline)
 
 
 class VendorStream:
-    """A vendor's streamed answer: holds its backend slot until it ends or is closed."""
+    """A vendor's streamed answer; the connection is released once it ends or is closed."""
 
     def __init__(
         self,
         backend: str,
         response: aiohttp.ClientResponse,
-        limiter: ConcurrencyLimiter,
         tries: int,
     ) -> None:
         self.backend = backend
         self.response = response
-        self.limiter = limiter
         self.tries = tries
         self.usage: Usage | None = None
         self._closed = False
@@ -119,4 +134,3 @@ class VendorStream:
         if not self._closed:
             self._closed = True
             self.response.release()
-            self.limiter.release()

@@ -6,20 +6,36 @@ substituted; streams are parsed only as far as needed to re-label and count.
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import numpy as np
 import orjson
+from pydantic import Field
 
-from gateway.backends.vendors.base import VendorBackend, VendorStream, api_key
+from gateway.backends.registry import BackendType, register
+from gateway.backends.vendors.base import (
+    VendorBackend,
+    VendorBackendCommon,
+    VendorStream,
+    api_key,
+)
 from gateway.backends.vendors.sse import parse_sse
-from gateway.config.schema import OpenAIBackendConfig
 from gateway.core.errors import BackendFailed
 from gateway.core.llm import ChatRequest, ChatResult, EmbeddingResult, Usage
 from gateway.observe.redact import redact
+
+
+class OpenAIBackendConfig(VendorBackendCommon):
+    """Any OpenAI-compatible API: OpenAI, Azure OpenAI, vLLM, Together, Ollama..."""
+
+    type: Literal["openai"]
+    # Azure OpenAI authenticates with `api-key: <key>`; the others with a bearer token.
+    auth_header: Literal["bearer", "api-key"] = "bearer"
+    # Azure OpenAI wants ?api-version=... on every call.
+    query: dict[str, str] = Field(default_factory=dict)
+
 
 _DONE = b"[DONE]"
 
@@ -62,11 +78,8 @@ class OpenAIBackend(VendorBackend):
             }
         return orjson.dumps(body)
 
-    async def chat(self, request: ChatRequest, timeout_s: float) -> ChatResult:
-        deadline = time.monotonic() + timeout_s
-        reply = await self._post(
-            "/chat/completions", self._vendor_body(request), timeout_s, deadline
-        )
+    async def chat(self, request: ChatRequest, deadline: float) -> ChatResult:
+        reply = await self._post("/chat/completions", self._vendor_body(request), deadline)
         doc = _json_object(reply.body, self.name)
         choices = doc.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -75,19 +88,17 @@ class OpenAIBackend(VendorBackend):
             )
         return ChatResult(doc, usage_of(doc), tries=reply.tries)
 
-    async def chat_stream(self, request: ChatRequest, timeout_s: float) -> OpenAIChatStream:
-        deadline = time.monotonic() + timeout_s
+    async def chat_stream(self, request: ChatRequest, deadline: float) -> OpenAIChatStream:
         response, tries = await self._open_stream(
-            "/chat/completions", self._vendor_body(request), timeout_s, deadline
+            "/chat/completions", self._vendor_body(request), deadline
         )
-        return OpenAIChatStream(self.name, response, self.limiter, tries)
+        return OpenAIChatStream(self.name, response, tries)
 
     # -- embeddings --------------------------------------------------------------
 
     async def embed(
-        self, texts: list[str], timeout_s: float, dimensions: int | None = None
+        self, texts: list[str], deadline: float, dimensions: int | None = None
     ) -> EmbeddingResult:
-        deadline = time.monotonic() + timeout_s
         request: dict[str, Any] = {
             "model": self.config.model,
             "input": texts,
@@ -95,7 +106,7 @@ class OpenAIBackend(VendorBackend):
         }
         if dimensions is not None:
             request["dimensions"] = dimensions  # e.g. text-embedding-3 shortens its vectors
-        reply = await self._post("/embeddings", orjson.dumps(request), timeout_s, deadline)
+        reply = await self._post("/embeddings", orjson.dumps(request), deadline)
         doc = _json_object(reply.body, self.name)
         return EmbeddingResult(
             _vectors(doc, len(texts), self.name), usage_of(doc), tries=reply.tries
@@ -183,3 +194,17 @@ def _vectors(doc: dict[str, Any], count: int, backend: str) -> np.ndarray:
     if len(dims) != 1 or any(r is None for r in rows):
         raise BackendFailed(f"backend '{backend}': the vendor's embeddings differ in length")
     return np.stack(rows).astype(np.float32, copy=False)  # type: ignore[arg-type]  # no None left (checked above)
+
+
+BACKEND_TYPE = register(
+    BackendType(
+        name="openai",
+        config=OpenAIBackendConfig,
+        build=lambda name, config, resolve_path: OpenAIBackend(name, config),
+        kinds=frozenset({"chat", "embeddings"}),
+        # `query` carries Azure's api-version, which changes the answers' shape.
+        cache_identity=("type", "model", "base_url", "query"),
+        admission="slots",
+        served_model=lambda config: config.model,
+    )
+)
