@@ -95,7 +95,11 @@ def worker_grpc_server(runtime: Runtime) -> GrpcServer | None:
     if not address:
         return None
     return GrpcServer(
-        runtime.service, server, address, reuse_port=True, tls=tls_files(runtime.loaded)
+        runtime.service,
+        server,
+        address,
+        reuse_port=True,
+        tls=tls_files(runtime.loaded.config.server.tls, runtime.loaded.resolve_path),
     )
 
 

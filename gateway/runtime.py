@@ -40,8 +40,7 @@ from gateway.runtime_access import admin_key_digest, build_tenants
 from gateway.runtime_shared import build_audit, build_rate_limiter, build_shared_state
 
 if TYPE_CHECKING:
-    from gateway.config.loader import Path_
-    from gateway.config.schema import TensorSpecConfig
+    from gateway.config.schema import Path_, TensorSpecConfig
 
 log = logging.getLogger("gateway")
 

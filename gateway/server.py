@@ -84,7 +84,7 @@ def _uvicorn_options(loaded: LoadedConfig, host: str, port: int) -> _UvicornOpti
         "timeout_keep_alive": server.http.keep_alive_timeout_s,
         "log_config": None,
     }
-    tls = tls_files(loaded)
+    tls = tls_files(loaded.config.server.tls, loaded.resolve_path)
     if tls is not None:
         options["ssl_certfile"] = str(tls.cert_file)
         options["ssl_keyfile"] = str(tls.key_file)
@@ -150,7 +150,7 @@ async def _serve_one(
             runtime.service,
             loaded.config.server,
             grpc_address(host, grpc_port),
-            tls=tls_files(loaded),
+            tls=tls_files(loaded.config.server.tls, loaded.resolve_path),
         )
         await grpc.start()
     log.info("serving %d model(s)", len(runtime.service.models))

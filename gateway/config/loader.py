@@ -19,7 +19,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model
 
 from gateway.backends.registry import backend_types
-from gateway.config.schema import NAME_PATTERN, GatewayConfig
+from gateway.config.schema import NAME_PATTERN, GatewayConfig, Path_
 from gateway.config.tls import check_tls
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(NAME_PATTERN)
-
-Path_ = tuple[str | int, ...]
 
 
 class ConfigError(Exception):
@@ -159,7 +157,10 @@ def parse_config(
         text=text,
     )
     # Files the config names that only the servers read: checked now, by key.
-    problems = [f"{loaded.where(path)}: {message}" for path, message in check_tls(loaded)]
+    problems = [
+        f"{loaded.where(path)}: {message}"
+        for path, message in check_tls(config.server.tls, loaded.resolve_path)
+    ]
     if problems:
         raise ConfigError(name, problems)
     return loaded

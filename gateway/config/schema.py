@@ -30,6 +30,9 @@ Datatype = Literal[
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
+# A YAML path (("models", "digits", "route", "backends", 1)), as problems name them.
+Path_ = tuple[str | int, ...]
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

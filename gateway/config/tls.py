@@ -9,12 +9,11 @@ YAML path, rather than the server's start with a library's message.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from gateway.config.loader import LoadedConfig, Path_
+from gateway.config.schema import Path_, TlsConfig
 
 
 @dataclass(frozen=True)
@@ -31,15 +30,14 @@ class TlsFiles:
         return self.cert_file.read_bytes(), self.key_file.read_bytes(), ca
 
 
-def tls_files(loaded: LoadedConfig) -> TlsFiles | None:
+def tls_files(tls: TlsConfig | None, resolve_path: Callable[[str], Path]) -> TlsFiles | None:
     """`server.tls` with its paths resolved (LoadedConfig.resolve_path); None without TLS."""
-    tls = loaded.config.server.tls
     if tls is None:
         return None
     return TlsFiles(
-        cert_file=loaded.resolve_path(tls.cert_file),
-        key_file=loaded.resolve_path(tls.key_file),
-        client_ca_file=loaded.resolve_path(tls.client_ca_file) if tls.client_ca_file else None,
+        cert_file=resolve_path(tls.cert_file),
+        key_file=resolve_path(tls.key_file),
+        client_ca_file=resolve_path(tls.client_ca_file) if tls.client_ca_file else None,
     )
 
 
@@ -47,9 +45,11 @@ def _no_password() -> bytes:
     return b""
 
 
-def check_tls(loaded: LoadedConfig) -> list[tuple[Path_, str]]:
+def check_tls(
+    tls: TlsConfig | None, resolve_path: Callable[[str], Path]
+) -> list[tuple[Path_, str]]:
     """Every problem with the files of `server.tls`, by YAML path."""
-    files = tls_files(loaded)
+    files = tls_files(tls, resolve_path)
     if files is None:
         return []
     where: Path_ = ("server", "tls")
