@@ -33,6 +33,7 @@ from gateway.observe.audit import AuditLog
 from gateway.observe.slo import SloTracker
 from gateway.pipeline.entry import ModelEntry
 from gateway.pipeline.service import InferenceService
+from gateway.policies.registry import policy_type
 from gateway.routing.cache import ResponseCache
 from gateway.routing.resilience import BackendHealth, BreakerPolicy
 from gateway.routing.router import Attempt, Route, Shadow
@@ -273,6 +274,17 @@ def _model_entry(
                     route_config.shadow.rtol,
                     route_config.shadow.atol,
                 )
+    policies = []
+    for i, policy_config in enumerate(model.policies):
+        kind = policy_type(policy_config.type)
+        if model.kind not in kind.kinds:
+            problems.append(
+                f"{loaded.where(('models', name, 'policies', i))}: policy '{kind.name}' "
+                f"applies to {' or '.join(sorted(kind.kinds))} models, not {model.kind}"
+            )
+            ok = False
+            continue
+        policies.append(kind.build(policy_config))
     if not ok:
         return None
     sticky = route_config.sticky
@@ -298,6 +310,7 @@ def _model_entry(
         cache_shared_across_tenants=bool(model.cache and model.cache.shared_across_tenants),
         cache_prefix=_cache_prefix(name, model, loaded),
         audit_payload=model.audit_payload,
+        policies=tuple(policies),
     )
 
 

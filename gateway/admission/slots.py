@@ -47,7 +47,7 @@ class ConcurrencyLimiter:
             self._running += 1
             self._inflight.inc()
             return
-        if len(self._waiters) > self.max_queue:
+        if len(self._waiters) >= self.max_queue:
             self._shed_full.inc()
             raise Overloaded(
                 f"backend '{self.name}' is overloaded: {len(self._waiters)} requests waiting "

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
-import orjson
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -14,7 +13,9 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api.admin import ConfigControl, admin_routes
+from gateway.api.http_errors import message_body
 from gateway.api.openai import OpenAIApi
+from gateway.api.plumbing import method_not_allowed
 from gateway.api.v2_http import V2HttpApi
 from gateway.pipeline.service import InferenceService
 
@@ -91,29 +92,20 @@ def create_http_app(
         app.router.routes.append(route)
 
     async def http_error(request: Request, exc: Exception) -> Response:
-        # Unknown paths and wrong methods answer in the protocol's error shape too.
+        # Unknown paths and wrong methods answer in the surface's error shape too
+        # (docs/contracts.md#endpoints): OpenAI's under /v1/, KServe v2's elsewhere.
         assert isinstance(exc, HTTPException)
-        message = {
-            404: f"no route for {request.url.path}",
-            405: f"method {request.method} not allowed on {request.url.path}",
-        }.get(exc.status_code, str(exc.detail))
-        if request.url.path.startswith("/v1/"):
-            doc: dict[str, object] = {
-                "error": {
-                    "message": message,
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": None,
-                }
-            }
+        path = request.url.path
+        openai = path.startswith("/v1/")
+        allow = exc.headers.get("Allow") if exc.headers else None
+        headers: Mapping[str, str] | None
+        if exc.status_code == 405 and allow is not None:
+            status, body, extra = method_not_allowed(request.method, path, allow, openai)
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in extra}
         else:
-            doc = {"error": message}
-        return Response(
-            orjson.dumps(doc),
-            status_code=exc.status_code,
-            media_type="application/json",
-            headers=exc.headers,
-        )
+            message = f"no route for {path}" if exc.status_code == 404 else str(exc.detail)
+            status, body, headers = exc.status_code, message_body(message, openai), exc.headers
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     app.add_exception_handler(HTTPException, http_error)
     return InferFastPath(app, v2.infer, openai)

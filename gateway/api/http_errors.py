@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import orjson
 
 from gateway.core.errors import ErrorKind, GatewayError
-
-log = logging.getLogger("gateway.api")
 
 HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID_INPUT: 400,
@@ -64,8 +61,11 @@ def openai_error_body(error: GatewayError) -> tuple[int, bytes]:
     return HTTP_STATUS[error.kind], orjson.dumps(openai_error_doc(error))
 
 
-def internal_error_body(exc: BaseException, request_id: str) -> tuple[int, bytes]:
-    """A bug: logged with its traceback, answered without internals."""
-    log.error("internal error on request %s", request_id, exc_info=exc)
-    message = f"internal error (request id {request_id}); this is a gateway bug"
-    return 500, orjson.dumps({"error": message})
+def message_body(message: str, openai: bool, openai_type: str = "invalid_request_error") -> bytes:
+    """An error that is no GatewayError (a wrong method, an unknown path, a bug) in
+    the surface's shape: OpenAI's under /v1/ (`openai_type`, no code), else KServe v2's."""
+    if openai:
+        return orjson.dumps(
+            {"error": {"message": message, "type": openai_type, "param": None, "code": None}}
+        )
+    return orjson.dumps({"error": message})

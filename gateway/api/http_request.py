@@ -1,5 +1,6 @@
-"""What every HTTP surface does around the core: request id, deadline and cache
-headers in, the body read under a size limit, gateway headers out.
+"""What every HTTP surface does around the core: the request context from the
+headers (read by api/plumbing.py, shared with gRPC), the body read under a size
+limit, gateway headers out.
 
 Works on raw ASGI (`scope["headers"]` as a bytes dict, `receive`, `send`) so
 the hot path builds no framework objects per request.
@@ -7,25 +8,15 @@ the hot path builds no framework objects per request.
 
 from __future__ import annotations
 
-import itertools
-import os
-import time
 from collections.abc import Mapping
 
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.plumbing import HTTP_HEADERS, build_request_context, request_id_of
 from gateway.core.errors import InvalidInput, PayloadTooLarge
 from gateway.core.types import RequestContext
-from gateway.observe import tracing
-from gateway.observe.logs import CURRENT_REQUEST
 
 Headers = Mapping[bytes, bytes]
-
-_MAX_REQUEST_ID = 128
-# Generated ids: a random per-process prefix and a counter. Unique across
-# replicas without a syscall per request (os.urandom is one).
-_ID_PREFIX = os.urandom(6).hex()
-_ID_COUNTER = itertools.count(1)
 
 
 def header_map(scope: Scope) -> dict[bytes, bytes]:
@@ -33,54 +24,16 @@ def header_map(scope: Scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
 
 
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
-
-
-def request_id_of(headers: Headers) -> str:
-    """The caller's x-request-id if it is one we can echo (at most 128 printable
-    ASCII characters: it goes back in a header, in logs and in audit records),
-    else a new one."""
-    raw_id = headers.get(b"x-request-id")
-    if raw_id and len(raw_id) <= _MAX_REQUEST_ID:
-        text = raw_id.decode("latin-1")
-        if text.isascii() and text.isprintable():
-            return text
-    return new_request_id()
-
-
 def request_context(headers: Headers, protocol: str) -> RequestContext:
-    ctx = RequestContext(request_id=request_id_of(headers), protocol=protocol, headers=headers)
-    CURRENT_REQUEST.set(ctx)  # log lines of this request carry its id (and trace id)
-    if tracing.ENABLED and b"traceparent" in headers:
-        ctx.trace_parent = tracing.context_from_headers(headers)
-    timeout = headers.get(b"x-request-timeout-ms")
-    if timeout is not None:
-        ctx.deadline = time.monotonic() + _timeout_ms(timeout) / 1000.0
-    authorization = headers.get(b"authorization")
-    if authorization is not None and authorization[:7].lower() == b"bearer ":
-        ctx.api_key = authorization[7:].strip().decode("latin-1")
-    else:
-        key = headers.get(b"x-api-key")
-        if key is not None:
-            ctx.api_key = key.decode("latin-1")
-    cache_control = headers.get(b"cache-control")
-    if cache_control and b"no-cache" in cache_control.lower():
-        ctx.no_cache = True
-    return ctx
+    """The request's context from its headers (api/plumbing.py reads them; the
+    deadline is x-request-timeout-ms, a bad one a 400)."""
+    return build_request_context(headers, protocol, HTTP_HEADERS)
 
 
-def _timeout_ms(value: bytes) -> float:
-    try:
-        ms = float(value)
-    except ValueError:
-        ms = -1.0
-    if not 0 < ms < float("inf"):
-        raise InvalidInput(
-            "header x-request-timeout-ms: expected a positive number of milliseconds, "
-            f"got {value.decode('latin-1')!r}"
-        )
-    return ms
+def id_only_context(headers: Headers, protocol: str) -> RequestContext:
+    """For a request whose headers `request_context` refused: only its id, so
+    that the error answer carries it and the request is counted."""
+    return RequestContext(request_id=request_id_of(headers, HTTP_HEADERS), protocol=protocol)
 
 
 async def read_body(receive: Receive, headers: Headers, limit: int, ctx: RequestContext) -> bytes:

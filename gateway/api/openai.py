@@ -9,7 +9,6 @@ infer; errors use OpenAI's shape with the statuses of the one taxonomy.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,17 +21,17 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.http_errors import HTTP_STATUS, error_headers, openai_error_body, openai_error_doc
-from gateway.api.http_errors import log as api_log
 from gateway.api.http_request import (
     gateway_headers,
     header_map,
+    id_only_context,
     read_body,
     request_context,
-    request_id_of,
     send_response,
 )
+from gateway.api.plumbing import http_internal_error, method_not_allowed, while_connected
 from gateway.core.errors import GatewayError, InvalidInput
-from gateway.core.llm import ChatRequest, ChatStream
+from gateway.core.llm import ChatRequest, ChatStream, EmbeddingRequest
 from gateway.core.types import RequestContext
 from gateway.pipeline.service import InferenceService
 
@@ -69,42 +68,21 @@ class OpenAIApi:
         try:
             ctx = request_context(headers, "openai")
             if scope["method"] != "POST":
-                code = 405
-                body = orjson.dumps(
-                    {
-                        "error": {
-                            "message": f"method {scope['method']} not allowed on {scope['path']}: use POST",
-                            "type": "invalid_request_error",
-                            "param": None,
-                            "code": None,
-                        }
-                    }
+                code, body, extra = method_not_allowed(
+                    scope["method"], scope["path"], "POST", openai=True
                 )
-                await send_response(
-                    send, 405, body, JSON, [*gateway_headers(ctx), (b"allow", b"POST")]
-                )
+                await send_response(send, code, body, JSON, gateway_headers(ctx) + extra)
                 return
             # The key first: nothing of the body is read or parsed for an unknown caller.
             self.service.authenticate(ctx)
             code = await self.post_routes[scope["path"]](scope, receive, send, headers, ctx)
         except GatewayError as error:
-            ctx = ctx or RequestContext(request_id=request_id_of(headers), protocol="openai")
+            ctx = ctx or id_only_context(headers, "openai")
             code, body = openai_error_body(error)
             await send_response(send, code, body, JSON, gateway_headers(ctx) + error_headers(error))
         except Exception as exc:  # noqa: BLE001 - a bug; never let it take the process down
-            request_id = ctx.request_id if ctx else "-"
-            api_log.error("internal error on request %s", request_id, exc_info=exc)
-            body = orjson.dumps(
-                {
-                    "error": {
-                        "message": f"internal error (request id {request_id}); this is a gateway bug",
-                        "type": "server_error",
-                        "param": None,
-                        "code": None,
-                    }
-                }
-            )
-            await send_response(send, 500, body, JSON, [(b"x-request-id", request_id.encode())])
+            code, body, out = http_internal_error(exc, ctx, openai=True)
+            await send_response(send, code, body, JSON, out)
         finally:
             if ctx is not None:
                 self.service.observe(ctx, code)
@@ -120,10 +98,10 @@ class OpenAIApi:
         ctx: RequestContext,
     ) -> int:
         body = _json_body(await read_body(receive, headers, self.max_request_bytes, ctx))
-        model = _model_field(body)
         request = chat_request(body)
+        model = request.model
         if not request.stream:
-            result = await _while_connected(receive, self.service.chat(model, request, ctx))
+            result = await while_connected(receive, self.service.chat(request, ctx), ctx.request_id)
             if result is None:
                 return 499
             answer = result.body
@@ -132,12 +110,17 @@ class OpenAIApi:
                 answer["usage"] = result.usage.to_openai()
             await send_response(send, 200, orjson.dumps(answer), JSON, gateway_headers(ctx))
             return 200
-        stream = await _while_connected(receive, self.service.chat_stream(model, request, ctx))
+        stream = await while_connected(
+            receive, self.service.chat_stream(request, ctx), ctx.request_id
+        )
         if stream is None:
             return 499
         # From here on the status is sent: failures become an error event.
-        code = await _while_connected(
-            receive, self._relay(send, model, request, stream, ctx), on_cancel=stream.aclose
+        code = await while_connected(
+            receive,
+            self._relay(send, model, request, stream, ctx),
+            ctx.request_id,
+            on_cancel=stream.aclose,
         )
         return 499 if code is None else code
 
@@ -178,7 +161,6 @@ class OpenAIApi:
         finally:
             await chunks.aclose()
             await stream.aclose()
-            self.service.finish_stream(model, stream, ctx)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return code
 
@@ -203,7 +185,11 @@ class OpenAIApi:
             not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
         ):
             raise InvalidInput(f"dimensions: expected an integer >= 1, got {dimensions!r}")
-        result = await _while_connected(receive, self.service.embed(model, texts, ctx, dimensions))
+        result = await while_connected(
+            receive,
+            self.service.embed(EmbeddingRequest(model, texts, dimensions), ctx),
+            ctx.request_id,
+        )
         if result is None:
             return 499
         vectors = result.vectors
@@ -246,7 +232,7 @@ class OpenAIApi:
             models = self.service.models_for(ctx)
         except GatewayError as error:
             status, body = openai_error_body(error)
-            ctx = ctx or RequestContext(request_id=request_id_of(raw_headers), protocol="openai")
+            ctx = ctx or id_only_context(raw_headers, "openai")
             headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx)}
             return Response(
                 body, status_code=status, headers=headers, media_type="application/json"
@@ -261,33 +247,6 @@ class OpenAIApi:
             headers=headers,
             media_type="application/json",
         )
-
-
-async def _while_connected(
-    receive: Receive, work: Awaitable[Any], on_cancel: Callable[[], Awaitable[None]] | None = None
-) -> Any:
-    """Run `work`, cancelling it if the client disconnects first (None then), so a
-    caller who went away stops costing a queue slot or vendor tokens."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(receive())
-    try:
-        while True:
-            done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                return task.result()
-            if watcher.result()["type"] == "http.disconnect":
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                if on_cancel is not None:
-                    await on_cancel()
-                log.info("client disconnected: its request was dropped")
-                return None
-            watcher = asyncio.ensure_future(receive())  # more body after the end: ignore
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
 
 
 # -- request checks: each names the field, what was expected and what came ------
@@ -316,6 +275,7 @@ def _model_field(body: dict[str, Any]) -> str:
 
 
 def chat_request(body: dict[str, Any]) -> ChatRequest:
+    model = _model_field(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         got = (
@@ -358,7 +318,7 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
     if options is not None and not isinstance(options, dict):
         raise InvalidInput(f"stream_options: expected an object, got {_type(options)}")
     include_usage = bool(options and options.get("include_usage"))
-    return ChatRequest(body=body, stream=bool(stream), include_usage=include_usage)
+    return ChatRequest(model, body, stream=bool(stream), include_usage=include_usage)
 
 
 # Texts per /v1/embeddings request: OpenAI's own limit, which its SDKs and

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -29,7 +28,8 @@ from google.protobuf.message import DecodeError
 
 from gateway import __version__
 from gateway.api.http_errors import HTTP_STATUS, error_headers
-from gateway.api.http_request import gateway_headers, new_request_id
+from gateway.api.http_request import gateway_headers
+from gateway.api.plumbing import GRPC_METADATA, build_request_context, grpc_internal_error
 from gateway.api.proto import grpc_predict_v2_pb2 as pb
 from gateway.api.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.api.v2_grpc_codec import decode_infer_request, encode_infer_response
@@ -37,11 +37,8 @@ from gateway.api.v2_http import EXTENSIONS, PLATFORM
 from gateway.core.errors import ErrorKind, GatewayError, InvalidInput
 from gateway.core.types import RequestContext
 from gateway.observe import tracing
-from gateway.observe.logs import CURRENT_REQUEST
 from gateway.pipeline.entry import ModelEntry
 from gateway.pipeline.service import InferenceService
-
-log = logging.getLogger("gateway.api.v2_grpc")
 
 PROTOCOL = "v2_grpc"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -59,7 +56,6 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.BACKEND_FAILED: grpc.StatusCode.UNAVAILABLE,
 }
 
-_MAX_REQUEST_ID = 128
 # Requests of one stream in flight at once; past it the stream is not read,
 # so HTTP/2 flow control pushes back on the client.
 STREAM_WINDOW = 64
@@ -118,30 +114,11 @@ def add_inference_servicer(servicer: Any, server: grpc.Server | grpc.aio.Server)
 
 
 def request_context(context: grpc.aio.ServicerContext[Any, Any]) -> RequestContext:
-    """Request id, API key, cache bypass and deadline from the call's metadata.
-
-    Keys match the HTTP headers (docs/contracts.md#headers); the deadline is the call's own.
-    """
+    """The call's context from its metadata (api/plumbing.py reads it, with the
+    keys of the HTTP headers: docs/contracts.md#headers); the deadline is the call's own."""
     # Values are str, but for keys ending in "-bin" (bytes): none of those read here.
     metadata: dict[str, Any] = dict(context.invocation_metadata() or ())
-    given = metadata.get("x-request-id")
-    request_id = given if given and len(given) <= _MAX_REQUEST_ID else new_request_id()
-    ctx = RequestContext(request_id=request_id, protocol=PROTOCOL)
-    CURRENT_REQUEST.set(ctx)  # log lines of this call carry its id (and trace id)
-    if tracing.ENABLED and "traceparent" in metadata:
-        ctx.trace_parent = tracing.context_from_headers(metadata)
-    remaining = context.time_remaining()
-    if remaining is not None:
-        ctx.deadline = time.monotonic() + remaining
-    authorization = metadata.get("authorization")
-    if authorization is not None and authorization[:7].lower() == "bearer ":
-        ctx.api_key = authorization[7:].strip()
-    elif "x-api-key" in metadata:
-        ctx.api_key = metadata["x-api-key"]
-    cache_control = metadata.get("cache-control")
-    if cache_control and "no-cache" in cache_control.lower():
-        ctx.no_cache = True
-    return ctx
+    return build_request_context(metadata, PROTOCOL, GRPC_METADATA, context.time_remaining())
 
 
 def response_metadata(
@@ -152,12 +129,6 @@ def response_metadata(
     if error is not None:
         pairs += error_headers(error)
     return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in pairs)
-
-
-def internal_error_message(exc: BaseException, request_id: str) -> str:
-    """A bug: logged with its traceback, answered without internals."""
-    log.error("internal error on request %s", request_id, exc_info=exc)
-    return f"internal error (request id {request_id}); this is a gateway bug"
 
 
 def model_metadata(entry: ModelEntry) -> pb.ModelMetadataResponse:
@@ -263,10 +234,9 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
             code = 499  # the caller went away (or its deadline passed): work dropped
             raise
         except Exception as exc:  # noqa: BLE001 - a bug; never let it take the server down
+            status, details = grpc_internal_error(exc, ctx.request_id)
             await context.abort(
-                grpc.StatusCode.INTERNAL,
-                internal_error_message(exc, ctx.request_id),
-                trailing_metadata=(("x-request-id", ctx.request_id),),
+                status, details, trailing_metadata=(("x-request-id", ctx.request_id),)
             )
         finally:
             self.service.observe(ctx, code)
@@ -350,7 +320,7 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
             code = 499
             raise
         except Exception as exc:  # noqa: BLE001 - a bug: answered in the stream, which goes on
-            message = internal_error_message(exc, ctx.request_id)
+            _, message = grpc_internal_error(exc, ctx.request_id)
         finally:
             self.service.observe(ctx, code)
         if isinstance(request, MalformedRequest):

@@ -7,8 +7,6 @@ pydantic objects per request. Metadata and health are ordinary Starlette routes.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,23 +18,22 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.api.http_errors import error_headers, internal_error_body, v2_error_body
+from gateway.api.http_errors import error_headers, v2_error_body
 from gateway.api.http_request import (
     gateway_headers,
     header_map,
+    id_only_context,
     read_body,
     request_context,
-    request_id_of,
     send_response,
 )
+from gateway.api.plumbing import http_internal_error, method_not_allowed, while_connected
 from gateway.api.v2_codec import decode_infer_request, encode_infer_response
 from gateway.core.errors import GatewayError
-from gateway.core.types import InferRequest, InferResponse, RequestContext
+from gateway.core.types import RequestContext
 from gateway.observe import tracing
 from gateway.pipeline.entry import ModelEntry
 from gateway.pipeline.service import InferenceService
-
-log = logging.getLogger("gateway.api.v2")
 
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORM = "inference-gateway"
@@ -76,7 +73,11 @@ class V2HttpApi:
         try:
             ctx = request_context(headers, "v2_http")
             if scope["method"] != "POST":
-                raise _MethodNotAllowed(scope["method"])
+                code, body, extra = method_not_allowed(
+                    scope["method"], scope["path"], "POST", openai=False
+                )
+                await send_response(send, code, body, JSON, gateway_headers(ctx) + extra)
+                return
             model, version = params["model"], params.get("version")
             # Resolve the model first: an unknown model is a 404 whatever the body.
             entry = self.service.admit(model, ctx, version)
@@ -96,9 +97,11 @@ class V2HttpApi:
                 if started_ns:
                     tracing.step(ctx, "validate", started_ns, exc)
                 raise
-            response = self.service.cached_answer(request, ctx)
+            call = self.service.infer_call(request, ctx)
+            response = call.answer
             if response is None:
-                response = await self._infer_while_connected(request, ctx, receive)
+                # A caller who goes away meanwhile: its queued work is dropped, not executed.
+                response = await while_connected(receive, call.run(), ctx.request_id)
             if response is None:
                 code = 499  # the caller went away: nobody to answer (nginx's convention)
                 return
@@ -111,49 +114,15 @@ class V2HttpApi:
                 out.append((b"inference-header-content-length", str(header_length).encode()))
                 await send_response(send, 200, payload, OCTETS, out)
         except GatewayError as error:
-            ctx = ctx or RequestContext(request_id=request_id_of(headers), protocol="v2_http")
+            ctx = ctx or id_only_context(headers, "v2_http")
             code, body = v2_error_body(error)
             await send_response(send, code, body, JSON, gateway_headers(ctx) + error_headers(error))
-        except _MethodNotAllowed as exc:
-            assert ctx is not None
-            code = 405
-            body = orjson.dumps({"error": f"method {exc} not allowed on {scope['path']}: use POST"})
-            await send_response(send, 405, body, JSON, [*gateway_headers(ctx), (b"allow", b"POST")])
         except Exception as exc:  # noqa: BLE001 - a bug; never let it take the process down
-            request_id = ctx.request_id if ctx else "-"
-            code, body = internal_error_body(exc, request_id)
-            await send_response(send, code, body, JSON, [(b"x-request-id", request_id.encode())])
+            code, body, out = http_internal_error(exc, ctx, openai=False)
+            await send_response(send, code, body, JSON, out)
         finally:
             if ctx is not None:
                 self.service.observe(ctx, code)
-
-    async def _infer_while_connected(
-        self, request: InferRequest, ctx: RequestContext, receive: Receive
-    ) -> InferResponse | None:
-        """Run the pipeline, cancelling it if the client disconnects first, so that
-        queued work of a caller who gave up is dropped rather than executed."""
-        loop = asyncio.get_running_loop()  # once: each lookup is a getpid() on Python 3.11
-        task = asyncio.current_task(loop)
-        assert task is not None
-        disconnected = False
-
-        async def watch() -> None:
-            nonlocal disconnected
-            if (await receive())["type"] == "http.disconnect":
-                disconnected = True
-                task.cancel()
-
-        watcher = loop.create_task(watch())
-        try:
-            return await self.service.infer(request, ctx)
-        except asyncio.CancelledError:
-            if not disconnected:
-                raise
-            task.uncancel()
-            log.info("request %s: client disconnected, work dropped", ctx.request_id)
-            return None
-        finally:
-            watcher.cancel()
 
     # -- metadata and health -------------------------------------------------
 
@@ -185,7 +154,7 @@ class V2HttpApi:
                 status, body = v2_error_body(error)
                 extra = error_headers(error)
             if ctx is None:
-                ctx = RequestContext(request_id=request_id_of(raw_headers), protocol="v2_http")
+                ctx = id_only_context(raw_headers, "v2_http")
             headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx) + extra}
             return Response(
                 body, status_code=status, headers=headers, media_type="application/json"
@@ -211,10 +180,6 @@ class V2HttpApi:
         entry = self.service.model(params["model"], params.get("version"))
         ready = entry.ready()
         return (200 if ready else 503), {"name": entry.name, "ready": ready}
-
-
-class _MethodNotAllowed(Exception):
-    pass
 
 
 def _text(value: bytes | None) -> str | None:

@@ -19,8 +19,9 @@ import yaml
 from pydantic import Field, ValidationError, create_model
 
 from gateway.backends.registry import backend_types
-from gateway.config.schema import NAME_PATTERN, GatewayConfig, Path_
+from gateway.config.schema import NAME_PATTERN, GatewayConfig, ModelConfig, Path_
 from gateway.config.tls import check_tls
+from gateway.policies.registry import policy_types
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -85,19 +86,28 @@ def format_path(path: Path_) -> str:
     return text or "(top level)"
 
 
+def _one_of(configs: tuple[type[Any], ...]) -> Any:
+    """The config models of a registry, told apart by their `type` key (so
+    errors speak of the named type's keys only)."""
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 - built at run time
+
+
 @functools.cache
 def document_model() -> type[GatewayConfig]:
     """The whole document's model: GatewayConfig with each entry of `backends`
-    validated as the registered type its `type` key names (so errors speak of
-    that type's keys only)."""
-    configs = tuple(t.config for t in backend_types().values())
-    entry: Any = (
-        configs[0] if len(configs) == 1 else Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 - built at run time
+    and of a model's `policies` validated as the registered type it names."""
+    policies: Any = _one_of(tuple(t.config for t in policy_types().values()))
+    model = create_model(
+        "ModelConfig", __base__=ModelConfig, policies=(list[policies], Field(default_factory=list))
     )
+    backends: Any = _one_of(tuple(t.config for t in backend_types().values()))
     return create_model(
         "GatewayConfig",
         __base__=GatewayConfig,
-        backends=(dict[str, entry], Field(min_length=1)),
+        backends=(dict[str, backends], Field(min_length=1)),
+        models=(dict[str, model], Field(min_length=1)),
     )
 
 
@@ -274,7 +284,12 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> Path_:
 
 
 def _looks_like_tag(part: str) -> bool:
-    return part in backend_types() or part in {"str", "WeightedBackend"} or "[" in part
+    return (
+        part in backend_types()
+        or part in policy_types()
+        or part in {"str", "WeightedBackend"}
+        or "[" in part
+    )
 
 
 def _key_of_another_type(loc: tuple[Any, ...]) -> str | None:

@@ -380,6 +380,13 @@ class SloConfig(Section):
     window: str = "30d"
 
 
+class PolicyCommon(Section):
+    """What every policy type's config has. Each type's own model (in its module,
+    registered in gateway/policies/registry.py) narrows `type` to its name."""
+
+    type: str
+
+
 class ModelConfig(Section):
     version: str = "1"
     kind: Literal["tensor", "chat", "embeddings"] = "tensor"
@@ -390,6 +397,9 @@ class ModelConfig(Section):
     slo: SloConfig | None = None
     # Audit records of this model also hold the request's size and chat messages.
     audit_payload: bool = False
+    # Request/response policies, in order (gateway/policies/); validated as the
+    # registered type each entry names (config.loader).
+    policies: list[PolicyCommon] = []
 
     @field_validator("version", mode="before")
     @classmethod

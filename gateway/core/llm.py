@@ -36,7 +36,8 @@ class Usage:
 
 @dataclass(slots=True)
 class ChatRequest:
-    body: dict[str, Any]  # the caller's OpenAI chat body; `model` names the gateway model
+    model: str  # the gateway model's name (the body's `model`)
+    body: dict[str, Any]  # the caller's OpenAI chat body
     stream: bool = False
     include_usage: bool = False  # the caller asked for a usage chunk at the end of a stream
 
@@ -111,6 +112,13 @@ class PrefetchedStream:
         if aclose is not None:
             await aclose()
         await self._stream.aclose()
+
+
+@dataclass(slots=True)
+class EmbeddingRequest:
+    model: str  # the gateway model's name
+    texts: list[str]
+    dimensions: int | None = None  # vectors of this size, when the caller asks for it
 
 
 @dataclass(slots=True)

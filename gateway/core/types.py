@@ -58,9 +58,6 @@ class RequestContext:
     backend_wait_s: float = 0.0
     cache: str = "bypass"
     model: str | None = None  # the configured model's name, once resolved
-    # What the cache's fast lane already checked (batch size, outputs, cache key),
-    # so a miss does not validate and hash twice.
-    prepared: Any = None
     api_key: str | None = None  # as sent; never logged
     # The request's headers (lower-case names), for routes that stick by a header.
     headers: Any = None
@@ -73,6 +70,14 @@ class RequestContext:
     backend_model: str | None = None  # the model the answering backend says it ran
     request_bytes: int | None = None  # the request body's size, if the transport counts it
     audit_messages: Any = None  # chat messages, kept only for models with audit_payload
+    # (policy, what it did) for each policy that changed or refused the request
+    # (gateway/policies/base.py); in the audit record.
+    policy_notes: list[tuple[str, str]] | None = None
+
+    def note_policy(self, policy: str, action: str) -> None:
+        if self.policy_notes is None:
+            self.policy_notes = []
+        self.policy_notes.append((policy, action))
 
     def remaining_s(self) -> float | None:
         """Seconds left before the deadline, None when there is none."""

@@ -102,6 +102,7 @@ class AuditLog:
                 ctx.cache,
                 ctx.attempts,
                 ctx.failures,
+                ctx.policy_notes,
                 code,
                 total_s,
                 ctx.backend_wait_s,
@@ -171,6 +172,7 @@ class AuditLog:
             cache,
             attempts,
             failures,
+            policy_notes,
             code,
             total_s,
             wait_s,
@@ -195,6 +197,9 @@ class AuditLog:
                     for name, error in failures
                 ]
                 if failures
+                else [],
+                "policies": [{"policy": name, "action": action} for name, action in policy_notes]
+                if policy_notes
                 else [],
                 "status": code,
                 # Microseconds as milliseconds: round(x, 3) costs three times as much.

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from gateway.core.llm import Price
 from gateway.core.signature import Signature
 from gateway.core.types import RequestContext
+from gateway.policies.base import Policy
 from gateway.routing.router import Route, sticky_variant
 
 
@@ -32,6 +33,8 @@ class ModelEntry:
     cache_shared_across_tenants: bool = False
     # Audit records of this model hold the request's size and chat messages too.
     audit_payload: bool = False
+    # Request/response policies, in order (gateway/policies/base.py).
+    policies: tuple[Policy, ...] = ()
 
     def ready(self) -> bool:
         return any(b.ready() for b in self.route.backends)
