@@ -94,15 +94,25 @@ def _one_of(configs: tuple[type[Any], ...]) -> Any:
     return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007 - built at run time
 
 
-@functools.cache
 def document_model() -> type[GatewayConfig]:
     """The whole document's model: GatewayConfig with each entry of `backends`
-    and of a model's `policies` validated as the registered type it names."""
-    policies: Any = _one_of(tuple(t.config for t in policy_types().values()))
+    and of a model's `policies` validated as the registered type it names
+    (built again only when a type was registered since)."""
+    return _document_model(
+        tuple(t.config for t in backend_types().values()),
+        tuple(t.config for t in policy_types().values()),
+    )
+
+
+@functools.cache
+def _document_model(
+    backend_configs: tuple[type[Any], ...], policy_configs: tuple[type[Any], ...]
+) -> type[GatewayConfig]:
+    policies: Any = _one_of(policy_configs)
     model = create_model(
         "ModelConfig", __base__=ModelConfig, policies=(list[policies], Field(default_factory=list))
     )
-    backends: Any = _one_of(tuple(t.config for t in backend_types().values()))
+    backends: Any = _one_of(backend_configs)
     return create_model(
         "GatewayConfig",
         __base__=GatewayConfig,

@@ -38,6 +38,19 @@ def test_valid_inputs_return_the_batch_size() -> None:
             lambda d: d.update(mask=np.ones((3, 64), bool)),
             "input 'mask': batch size 3 differs from input 'pixels' batch size 2",
         ),
+        # The datatype alone differs (the shape is right): the datatype is checked too.
+        (
+            lambda d: d.update(pixels=np.zeros((2, 64), np.float64)),
+            "input 'pixels': expected FP32 [-1,64], got FP64 [2,64]",
+        ),
+        (
+            lambda d: d.update(pixels=np.zeros((2, 64), np.int64)),
+            "input 'pixels': expected FP32 [-1,64], got INT64 [2,64]",
+        ),
+        (
+            lambda d: d.update(mask=np.ones((2, 64), np.uint8)),
+            "input 'mask': expected BOOL [-1,64], got UINT8 [2,64]",
+        ),
     ],
 )
 def test_invalid_inputs_name_the_input_the_expected_and_the_actual(change, message) -> None:
@@ -56,6 +69,23 @@ def test_outputs_that_break_the_signature_are_the_backends_fault() -> None:
     with pytest.raises(BackendFailed, match="returned no output 'probabilities'"):
         SIG.validate_outputs({}, 2, "b")
     SIG.validate_outputs({"probabilities": np.zeros((2, 10), np.float32)}, 2, "b")
+
+
+@pytest.mark.parametrize("datatype", ["FP64", "INT64", "FP16"])
+def test_a_declared_input_of_the_right_shape_but_another_datatype_is_refused(datatype) -> None:
+    with pytest.raises(InvalidInput) as err:
+        SIG.check_input("pixels", datatype, (2, 64))
+    assert err.value.message == f"input 'pixels': expected FP32 [-1,64], got {datatype} [2,64]"
+    SIG.check_input("pixels", "FP32", (2, 64))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int64, np.float16, np.int32])
+def test_an_output_of_the_right_shape_but_another_datatype_is_the_backends_fault(dtype) -> None:
+    with pytest.raises(BackendFailed) as err:
+        SIG.validate_outputs({"probabilities": np.zeros((2, 10), dtype)}, 2, "b")
+    assert err.value.reason == "bad_output"
+    assert "returned output 'probabilities' as " in err.value.message
+    assert "[2,10], signature expects FP32 [-1,10]" in err.value.message
 
 
 def test_a_backend_may_be_wider_than_the_signature_but_not_narrower() -> None:
