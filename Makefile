@@ -53,8 +53,8 @@ test: $(VENV)/.installed-dev $(RUNTIME_VENV)/.installed redis-server promtool
 
 # ruff (lint and format) over the Python trees, mypy (strict) over the package.
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check gateway tests loadtests models fuzz
-	$(VENV)/bin/ruff format --check gateway tests loadtests models fuzz
+	$(VENV)/bin/ruff check gateway tests testkit loadtests models fuzz
+	$(VENV)/bin/ruff format --check gateway tests testkit loadtests models fuzz
 	$(VENV)/bin/mypy
 	@# A type: ignore names its error code and says why, after it on the same line.
 	@! grep -rn --include='*.py' 'type: ignore' gateway | grep -v '^gateway/api/proto/' \

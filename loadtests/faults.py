@@ -45,13 +45,13 @@ import aiohttp
 import numpy as np
 
 from loadtests import report
-from loadtests.fake_vendor import (
+from testkit.fake_vendor import (
     control_fake_vendor,
     fake_vendor_stats,
     reset_fake_vendor,
     start_fake_vendor,
 )
-from loadtests.gateway_process import ROOT, GatewayProcess, start_gateway
+from testkit.gateway_process import ROOT, GatewayProcess, start_gateway
 
 RESULTS = ROOT / "loadtests" / "results"
 KEY_ENV = "FAULTS_VENDOR_KEY"

@@ -13,7 +13,7 @@ import asyncio
 
 from aiohttp import web
 
-from loadtests.aio_serving import serve_until_signalled
+from testkit.aio_serving import serve_until_signalled
 
 READY_LINE = "otlp sink ready"
 

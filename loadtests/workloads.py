@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from loadtests.gateway_process import ROOT
 from loadtests.loadgen import http_request
+from testkit.gateway_process import ROOT
 
 DIGITS_MODEL = ROOT / "models" / "digits" / "1" / "model.onnx"
 DIGITS_PATH = "/v2/models/digits/infer"

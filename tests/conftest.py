@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loadtests.gateway_process import ROOT, GatewayProcess, free_port, start_gateway
+from testkit.gateway_process import ROOT, GatewayProcess, free_port, start_gateway
 from tests.redis_server import redis_server, redis_server_factory
 
 __all__ = ["DIGITS_MODEL", "ROOT", "GatewayProcess", "digits_config", "free_port", "start_gateway"]

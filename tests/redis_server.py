@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.gateway_process import free_port
+from testkit.gateway_process import free_port
 
 START_TIMEOUT_S = 10.0
 

@@ -3,11 +3,11 @@ pyproject.toml.
 
 Every third-party module the package imports must be a runtime dependency (the
 dev extras, installed for the tests, would otherwise hide a missing one until a
-user's `make run`); tests and load tests may use the dev extras too, model
-builds the train extra. The locks in requirements/ must satisfy every range in
-pyproject.toml (an edited range without `make lock` fails here), and the
-runtime lock must pin what the dev lock pins, so the suite tests the versions
-`make run` serves with.
+user's `make run`); tests, their helpers (testkit/) and load tests may use
+the dev extras too, model builds the train extra. The locks in requirements/
+must satisfy every range in pyproject.toml (an edited range without
+`make lock` fails here), and the runtime lock must pin what the dev lock pins,
+so the suite tests the versions `make run` serves with.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.lockfiles import locked_requirements, locked_versions
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOCKS = ROOT / "requirements"
-FIRST_PARTY = {"gateway", "tests", "loadtests", "models"}
+FIRST_PARTY = {"gateway", "tests", "testkit", "loadtests", "models"}
 
 
 def _declared(*extras: str) -> set[str]:
@@ -75,7 +75,13 @@ def _undeclared(tree: str, declared: set[str]) -> list[str]:
 
 @pytest.mark.parametrize(
     ("tree", "extras"),
-    [("gateway", ()), ("tests", ("dev",)), ("loadtests", ("dev",)), ("models", ("train", "dev"))],
+    [
+        ("gateway", ()),
+        ("tests", ("dev",)),
+        ("testkit", ("dev",)),
+        ("loadtests", ("dev",)),
+        ("models", ("train", "dev")),
+    ],
 )
 def test_every_import_is_declared(tree: str, extras: tuple[str, ...]) -> None:
     where = "project.dependencies" + "".join(f" or the {e} extra" for e in extras)

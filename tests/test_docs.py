@@ -225,9 +225,7 @@ def _models_in(annotation: object) -> Iterator[tuple[str, type[BaseModel]]]:
             yield ".<name>" + suffix, model
 
 
-def _config_keys(
-    model: type[BaseModel] | None = None, path: str = ""
-) -> Iterator[tuple[str, str]]:
+def _config_keys(model: type[BaseModel] | None = None, path: str = "") -> Iterator[tuple[str, str]]:
     """(path of the section, key) of every key of the config, every backend type
     included: ("", "server"), ("server.grpc", "engine"), ("tenants[].rate_limit",
     "requests_per_minute"), ("backends.<name>", "path"), ..."""

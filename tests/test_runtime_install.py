@@ -22,7 +22,7 @@ import tritonclient.http as httpclient
 from packaging.utils import canonicalize_name
 from sklearn.datasets import load_digits
 
-from loadtests.gateway_process import READY_LINE, ROOT, GatewayProcess, free_port, start_server
+from testkit.gateway_process import READY_LINE, ROOT, GatewayProcess, free_port, start_server
 from tests.lockfiles import locked_versions
 
 RUNTIME_VENV = ROOT / ".venv-runtime"

@@ -55,7 +55,7 @@ def _in_process(config: dict[str, Any], settings: Settings, label: str) -> dict[
 
     import yaml
 
-    from loadtests.gateway_process import ROOT
+    from testkit.gateway_process import ROOT
 
     path = settings.workdir / f"{label}-inprocess.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

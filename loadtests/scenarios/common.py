@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from loadtests import floor_app
-from loadtests.gateway_process import (
+from loadtests.loadgen import closed_loop, run
+from loadtests.probes import BATCH_SIZE, HistogramTotals, scrape_histogram
+from loadtests.workloads import HOST
+from testkit.gateway_process import (
     GatewayProcess,
     free_port,
     start_gateway,
     start_server,
 )
-from loadtests.loadgen import closed_loop, run
-from loadtests.probes import BATCH_SIZE, HistogramTotals, scrape_histogram
-from loadtests.workloads import HOST
 
 RequestsFor = Callable[[int], bytes | Sequence[bytes]]  # port -> pre-encoded request(s)
 

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests.gateway_process import ROOT
 from loadtests.scenarios.common import Settings, gateway_variant, level_at, ratio
 from loadtests.workloads import (
     EMBEDDER_MODEL,
@@ -24,6 +23,7 @@ from loadtests.workloads import (
     embedder_config,
     embedder_requests,
 )
+from testkit.gateway_process import ROOT
 
 BATCHING = "gateway-batching"
 NO_BATCHING = "gateway"

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from loadtests import grpc_floor, grpc_loadgen, h2load_grpc
-from loadtests.gateway_process import GatewayProcess, free_port, start_gateway, start_server
 from loadtests.loadgen import run
 from loadtests.probes import BATCH_SIZE, counter_total, scrape_histogram
 from loadtests.scenarios.common import Settings, closed_levels, level_at, print_level, ratio
 from loadtests.workloads import HOST, digits_config, digits_request
+from testkit.gateway_process import GatewayProcess, free_port, start_gateway, start_server
 
 HTTP = "http-binary"
 GRPC = "grpc-raw"

@@ -15,8 +15,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from loadtests.fake_vendor import start_fake_vendor
-from loadtests.gateway_process import GatewayProcess
 from loadtests.scenarios.common import (
     Settings,
     closed_levels,
@@ -25,6 +23,8 @@ from loadtests.scenarios.common import (
     running_gateway,
 )
 from loadtests.workloads import HOST, http_request
+from testkit.fake_vendor import start_fake_vendor
+from testkit.gateway_process import GatewayProcess
 
 KEY_ENV = "BENCH_FAKE_VENDOR_KEY"
 VENDOR_KEY = "fake-key"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from loadtests.fake_vendor import fake_vendor_stats
+from testkit.fake_vendor import fake_vendor_stats
 from tests.api.http_helpers import Reply, post
 from tests.api.test_openai_surface import (
     Vendors,

@@ -23,7 +23,7 @@ import openai
 import pytest
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
-from loadtests.fake_vendor import embedding_vector, reset_fake_vendor, start_fake_vendor
+from testkit.fake_vendor import embedding_vector, reset_fake_vendor, start_fake_vendor
 from tests.api.http_helpers import post
 from tests.conftest import GatewayProcess, start_gateway
 from tests.metrics_reader import value

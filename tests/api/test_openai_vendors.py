@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from loadtests.fake_vendor import control_fake_vendor, fake_vendor_stats
+from testkit.fake_vendor import control_fake_vendor, fake_vendor_stats
 from tests.api.test_openai_surface import (
     COMPLETION_TOKENS,
     Vendors,
@@ -322,9 +322,12 @@ def test_a_hanging_vendor_is_a_504_at_the_deadline_and_the_gateway_serves_on(
         )
     )
     elapsed = time.monotonic() - started
+    # The vendor never answers and the backend's own timeout is 30 s: the caller's
+    # deadline is what ended the wait, and not before it had passed.
     assert error.status_code == 504
     assert error.body["code"] == "timeout"
-    assert 0.3 <= elapsed < 1.5
+    assert "did not answer within the deadline" in error.body["message"], error.body
+    assert elapsed >= 0.3
     # The gateway gave up on the vendor's connection too, not only on its caller.
     wait_for(
         lambda: fake_vendor_stats(vendor)["held_open"] == 0,
@@ -345,18 +348,21 @@ def test_a_stream_slower_than_the_deadline_ends_with_a_timeout_event(
         chunk_interval_ms=100,
         completion_tokens=COMPLETION_TOKENS,
     )
-    started = time.monotonic()
+    chunks = []
     with pytest.raises(openai.APIError) as caught:
-        list(
-            sdk(gateway).chat.completions.create(
-                model=model,
-                messages=[{"role": "user", "content": "slowly"}],
-                stream=True,
-                extra_headers={"x-request-timeout-ms": "300"},
-            )
-        )
+        for chunk in sdk(gateway).chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "slowly"}],
+            stream=True,
+            extra_headers={"x-request-timeout-ms": "300"},
+        ):
+            chunks.append(chunk)
     assert caught.value.body["code"] == "timeout"
-    assert time.monotonic() - started < 1.0  # the whole stream would take over a second
+    # The whole stream would take over a second (100 ms between events): the
+    # deadline cut it, after a true prefix of the reply and before its end.
+    got = streamed_text(chunks)
+    assert words(got) < COMPLETION_TOKENS, got
+    assert expected_reply("slowly").startswith(got)
 
 
 # -- callers who go away ------------------------------------------------------------------------
@@ -380,10 +386,11 @@ def test_a_caller_who_gives_up_frees_the_vendor_connection(
 def test_an_abandoned_stream_frees_its_backend_slot(
     gateway: GatewayProcess, vendors: Vendors
 ) -> None:
-    # gpt-single's backend runs one call at a time. A stream that would take
-    # about 2 s is abandoned after its first chunk; the next call must get the
-    # slot long before that stream would have ended.
-    control_fake_vendor(vendors.a, chunk_interval_ms=50, completion_tokens=40)
+    # gpt-single's backend runs one call at a time (and queues one more). A
+    # stream that would take about 30 s is abandoned after its first chunk; the
+    # next call, whose deadline is 5 s, must get the slot long before that stream
+    # would have ended: answered, by that backend, at the first try.
+    control_fake_vendor(vendors.a, chunk_interval_ms=100, completion_tokens=300)
     client = sdk(gateway)
     stream = client.chat.completions.create(
         model="gpt-single", messages=[{"role": "user", "content": "a long one"}], stream=True
@@ -392,7 +399,7 @@ def test_an_abandoned_stream_frees_its_backend_slot(
     stream.close()
 
     control_fake_vendor(vendors.a, chunk_interval_ms=0, completion_tokens=COMPLETION_TOKENS)
-    started = time.monotonic()
-    raw = ask(client, "gpt-single", "my turn", extra_headers={"x-request-timeout-ms": "1500"})
+    raw = ask(client, "gpt-single", "my turn", extra_headers={"x-request-timeout-ms": "5000"})
     assert raw.parse().choices[0].message.content == expected_reply("my turn")
-    assert time.monotonic() - started < 1.0
+    assert raw.headers["x-gateway-backend"] == "a-gpt-single"
+    assert raw.headers["x-gateway-attempts"] == "1"

@@ -503,12 +503,10 @@ def test_a_deadline_shorter_than_the_queue_wait_is_deadline_exceeded_and_never_r
         value(port, "gateway_shed_total", backend="slow", reason=r)
         for r in ("deadline", "cancelled")
     )
-    started = time.monotonic()
     short = raw_request("slow", {"x": np.ones((2, WIDTH), np.float32)}, "FP32")
     code, _ = status_of(lambda: stub.ModelInfer(short, timeout=0.3))
-    elapsed = time.monotonic() - started
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert elapsed < LONG_RUN_S and not holder.done()  # answered while the long run goes on
+    assert not holder.done()  # answered while the long run goes on
     assert len(holder.result().outputs) == 1
     # The expired request was dropped from the queue: only the long run executed.
     assert value(port, "gateway_batch_size_count", backend="slow") == executions

@@ -46,15 +46,33 @@ def test_texts_tokenized_in_groups_are_padded_as_one_batch(tokenizer: TextTokeni
     np.testing.assert_array_equal(grouped["attention_mask"], [e.attention_mask for e in whole])
 
 
-def test_a_text_is_cut_before_it_is_tokenized(tokenizer: TextTokenizer) -> None:
+class EncodeSpy:
+    """Stands in for the `tokenizers.Tokenizer`: records what it is asked to encode."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.texts: list[str] = []
+
+    def encode_batch(self, texts: list[str]) -> Any:
+        self.texts.extend(texts)
+        return self.tokenizer.encode_batch(texts)
+
+
+def test_a_text_is_cut_before_it_is_tokenized(
+    tokenizer: TextTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cut = TOKENIZER.max_length * BYTES_PER_TOKEN
     assert tokenizer.max_text_bytes == cut
     # What lies past the cut is not read at all (here: the only word).
     ids = tokenizer(texts_array([" " * cut + "hello"]))["input_ids"]
     assert ids.shape == (1, 2)  # [CLS] [SEP]
-    started = time.monotonic()
-    long = tokenizer(texts_array(["lorem ipsum " * 300_000]))["input_ids"]  # 3.6 MB
-    assert time.monotonic() - started < 0.5
+    # A text of megabytes reaches the tokenizer cut to `cut` bytes: encoding it
+    # whole first would cost seconds and hundreds of megabytes.
+    spy = EncodeSpy(tokenizer._tokenizer)
+    monkeypatch.setattr(tokenizer, "_tokenizer", spy)
+    text = "lorem ipsum " * 300_000  # 3.6 MB
+    long = tokenizer(texts_array([text]))["input_ids"]
+    assert spy.texts == [text[:cut]]
     assert long.shape == (1, TOKENIZER.max_length)
 
 
@@ -116,23 +134,27 @@ def test_more_texts_than_max_texts_are_refused_before_they_are_queued() -> None:
 
 
 class PartsBackend:
-    """A local backend that answers one vector per text and records each call."""
+    """A local backend that answers one vector per text and records each call;
+    `outlast_deadline`: each call answers only once its deadline has passed."""
 
     name = "parts"
     max_execution_rows = 3
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, outlast_deadline: bool = False) -> None:
         self.calls: list[int] = []
-        self.delay_s = delay_s
+        self.outlast_deadline = outlast_deadline
 
     def ready(self) -> bool:
         return True
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float | None
+        self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
     ) -> dict[str, np.ndarray]:
         self.calls.append(len(inputs["text"]))
-        await asyncio.sleep(self.delay_s)
+        if self.outlast_deadline:
+            assert deadline is not None
+            while time.monotonic() <= deadline:
+                await asyncio.sleep(deadline - time.monotonic() + 0.001)
         return {"embedding": np.array([[len(t), 0.0] for t in inputs["text"]], np.float32)}
 
 
@@ -145,8 +167,14 @@ def test_embeddings_are_sent_in_parts_each_queued_on_its_own() -> None:
 
 
 def test_parts_stop_once_the_deadline_has_passed() -> None:
-    parts = PartsBackend(delay_s=0.05)
+    # The first part is answered after the deadline (whatever this machine's
+    # speed): the next parts are never sent.
+    parts = PartsBackend(outlast_deadline=True)
     embedder = TensorEmbedder(parts, "text", "embedding")  # type: ignore[arg-type]
+
+    async def embed() -> object:
+        return await embedder.embed(["x"] * 9, time.monotonic() + 0.05)
+
     with pytest.raises(DeadlineExceeded, match="3 done, in parts of 3"):
-        asyncio.run(embedder.embed(["x"] * 9, time.monotonic() + 0.04))
+        asyncio.run(embed())
     assert parts.calls == [3]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.fake_vendor import start_fake_vendor
-from loadtests.gateway_process import ROOT, GatewayProcess, free_port, start_gateway
+from testkit.fake_vendor import start_fake_vendor
+from testkit.gateway_process import ROOT, GatewayProcess, free_port, start_gateway
 from tests.onnx_models import ONNX_ELEMENT, identity_model, passthrough_model
 
 DATATYPES = sorted(ONNX_ELEMENT)

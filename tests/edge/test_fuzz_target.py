@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from loadtests.gateway_process import ROOT
+from testkit.gateway_process import ROOT
 
 
 def _load() -> ModuleType:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -15,7 +14,7 @@ import pytest
 
 from gateway.api.proto import grpc_predict_v2_pb2 as pb
 from gateway.core.datatypes import NUMPY_DTYPES
-from loadtests.gateway_process import GatewayProcess, free_port, start_gateway
+from testkit.gateway_process import GatewayProcess, free_port, start_gateway
 from tests.edge.conftest import DATATYPES, EDGE_TEXT, EMBEDDER_ROWS, MAX_TEXTS, EdgeGateway
 from tests.edge.wire import STREAM_METHOD, Http, binary_body, grpc_error
 from tests.metrics_reader import value
@@ -362,12 +361,11 @@ def test_many_long_texts_run_in_bounded_chunks(edge: EdgeGateway, http: Http, su
 def test_a_text_of_megabytes_is_cut_before_it_is_tokenized(edge: EdgeGateway, http: Http) -> None:
     text = "lorem ipsum " * (3 * MB // 12)
     before = edge.reset_peak()
-    started = time.monotonic()
     vectors = _vectors_openai(http, [text])
-    took = time.monotonic() - started
     grown = edge.peak() - before
-    # Tokenized whole, 3 MB took about 4 s and 450 MB before the 256 tokens were kept.
-    assert took < 2.0 and grown < 100 * MB, (took, grown / MB)
+    # Tokenized whole, 3 MB took about 4 s and 450 MB before the 256 tokens were
+    # kept: the peak resident set says whether it was cut first.
+    assert grown < 100 * MB, f"{grown / MB:.0f} MB"
     np.testing.assert_allclose(vectors[0], _vectors_openai(http, [text[:8192]])[0], atol=2e-5)
 
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.app import Runtime, build_runtime, create_app
 from gateway.config.loader import parse_config
-from loadtests.fake_vendor import FakeVendorConfig, build_app
+from testkit.fake_vendor import FakeVendorConfig, build_app
 from tests.conftest import DIGITS_MODEL
 
 VENDOR_KEY_ENV = "OBSERVE_TEST_VENDOR_KEY"

@@ -20,7 +20,7 @@ import pytest
 
 from gateway.observe import redact
 from gateway.observe.logs import setup_logging
-from loadtests.fake_vendor import control_fake_vendor, start_fake_vendor
+from testkit.fake_vendor import control_fake_vendor, start_fake_vendor
 from tests.api.http_helpers import Reply, post
 from tests.conftest import GatewayProcess, start_gateway
 

@@ -5,7 +5,6 @@ from the requests sent, never from the gateway's answers."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.fake_vendor import (
+from testkit.fake_vendor import (
     control_fake_vendor,
     fake_vendor_stats,
     reset_fake_vendor,
@@ -27,7 +26,8 @@ from tests.redis_server import RedisServer
 KEY_ENV = "CACHE_TEST_VENDOR_KEY"
 # The secret that signs values in Redis: every replica of a deployment has it.
 SIGNING_KEY_ENV = "CACHE_TEST_SIGNING_KEY"
-os.environ[SIGNING_KEY_ENV] = "cache-signing-secret-for-the-tests"
+# Given to each gateway process it starts (this process's environment is left alone).
+ENV = {KEY_ENV: "fake-key", SIGNING_KEY_ENV: "cache-signing-secret-for-the-tests"}
 EMBEDDINGS = "/v1/embeddings"
 CHAT = "/v1/chat/completions"
 
@@ -81,9 +81,12 @@ def fresh_vendor(vendor: GatewayProcess) -> GatewayProcess:
 def replicas(
     vendor: GatewayProcess, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GatewayProcess, ...]]:
-    os.environ[KEY_ENV] = "fake-key"
     started = [
-        start_gateway(config(vendor.url, redis_server.url), tmp_path_factory.mktemp(f"replica-{i}"))
+        start_gateway(
+            config(vendor.url, redis_server.url),
+            tmp_path_factory.mktemp(f"replica-{i}"),
+            env=ENV,
+        )
         for i in range(2)
     ]
     yield tuple(started)
@@ -190,8 +193,7 @@ def test_a_thundering_herd_across_two_replicas_makes_one_backend_call(
 
 def test_the_local_tier_is_bounded_in_bytes(fresh_vendor: GatewayProcess, tmp_path: Path) -> None:
     # 384 floats per answer: about 1.6 KB each in the local tier; 16 KB hold about 8.
-    os.environ[KEY_ENV] = "fake-key"
-    gateway = start_gateway(config(fresh_vendor.url, None, max_bytes=16 * 1024), tmp_path)
+    gateway = start_gateway(config(fresh_vendor.url, None, max_bytes=16 * 1024), tmp_path, env=ENV)
     try:
         texts = [unique(f"lru {i}") for i in range(30)]
         for text in texts:
@@ -207,9 +209,8 @@ def test_redis_down_then_back_costs_no_request_and_the_cache_recovers(
     fresh_vendor: GatewayProcess, redis_server_factory, tmp_path: Path
 ) -> None:
     redis = redis_server_factory()
-    os.environ[KEY_ENV] = "fake-key"
-    a = start_gateway(config(fresh_vendor.url, redis.url), tmp_path / "a")
-    b = start_gateway(config(fresh_vendor.url, redis.url), tmp_path / "b")
+    a = start_gateway(config(fresh_vendor.url, redis.url), tmp_path / "a", env=ENV)
+    b = start_gateway(config(fresh_vendor.url, redis.url), tmp_path / "b", env=ENV)
     try:
         statuses = []
         for i in range(20):
@@ -245,7 +246,7 @@ def test_workers_of_one_gateway_share_the_cache_through_redis(
     config["models"]["digits"]["cache"] = {"ttl_s": 600}
     config["redis"] = {"url": redis_server.url, "timeout_ms": 200}
     config["cache"] = {"signing_key_env": SIGNING_KEY_ENV}
-    gateway = start_gateway(config, tmp_path, "--workers", "2")
+    gateway = start_gateway(config, tmp_path, "--workers", "2", env=ENV)
     try:
         deadline = time.monotonic() + 60
         while gateway.logs().count("gateway ready (worker") < 2:

@@ -1,5 +1,8 @@
 """Queues, slots, deadlines, shedding and dynamic batching, observed from outside:
-real HTTP against a gateway process, executions counted by its /metrics."""
+real HTTP against a gateway process, executions counted by its /metrics (as
+deltas: the gateway serves the whole module). "At once" is checked by the order
+of events (answered while the long execution still holds the slot), never by
+a measured duration."""
 
 from __future__ import annotations
 
@@ -162,7 +165,12 @@ class LongRun:
 def test_batches_form_up_to_the_size_limit_and_match_unbatched_outputs(gateway) -> None:
     process, _ = gateway
     rows = np.random.default_rng(1).integers(0, 17, size=(8, 64)).astype(np.float32)
+
+    def small_batches() -> float:  # executions of at most 2 rows
+        return value(process.port, "gateway_batch_size_bucket", backend="batch4", le="2.0")
+
     before = executions(process.port, "batch4")
+    small_before = small_batches()
     with ThreadPoolExecutor(8) as pool:
         replies = list(
             pool.map(lambda r: binary_infer(process.port, "batch4", "pixels", r[None]), rows)
@@ -170,7 +178,7 @@ def test_batches_form_up_to_the_size_limit_and_match_unbatched_outputs(gateway) 
     assert [r.status for r in replies] == [200] * 8
     batches, executed_rows = (a - b for a, b in zip(executions(process.port, "batch4"), before))
     assert (batches, executed_rows) == (2, 8)  # two full batches of 4, not 8 single runs
-    assert value(process.port, "gateway_batch_size_bucket", backend="batch4", le="2.0") == 0
+    assert small_batches() == small_before
     session = ort.InferenceSession(str(DIGITS_MODEL), providers=["CPUExecutionProvider"])
     for row, reply in zip(rows, replies):
         (alone,) = session.run(["probabilities"], {"pixels": row[None]})
@@ -220,6 +228,7 @@ def test_a_queued_request_whose_deadline_passes_gets_504_at_its_deadline_and_nev
     gateway,
 ) -> None:
     process, rows = gateway
+    shed_before = value(process.port, "gateway_shed_total", backend="slow", reason="deadline")
     with LongRun(process.port, rows) as run:
         batches_before, rows_before = executions(process.port, "slow")
         started = time.monotonic()
@@ -229,12 +238,15 @@ def test_a_queued_request_whose_deadline_passes_gets_504_at_its_deadline_and_nev
         elapsed = time.monotonic() - started
         assert reply.status == 504
         assert "not executed" in reply.error
-        assert run.reply is None  # answered while the long execution still runs
-        assert elapsed < LONG_RUN_S
+        assert run.reply is None  # answered while the long execution still runs...
+        assert elapsed >= 0.2  # ...and not before its deadline
     batches_after, rows_after = executions(process.port, "slow")
     # Only the long run executed after the expired request was queued: it never ran.
     assert (batches_after - batches_before, rows_after - rows_before) == (0, 0)
-    assert value(process.port, "gateway_shed_total", backend="slow", reason="deadline") == 1
+    assert (
+        value(process.port, "gateway_shed_total", backend="slow", reason="deadline")
+        == shed_before + 1
+    )
     assert value(process.port, "gateway_queued_requests", backend="slow") == 0
 
 
@@ -281,19 +293,28 @@ def test_a_disconnected_callers_queued_work_is_dropped(gateway) -> None:
 
 def test_a_request_that_would_wait_past_max_queue_wait_ms_is_shed_at_once(gateway) -> None:
     process, rows = gateway
+
+    def shed(reason: str) -> float:
+        return value(process.port, "gateway_shed_total", backend="budget", reason=reason)
+
     # The first long run teaches the backend how long one execution takes.
     with LongRun(process.port, rows, "budget"):
         pass
+    before = {reason: shed(reason) for reason in ("queue_wait", "deadline", "queue_full")}
     with LongRun(process.port, rows, "budget") as run:
-        started = time.monotonic()
         refused = binary_infer(process.port, "budget", "x", np.ones((1, WIDTH)))
-        elapsed = time.monotonic() - started
         assert run.reply is None  # refused while the long execution still runs...
-        assert elapsed < LONG_RUN_S / 2  # ...at once, not after waiting
         assert refused.status == 503
         assert refused.headers["retry-after"] == "1"
         assert "max_queue_wait_ms 100" in refused.error and "'budget'" in refused.error
+        # ...at once, on the estimate of its wait: not after waiting in the queue
+        # (that would be shed as "deadline") nor for a full queue.
+        assert {reason: shed(reason) - before[reason] for reason in before} == {
+            "queue_wait": 1,
+            "deadline": 0,
+            "queue_full": 0,
+        }
     # Nothing queued behind the long run: the next request starts at once and is served.
     assert binary_infer(process.port, "budget", "x", np.ones((1, WIDTH))).status == 200
-    assert value(process.port, "gateway_shed_total", backend="budget", reason="queue_wait") == 1
+    assert shed("queue_wait") == before["queue_wait"] + 1
     assert value(process.port, "gateway_queued_requests", backend="budget") == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import time
 from collections import Counter
@@ -54,9 +53,10 @@ def infer(port: int, key: str | None = KEY):
 
 def test_two_replicas_hold_one_tenant_limit_together(redis_server_factory, tmp_path: Path) -> None:
     redis: RedisServer = redis_server_factory()
-    os.environ[KEY_ENV] = KEY
-    os.environ[ADMIN_KEY_ENV] = ADMIN_KEY
-    replicas = [start_gateway(tenant_config(redis.url), tmp_path / f"r{i}") for i in range(2)]
+    env = {KEY_ENV: KEY, ADMIN_KEY_ENV: ADMIN_KEY}
+    replicas = [
+        start_gateway(tenant_config(redis.url), tmp_path / f"r{i}", env=env) for i in range(2)
+    ]
     try:
         assert infer(replicas[0].port, key=None).status == 401  # the tenant needs its key
         statuses: Counter[int] = Counter()

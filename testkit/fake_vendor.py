@@ -6,7 +6,7 @@ is patched. It answers deterministically, so tests can assert exact text and
 usage, and it fails on demand, so retries, fallbacks and circuit breakers can
 be exercised.
 
-    python -m loadtests.fake_vendor --port 8300 [--latency-ms 20] [--error-rate 0.1] ...
+    python -m testkit.fake_vendor --port 8300 [--latency-ms 20] [--error-rate 0.1] ...
 
 Routes
     POST /v1/chat/completions   OpenAI chat (JSON, or SSE with `stream: true`)
@@ -88,8 +88,8 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from loadtests.aio_serving import serve_until_signalled
-from loadtests.gateway_process import GatewayProcess, free_port, start_server
+from testkit.aio_serving import serve_until_signalled
+from testkit.gateway_process import GatewayProcess, free_port, start_server
 
 READY_LINE = "fake vendor ready"  # printed once the socket listens: start_server waits for it
 ERROR_KINDS = ("500", "429", "timeout", "garbage", "cut_stream", "stream_error")
@@ -983,7 +983,7 @@ def _yes_no(text: str) -> bool:
 
 def config_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtests.fake_vendor",
+        prog="python -m testkit.fake_vendor",
         description="A fake OpenAI-compatible and Anthropic vendor API on loopback.",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -1023,7 +1023,7 @@ def start_fake_vendor(
     """
     config = FakeVendorConfig(**knobs)  # type: ignore[arg-type]
     port = free_port() if port is None else port
-    argv = [sys.executable, "-m", "loadtests.fake_vendor", "--port", str(port)]
+    argv = [sys.executable, "-m", "testkit.fake_vendor", "--port", str(port)]
     for name in knobs:
         argv += [_flag(name), str(getattr(config, name))]
     return start_server("fake vendor", argv, port, READY_LINE.encode(), cpus=cpus)

@@ -15,7 +15,7 @@ import numpy as np
 import openai
 import pytest
 
-from loadtests.fake_vendor import (
+from testkit.fake_vendor import (
     MODELS,
     compose_reply,
     control_fake_vendor,
@@ -24,7 +24,7 @@ from loadtests.fake_vendor import (
     reset_fake_vendor,
     start_fake_vendor,
 )
-from loadtests.gateway_process import GatewayProcess
+from testkit.gateway_process import GatewayProcess
 
 KEY = "fake-key"
 USER = [{"role": "user", "content": "hello there"}]
