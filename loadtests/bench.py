@@ -11,7 +11,9 @@
               from one gateway process with batching, on both gRPC engines, and
               bare threaded / grpc.aio floors: gRPC / HTTP ratio
     observability  digits throughput bare (GATEWAY_METRICS=off), with metrics and
-              audit records, and with tracing too: alternating rounds, medians
+              audit records, and with tracing too: alternating rounds, medians;
+              first, in-process, microseconds per span of our span recording and
+              OTLP encoder against the OpenTelemetry SDK's tracer and encoder
     cache     a miss, an in-process hit and a Redis hit on digits
     embedder  all-MiniLM-L6-v2: the in-process limit (tokenize + run, no HTTP) at
               several batch sizes, against the gateway with and without batching
@@ -47,7 +49,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtests import otlp_sink, report
-from loadtests.gateway_process import ROOT, free_port, start_server
 from loadtests.scenarios.cache import run_cache
 from loadtests.scenarios.common import Settings, cpu_split
 from loadtests.scenarios.digits import run_digits
@@ -56,6 +57,7 @@ from loadtests.scenarios.grpc import run_grpc
 from loadtests.scenarios.observability import run_observability
 from loadtests.scenarios.overload import run_overload
 from loadtests.scenarios.vendor import run_vendor
+from testkit.gateway_process import ROOT, free_port, start_server
 
 RESULTS = ROOT / "loadtests" / "results"
 ORDER = ("digits", "grpc", "observability", "cache", "overload", "vendor", "embedder")
@@ -107,6 +109,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=5.0,
         help="observability: measured seconds per round (default %(default)s)",
+    )
+    parser.add_argument(
+        "--span-cost-runs",
+        type=int,
+        default=7,
+        help="observability: timed runs of the in-process span cost (default %(default)s)",
+    )
+    parser.add_argument(
+        "--span-cost-requests",
+        type=int,
+        default=2000,
+        help="observability: requests (5 spans each) per span-cost run (default %(default)s)",
     )
     parser.add_argument(
         "--vendor-concurrency",
@@ -168,7 +182,11 @@ def scenario_runners(args: argparse.Namespace, settings: Settings) -> dict[str, 
         "digits": lambda: run_digits(settings, args.concurrency),
         "grpc": lambda: run_grpc(settings, args.concurrency, args.grpc_channels),
         "observability": lambda: run_observability(
-            settings, args.observability_rounds, args.observability_duration
+            settings,
+            args.observability_rounds,
+            args.observability_duration,
+            args.span_cost_runs,
+            args.span_cost_requests,
         ),
         "overload": lambda: run_overload(
             settings,

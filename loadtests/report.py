@@ -147,7 +147,7 @@ def observability_summary(result: dict[str, Any]) -> str:
                     _goal(goal["met"]) if goal else "",
                 ]
             )
-    return (
+    throughput = (
         "OBSERVABILITY COST (digits c=32, alternating rounds; vs bare = median of each "
         "round's ratio)\n"
     ) + table(
@@ -163,6 +163,31 @@ def observability_summary(result: dict[str, Any]) -> str:
             "",
         ],
         rows,
+    )
+    cost = result.get("span_cost")
+    if not cost:
+        return throughput
+    if "error" in cost:
+        return f"{throughput}\n\nSPAN COST failed: {cost['error']}"
+    return "\n\n".join(
+        [
+            throughput,
+            (
+                f"SPAN COST (in-process, {cost['spans_per_request']} spans per digits request; "
+                f"median of {cost['runs']} runs of {cost['spans_per_run']} spans)\n"
+            )
+            + table(
+                ["recording + OTLP protobuf encoding", "us/span", "vs ours"],
+                [
+                    ["ours (tracing.py + otlp.py)", cost["ours_us_per_span"], 1.0],
+                    [
+                        "OpenTelemetry SDK (tracer + encode_spans)",
+                        cost["sdk_us_per_span"],
+                        cost["sdk_over_ours"],
+                    ],
+                ],
+            ),
+        ]
     )
 
 

@@ -1,37 +1,47 @@
 """OTLP/HTTP (protobuf) export: posts encoded span batches (otlp.Encoder) to a
-collector. Configured by the standard variables, read as the Python SDK reads
-them: `OTEL_EXPORTER_OTLP_[TRACES_]` `ENDPOINT`, `HEADERS`, `TIMEOUT`
-(seconds), `COMPRESSION` (gzip|none), `CERTIFICATE`, `CLIENT_CERTIFICATE`,
-`CLIENT_KEY`; `PROTOCOL` must be http/protobuf.
+collector with aiohttp. Configured by the standard variables, read as the
+Python SDK reads them: `OTEL_EXPORTER_OTLP_[TRACES_]` `ENDPOINT`, `HEADERS`,
+`TIMEOUT` (seconds), `COMPRESSION` (gzip|none), `CERTIFICATE`,
+`CLIENT_CERTIFICATE`, `CLIENT_KEY`; `PROTOCOL` must be http/protobuf.
+Connection errors, 429 and 502-504 are retried with backoff within the
+timeout; a batch that cannot be delivered is dropped and counted
+(`undelivered`), with one warning per outage.
 
-Two ways to post, with one retry policy (connection errors, 429 and 502-504
-are retried with backoff within the timeout):
+Where it runs. An aiohttp session belongs to one event loop, so there is one
+per loop the exporter posts from, made on first use and kept (its connector
+keeps the connection alive between batches):
 
-- `post`, a coroutine on the serving event loop: a keep-alive connection of
-  asyncio streams. The gateway serves from one core, and a sender thread there
-  cost more in GIL hand-offs and switches than the post itself (about 7 us
-  per request at 8,000 requests a second, against under 1 us on the loop);
-- `send`, blocking (http.client): for spans handed over off the loop and for
-  the last ones at shutdown.
+- `post`, a coroutine on the serving loop: what the recorder uses. The gateway
+  serves from one core, and a sender thread there cost more in GIL hand-offs
+  and switches than the post itself (about 7 us per request at 8,000 requests
+  a second, against under 1 us on the loop);
+- `send`, blocking, for spans handed over off the loop (gRPC's thread engine),
+  a synchronous flush and the last spans at shutdown: it runs the same
+  coroutine on a loop of the exporter's own, in a thread started on first
+  use. A served gateway posting from its loop never starts it.
+
+A session is closed on its loop by `aclose` (the recorder calls it as the
+gateway stops), else by `close`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
-import http.client
 import logging
 import os
 import ssl
+import threading
 import time
 import urllib.parse
+
+import aiohttp
 
 log = logging.getLogger("gateway.observe.otlp")
 
 DEFAULT_ENDPOINT = "http://localhost:4318"
 _RETRYABLE = frozenset({429, 502, 503, 504})
 _TRIES = 3
-_MAX_RESPONSE_HEAD = 64 << 10
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -57,13 +67,9 @@ def _headers(text: str) -> dict[str, str]:
     return headers
 
 
-class _Failed(Exception):
-    """A response the on-loop client cannot read: the connection is dropped."""
-
-
 class OtlpHttpExporter:
-    """One collector endpoint, posted to from the event loop (`post`) or from a
-    thread (`send`); each keeps its own keep-alive connection."""
+    """One collector endpoint, posted to from the event loop (`post`) or from
+    any thread (`send`)."""
 
     def __init__(self) -> None:
         protocol = _env("PROTOCOL", "http/protobuf")
@@ -79,10 +85,6 @@ class OtlpHttpExporter:
         if url.scheme not in ("http", "https") or not url.hostname:
             raise RuntimeError(f"OTLP endpoint: expected an http(s) URL, got {endpoint!r}")
         self.endpoint = endpoint
-        self._https = url.scheme == "https"
-        self._host = url.hostname
-        self._port = url.port or (443 if self._https else 80)
-        self._path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self._timeout = float(_env("TIMEOUT", "10") or 10)
         self._gzip = (_env("COMPRESSION", "none") or "none").lower() == "gzip"
         self._headers = {
@@ -91,164 +93,155 @@ class OtlpHttpExporter:
         }
         if self._gzip:
             self._headers["content-encoding"] = "gzip"
-        self._ssl: ssl.SSLContext | None = None
-        if self._https:
+        self._ssl: ssl.SSLContext | bool = True  # http: unused
+        if url.scheme == "https":
             self._ssl = ssl.create_default_context(cafile=_env("CERTIFICATE"))
             certificate = _env("CLIENT_CERTIFICATE")
             if certificate:
                 self._ssl.load_cert_chain(certificate, _env("CLIENT_KEY"))
-        host = self._host if ":" not in self._host else f"[{self._host}]"
-        default_port = self._port == (443 if self._https else 80)
-        self._request_head = (
-            f"POST {self._path} HTTP/1.1\r\nhost: {host if default_port else f'{host}:{self._port}'}"
-            "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in self._headers.items())
-        ).encode("latin-1")
-        self._connection: http.client.HTTPConnection | None = None
-        self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._stream_loop: asyncio.AbstractEventLoop | None = None
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._lock = threading.Lock()  # the sessions and the own loop: two threads may post
+        self._own: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
         self._failing = False
+        self.undelivered = 0  # batches given up on (their spans are dropped)
 
-    # -- the retry policy, shared by both ways ------------------------------------------
-
-    def _outcome(self, status: int | None, attempt: int, deadline: float) -> float | None:
-        """After a try: None when done (delivered or given up), else the pause
-        before the next try."""
-        if status is not None and 200 <= status < 300:
-            if self._failing:
-                self._failing = False
-                log.info("OTLP export to %s works again", self.endpoint)
-            return None
-        pause: float = 0.5 * 2**attempt
-        if (
-            (status is not None and status not in _RETRYABLE)
-            or attempt + 1 == _TRIES
-            or time.monotonic() + pause >= deadline
-        ):
-            if not self._failing:  # once per outage, not once per batch
-                self._failing = True
-                log.warning(
-                    "OTLP export to %s failed (status %s): its spans are dropped "
-                    "(said once, until an export succeeds)",
-                    self.endpoint,
-                    status,
-                )
-            return None
-        return pause
-
-    # -- on the event loop --------------------------------------------------------------
+    # -- the two ways in ----------------------------------------------------------------
 
     async def post(self, body: bytes) -> bool:
         """Post one ExportTraceServiceRequest from the running loop; False when it
         could not be delivered."""
         if self._gzip:  # off the loop: compressing a batch takes milliseconds
             body = await asyncio.get_running_loop().run_in_executor(None, gzip.compress, body)
+        return await self._deliver(body)
+
+    def send(self, body: bytes) -> bool:
+        """Post one ExportTraceServiceRequest, blocking (from any thread but the
+        exporter's own); False when it could not be delivered."""
+        if self._gzip:
+            body = gzip.compress(body)
+        delivering = asyncio.run_coroutine_threadsafe(self._deliver(body), self._own_loop())
+        try:
+            # _deliver ends within the timeout (its last try takes at least 0.1 s);
+            # the margin is for a loop that close() stopped under this send.
+            return delivering.result(self._timeout + 1)
+        except TimeoutError:
+            delivering.cancel()
+            return False
+
+    # -- delivery and the retry policy --------------------------------------------------
+
+    async def _deliver(self, body: bytes) -> bool:
         deadline = time.monotonic() + self._timeout
         for attempt in range(_TRIES):
             status = await self._post_once(body, max(0.1, deadline - time.monotonic()))
-            pause = self._outcome(status, attempt, deadline)
-            if pause is None:
-                return status is not None and 200 <= status < 300
+            if status is not None and 200 <= status < 300:
+                if self._failing:
+                    self._failing = False
+                    log.info("OTLP export to %s works again", self.endpoint)
+                return True
+            pause = 0.5 * 2**attempt
+            if (
+                (status is not None and status not in _RETRYABLE)
+                or attempt + 1 == _TRIES
+                or time.monotonic() + pause >= deadline
+            ):
+                break
             await asyncio.sleep(pause)
-        return False  # pragma: no cover - _outcome ends the last try
+        self.undelivered += 1
+        if not self._failing:  # once per outage, not once per batch
+            self._failing = True
+            log.warning(
+                "OTLP export to %s failed (status %s): its spans are dropped "
+                "(said once, until an export succeeds)",
+                self.endpoint,
+                status,
+            )
+        return False
 
     async def _post_once(self, body: bytes, timeout: float) -> int | None:
+        """One try: the status, or None when there was no answer."""
         try:
-            async with asyncio.timeout(timeout):
-                return await self._exchange(body)
-        except (OSError, TimeoutError, EOFError, ValueError, _Failed, asyncio.LimitOverrunError):
-            self._drop_stream()
-            return None
-        except asyncio.CancelledError:
-            self._drop_stream()  # a request half-written must not start the next one
-            raise
+            async with self._session().post(
+                self.endpoint,
+                data=body,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                await response.read()  # to the end: the connection goes back to the pool
+                return response.status
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None  # aiohttp has closed the connection: the next try opens another
 
-    async def _exchange(self, body: bytes) -> int:
+    def _session(self) -> aiohttp.ClientSession:
+        """The running loop's session, made on first use."""
         loop = asyncio.get_running_loop()
-        if self._stream is not None and self._stream_loop is not loop:
-            self._drop_stream()  # opened on a loop that has ended (tests run several)
-        if self._stream is None:
-            self._stream = await asyncio.open_connection(
-                self._host, self._port, ssl=self._ssl, limit=_MAX_RESPONSE_HEAD
+        with self._lock:
+            session = self._sessions.get(loop)
+            if session is not None and not session.closed:
+                return session
+            # Sessions of loops that have ended (tests run several): closed now.
+            for ended in [other for other in self._sessions if other.is_closed()]:
+                _dispose(ended, self._sessions.pop(ended))
+            session = self._sessions[loop] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl), headers=self._headers
             )
-            self._stream_loop = loop
-        reader, writer = self._stream
-        writer.writelines((self._request_head, b"content-length: %d\r\n\r\n" % len(body), body))
-        await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise _Failed(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-        fields: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            fields[name.strip().lower()] = value.strip()
-        status = int(parts[1])
-        if status in (204, 304):
-            pass  # no body, whatever the headers say
-        elif "chunked" in fields.get("transfer-encoding", "").lower():
-            while True:
-                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                await reader.readexactly(size + 2)  # the chunk and its CRLF
-                if size == 0:
-                    break
-        elif "content-length" in fields:
-            await reader.readexactly(int(fields["content-length"]))
-        else:  # delimited by the end of the connection
-            await reader.read()
-            fields["connection"] = "close"
-        if fields.get("connection", "").lower() == "close":
-            self._drop_stream()
-        return status
+            return session
 
-    def _drop_stream(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream[1].close()
-            except RuntimeError:  # its loop is closed already: so is the socket's use
-                pass
+    def _own_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._own is None:
+                loop = asyncio.new_event_loop()
+                # A daemon: a process that never calls close() must still be able to exit.
+                thread = threading.Thread(target=loop.run_forever, name="otlp-export", daemon=True)
+                thread.start()
+                self._own = (loop, thread)
+            return self._own[0]
 
-    # -- blocking -----------------------------------------------------------------------
+    # -- closing -------------------------------------------------------------------------
 
-    def send(self, body: bytes) -> bool:
-        """Post one ExportTraceServiceRequest, blocking; False when it could not
-        be delivered."""
-        if self._gzip:
-            body = gzip.compress(body)
-        deadline = time.monotonic() + self._timeout
-        for attempt in range(_TRIES):
-            status = self._send_once(body, max(0.1, deadline - time.monotonic()))
-            pause = self._outcome(status, attempt, deadline)
-            if pause is None:
-                return status is not None and 200 <= status < 300
-            time.sleep(pause)  # a sender thread, or the last export at shutdown
-        return False  # pragma: no cover - _outcome ends the last try
-
-    def _send_once(self, body: bytes, timeout: float) -> int | None:
-        try:
-            if self._connection is None:
-                if self._https:
-                    self._connection = http.client.HTTPSConnection(
-                        self._host, self._port, timeout=timeout, context=self._ssl
-                    )
-                else:
-                    self._connection = http.client.HTTPConnection(
-                        self._host, self._port, timeout=timeout
-                    )
-            if self._connection.sock is not None:  # kept alive: this post's own timeout
-                self._connection.sock.settimeout(timeout)
-            self._connection.request("POST", self._path, body, self._headers)
-            response = self._connection.getresponse()
-            response.read()
-            return response.status
-        except (OSError, http.client.HTTPException):
-            self.close()
-            return None
+    async def aclose(self) -> None:
+        """Close the running loop's session (a later post opens another)."""
+        with self._lock:
+            session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.close()
 
     def close(self) -> None:
-        """Close the blocking connection (the loop's closes with its loop)."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-        self._drop_stream()
+        """Close every session and stop the own loop (blocking: at most about one
+        export timeout, if a send is still in flight)."""
+        with self._lock:
+            own, self._own = self._own, None
+            sessions, self._sessions = self._sessions, {}
+        for loop, session in sessions.items():
+            if own is None or loop is not own[0]:
+                _dispose(loop, session)
+        if own is not None:
+            loop, thread = own
+            if loop in sessions:
+                closing = asyncio.run_coroutine_threadsafe(sessions[loop].close(), loop)
+                try:
+                    closing.result(self._timeout)
+                except TimeoutError:
+                    log.warning("OTLP export: its connections did not close in time")
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(self._timeout)
+            if not thread.is_alive():
+                loop.close()
+
+
+def _dispose(loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession) -> None:
+    """Close `session` from outside its loop, without waiting for it."""
+    closing = session.close()
+    if not loop.is_closed():
+        try:
+            asyncio.run_coroutine_threadsafe(closing, loop)
+            return
+        except RuntimeError:  # closed in the meantime
+            pass
+    # Its loop has ended, and with it the connections' use: what is left to close
+    # is the session's bookkeeping, which never waits, so no loop need run it.
+    try:
+        closing.send(None)
+    except StopIteration:
+        return
+    closing.close()

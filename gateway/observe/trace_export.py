@@ -147,6 +147,7 @@ def build_recorder(
             batch,
             expand=expand,
             post=otlp.post,
+            posted=otlp.aclose,
             encode_span=encode_span,
         ), f"otlp to {otlp.endpoint}"
     if choice == "console":
@@ -193,7 +194,8 @@ class Recorder:
     turns them into what the exporter takes.
 
     An exporter that can post from the loop (`post`: OTLP) sends there, one
-    batch at a time. Otherwise (the SDK's exporters, spans ended off the loop,
+    batch at a time, and `posted` closes its connections on that loop after a
+    `flush_async`. Otherwise (the SDK's exporters, spans ended off the loop,
     a synchronous flush) one thread sends. The gateway serves from one core,
     where a thread that did more than wait on I/O would cost more in GIL
     hand-offs than its work. Unbatched (tests), each is exported as it comes.
@@ -208,6 +210,7 @@ class Recorder:
         *,
         expand: Callable[[list[Any]], list[tuple[Any, ...]]],
         post: Callable[[Any], Awaitable[Any]] | None = None,
+        posted: Callable[[], Awaitable[None]] | None = None,
         encode_span: Callable[[tuple[Any, ...]], bytes] | None = None,
     ) -> None:
         self._encode = encode
@@ -217,6 +220,7 @@ class Recorder:
         self._close = close
         self._batch = batch
         self._post = post
+        self._posted = posted
         self._max_queue = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
         self._max_batch = min(self._max_queue, _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
         self._delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000.0
@@ -370,6 +374,10 @@ class Recorder:
                 await asyncio.wrap_future(future)
         else:
             await self._post_each(self._take(all_=True))
+            if self._posted is not None and self._posting is None:
+                # The exporter's connections belong to this loop, which may be about
+                # to end (a gateway stopping): closed on it. A later post reopens them.
+                await self._posted()
 
     def _take(self, all_: bool) -> list[Any]:
         """The full batches as payloads; with `all_` everything waiting."""

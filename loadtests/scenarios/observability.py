@@ -13,20 +13,26 @@ that round's bare run (seconds apart, so a slow spell of the machine cancels
 out); the median of those ratios is the result, and the ratio of the medians
 is reported beside it. Goals (issue 8): metrics+audit >= 0.90 x bare,
 +tracing >= 0.75 x bare.
+
+First, in-process and pinned to the server's core, what a traced request's
+spans cost per span: the gateway's recording and OTLP encoder against the
+OpenTelemetry SDK's tracer and OTLP encoder (span_cost.py).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from loadtests import otlp_sink
-from loadtests.gateway_process import free_port, start_gateway, start_server
 from loadtests.loadgen import closed_loop, run
 from loadtests.scenarios.common import Settings, print_level, ratio
 from loadtests.workloads import HOST, digits_config, digits_request
+from testkit.gateway_process import ROOT, free_port, start_gateway, start_server
 
 BARE = "bare"
 AUDIT = "metrics+audit"
@@ -38,8 +44,13 @@ BACKEND = "digits-cpu"
 
 
 def run_observability(
-    settings: Settings, rounds: int = 5, duration_s: float = 5.0
+    settings: Settings,
+    rounds: int = 5,
+    duration_s: float = 5.0,
+    span_cost_runs: int = 7,
+    span_cost_requests: int = 2000,
 ) -> dict[str, Any]:
+    span_cost = _span_cost(settings, span_cost_runs, span_cost_requests)
     print(
         f"observability: digits c={CONCURRENCY}, {rounds} alternating rounds of "
         f"{duration_s:g} s per variant",
@@ -86,7 +97,33 @@ def run_observability(
         "also every request traced and exported over OTLP/HTTP to a "
         f"stand-in collector; medians of {rounds} alternating rounds",
         "modes": modes,
+        "span_cost": span_cost,
     }
+
+
+def _span_cost(settings: Settings, runs: int, requests: int) -> dict[str, Any]:
+    """Microseconds per span, ours and the SDK's (span_cost.py), in a subprocess
+    pinned to the server's core; its failure is reported, the rest goes on."""
+    print(
+        f"observability: span cost in-process, ours vs the OpenTelemetry SDK, median of "
+        f"{runs} runs of {requests} requests",
+        flush=True,
+    )
+    argv = [sys.executable, "-m", "loadtests.scenarios.span_cost"]
+    argv += ["--runs", str(runs), "--requests", str(requests)]
+    if settings.server_cpus:
+        argv += ["--cpus", ",".join(map(str, sorted(settings.server_cpus)))]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        print(f"  span cost failed:\n{done.stderr[-2000:]}", flush=True)
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(
+        f"  ours {result['ours_us_per_span']} us/span, OpenTelemetry SDK "
+        f"{result['sdk_us_per_span']} us/span ({result['sdk_over_ours']}x)",
+        flush=True,
+    )
+    return result
 
 
 def _measure(
