@@ -89,13 +89,14 @@ class _Work:
         key: Hashable | None,
         rows: int,
         future: asyncio.Future[dict[str, np.ndarray]],
+        enqueued: float,
     ) -> None:
         self.inputs = inputs
         self.outputs = outputs
         self.key = key
         self.rows = rows
         self.future = future
-        self.enqueued = time.monotonic()
+        self.enqueued = enqueued
         self.state = _State.QUEUED
         self.abandoned = False  # the caller stopped waiting while it ran
         self.trace: tuple[Any, int] | None = None  # the caller's attempt span, while tracing is on
@@ -118,8 +119,11 @@ class QueuedBackend:
         max_queue: int,
         batching: BatchPolicy | None = None,
         max_queue_wait_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
+        # self._clock(), or a clock a test moves by hand; deadlines are on it.
+        self._clock = clock
         self.name = backend.name
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
@@ -185,7 +189,7 @@ class QueuedBackend:
         self._start()
         key = batch_key(inputs, outputs) if self.batching else None
         loop = asyncio.get_running_loop()
-        work = _Work(inputs, outputs, key, rows_of(inputs), loop.create_future())
+        work = _Work(inputs, outputs, key, rows_of(inputs), loop.create_future(), self._clock())
         if tracing.ENABLED:
             work.trace = tracing.queued()
         self._queue.append(work)
@@ -204,7 +208,7 @@ class QueuedBackend:
             return await work.future
         except TimeoutError:
             if work.state is _State.QUEUED:
-                waited_ms = (time.monotonic() - work.enqueued) * 1000.0
+                waited_ms = (self._clock() - work.enqueued) * 1000.0
                 self._drop(work, self._shed_deadline)
                 raise DeadlineExceeded(
                     f"deadline exceeded after {waited_ms:.0f} ms waiting for backend "
@@ -250,7 +254,7 @@ class QueuedBackend:
         mean = self._execution_s
         if mean == 0.0:
             return 0.0
-        now = time.monotonic()
+        now = self._clock()
         first_free = min(
             0.0 if since is None else max(0.0, mean - (now - since))
             for since in self._running_since
@@ -293,12 +297,12 @@ class QueuedBackend:
             # One slot gathers at a time; the others execute meanwhile.
             async with self._collecting:
                 batch = await self._collect()
-            started = self._running_since[index] = time.monotonic()
+            started = self._running_since[index] = self._clock()
             try:
                 await self._execute(batch)
             finally:
                 self._running_since[index] = None
-                took = time.monotonic() - started
+                took = self._clock() - started
                 mean = self._execution_s
                 self._execution_s = took if mean == 0.0 else mean + _EWMA_WEIGHT * (took - mean)
 
@@ -317,7 +321,7 @@ class QueuedBackend:
             release_at = head.enqueued + policy.max_queue_delay_s
             while True:
                 mates = self._mates(head, policy.max_batch_size)
-                remaining = release_at - time.monotonic()
+                remaining = release_at - self._clock()
                 if sum(w.rows for w in mates) >= policy.target_rows or remaining <= 0:
                     break
                 arrived.clear()
@@ -351,7 +355,7 @@ class QueuedBackend:
         return mates
 
     def _take(self, batch: list[_Work]) -> list[_Work]:
-        now = time.monotonic()
+        now = self._clock()
         for work in batch:
             work.state = _State.RUNNING
             self._queue_duration(now - work.enqueued)

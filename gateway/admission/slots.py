@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from gateway.core.errors import DeadlineExceeded, Overloaded
@@ -24,8 +24,16 @@ class ConcurrencyLimiter:
     calls are I/O (vendor APIs), where a slot is held for a whole call or stream.
     """
 
-    def __init__(self, name: str, max_concurrency: int, max_queue: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        max_concurrency: int,
+        max_queue: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
+        # time.monotonic(), or a clock a test moves by hand; deadlines are on it.
+        self._clock = clock
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self._running = 0
@@ -57,7 +65,7 @@ class ConcurrencyLimiter:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._queued.inc()
-        enqueued = time.monotonic()
+        enqueued = self._clock()
         try:
             await asyncio.wait_for(
                 asyncio.shield(waiter), None if deadline is None else deadline - enqueued
@@ -72,13 +80,13 @@ class ConcurrencyLimiter:
             if isinstance(exc, TimeoutError):
                 self._shed_deadline.inc()
                 raise DeadlineExceeded(
-                    f"deadline exceeded after {(time.monotonic() - enqueued) * 1000:.0f} ms "
+                    f"deadline exceeded after {(self._clock() - enqueued) * 1000:.0f} ms "
                     f"waiting for backend '{self.name}'; the request was not sent",
                     reason="deadline_queued",
                 ) from None
             self._shed_cancelled.inc()
             raise
-        self._queue_duration(time.monotonic() - enqueued)
+        self._queue_duration(self._clock() - enqueued)
 
     def release(self) -> None:
         """Hand the slot to the oldest waiter, or free it."""
