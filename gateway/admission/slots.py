@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from gateway.core.errors import DeadlineExceeded, Overloaded
-from gateway.core.llm import ChatRequest, ChatResult, ChatStream, EmbeddingResult, Usage
+from gateway.core.llm import ChatRequest, ChatResult, ChatStream, EmbeddingResult, EndingStream
 from gateway.observe.metrics import INFLIGHT, QUEUE_DURATION, QUEUED, SHED, fast_observe
 
 
@@ -138,7 +138,7 @@ class SlottedBackend:
         except BaseException:
             self.limiter.release()
             raise
-        return _SlotHoldingStream(stream, self.limiter)
+        return EndingStream(stream, self.limiter.release)
 
     async def embed(
         self, texts: list[str], deadline: float, dimensions: int | None = None
@@ -149,31 +149,3 @@ class SlottedBackend:
             return result
         finally:
             self.limiter.release()
-
-
-class _SlotHoldingStream:
-    """A stream that gives its slot back once, when it ends or is closed."""
-
-    def __init__(self, stream: ChatStream, limiter: ConcurrencyLimiter) -> None:
-        self._stream = stream
-        self._limiter: ConcurrencyLimiter | None = limiter
-        self.tries = stream.tries
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._stream.usage
-
-    async def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]:
-        try:
-            async for chunk in self._stream:
-                yield chunk
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        limiter, self._limiter = self._limiter, None
-        try:
-            await self._stream.aclose()
-        finally:
-            if limiter is not None:
-                limiter.release()

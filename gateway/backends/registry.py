@@ -4,32 +4,24 @@ may serve) and the response cache (what an answer depends on).
 
 A backend type is one module that defines its config model (a subclass of
 `config.schema.BackendCommon` with `type: Literal["<name>"]`), its backend
-class, and ends with `register(BackendType(...))`; `_BUILTIN` names the
-modules of the types that ship with the gateway. Types from other packages
-register through the `gateway.backends` entry-point group (the entry point
-names the module). docs/architecture.md#adding-a-backend-type walks through it.
+class, and ends with `register(BackendType(...))`; the registry's `builtin`
+names the modules of the types that ship with the gateway. Types from other
+packages register through the `gateway.backends` entry-point group (the entry
+point names the module). docs/architecture.md#adding-a-backend-type walks through it.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
 from gateway.config.schema import BackendCommon
+from gateway.core.registry import TypeRegistry, check_type_literal
 
 # The model kinds (`models.<name>.kind`, docs/configuration.md).
 Kind = Literal["tensor", "chat", "embeddings"]
-
-_BUILTIN = (
-    "gateway.backends.onnx",
-    "gateway.backends.vendors.openai",
-    "gateway.backends.vendors.anthropic",
-)
-_ENTRY_POINT_GROUP = "gateway.backends"
 
 
 @dataclass(frozen=True)
@@ -56,45 +48,21 @@ class BackendType:
     served_model: Callable[[Any], str | None] = lambda config: None
 
     def __post_init__(self) -> None:
-        fields = self.config.model_fields
-        missing = [f for f in self.cache_identity if f not in fields]
+        missing = [f for f in self.cache_identity if f not in self.config.model_fields]
         if missing:
             raise TypeError(f"backend type {self.name!r}: cache_identity names no field {missing}")
-        declared = fields["type"].annotation
-        if getattr(declared, "__args__", None) != (self.name,):
-            raise TypeError(
-                f"backend type {self.name!r}: its config model needs type: Literal[{self.name!r}]"
-            )
+        check_type_literal("backend type", self.name, self.config)
 
 
-_TYPES: dict[str, BackendType] = {}
-_loaded = False
-
-
-def register(backend_type: BackendType) -> BackendType:
-    """Called once by the module that defines the type."""
-    existing = _TYPES.get(backend_type.name)
-    if existing is not None and existing is not backend_type:
-        raise ValueError(f"backend type {backend_type.name!r} is registered twice")
-    _TYPES[backend_type.name] = backend_type
-    return backend_type
-
-
-def backend_types() -> dict[str, BackendType]:
-    """Every registered type by name: the built-in ones and those of installed plugins."""
-    global _loaded
-    if not _loaded:
-        for module in _BUILTIN:
-            importlib.import_module(module)
-        for entry in entry_points(group=_ENTRY_POINT_GROUP):
-            importlib.import_module(entry.value.partition(":")[0])
-        _loaded = True
-    return _TYPES
-
-
-def backend_type(name: str) -> BackendType:
-    types = backend_types()
-    found = types.get(name)
-    if found is None:
-        raise KeyError(f"no backend type {name!r} (known: {', '.join(sorted(types))})")
-    return found
+_REGISTRY: TypeRegistry[BackendType] = TypeRegistry(
+    "backend type",
+    builtin=(
+        "gateway.backends.onnx",
+        "gateway.backends.vendors.openai",
+        "gateway.backends.vendors.anthropic",
+    ),
+    entry_point_group="gateway.backends",
+)
+register = _REGISTRY.register
+backend_types = _REGISTRY.all
+backend_type = _REGISTRY.get

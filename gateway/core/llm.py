@@ -10,7 +10,7 @@ own vendor model).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -112,6 +112,43 @@ class PrefetchedStream:
         if aclose is not None:
             await aclose()
         await self._stream.aclose()
+
+
+class EndingStream:
+    """A stream that runs `on_end` once, when it ends, breaks or is closed,
+    with each chunk through `transform` when there is one. Admission releases
+    a stream's slot with it; the pipeline applies policies and counts tokens."""
+
+    def __init__(
+        self,
+        stream: ChatStream,
+        on_end: Callable[[], None],
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._on_end: Callable[[], None] | None = on_end
+        self._transform = transform
+        self.tries = stream.tries
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._stream.usage
+
+    async def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]:
+        transform = self._transform
+        try:
+            async for chunk in self._stream:
+                yield chunk if transform is None else transform(chunk)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        try:
+            await self._stream.aclose()
+        finally:
+            if on_end is not None:
+                on_end()
 
 
 @dataclass(slots=True)

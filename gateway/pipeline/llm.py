@@ -6,7 +6,6 @@ on each chunk of a stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 
 from gateway.core.errors import BackendFailed
@@ -18,8 +17,8 @@ from gateway.core.llm import (
     EmbeddingBackend,
     EmbeddingRequest,
     EmbeddingResult,
+    EndingStream,
     PrefetchedStream,
-    Usage,
 )
 from gateway.core.types import RequestContext
 from gateway.pipeline.entry import ModelEntry
@@ -32,12 +31,20 @@ from gateway.routing.cache_codecs import CHAT, EMBEDDINGS, json_key
 _NOT_IN_CHAT_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store"})
 
 
-async def chat(steps: PipelineSteps, request: ChatRequest, ctx: RequestContext) -> ChatResult:
+async def _admitted(
+    steps: PipelineSteps, request: ChatRequest, ctx: RequestContext
+) -> tuple[ModelEntry, ChatRequest]:
+    """The chat model and the request as its policies leave it."""
     entry = await steps.entry_of_kind(request.model, "chat", ctx)
     if entry.policies:
         request = apply_request(entry.policies, request, ctx)
     if entry.audit_payload:
         ctx.audit_messages = request.body.get("messages")
+    return entry, request
+
+
+async def chat(steps: PipelineSteps, request: ChatRequest, ctx: RequestContext) -> ChatResult:
+    entry, request = await _admitted(steps, request, ctx)
 
     async def call(backend: ChatBackend, deadline: float) -> ChatResult:
         return await backend.chat(request, deadline)
@@ -72,11 +79,7 @@ async def chat_stream(
 ) -> ChatStream:
     """Falling back is only possible until the first chunk: once chunks flow,
     the caller has them."""
-    entry = await steps.entry_of_kind(request.model, "chat", ctx)
-    if entry.policies:
-        request = apply_request(entry.policies, request, ctx)
-    if entry.audit_payload:
-        ctx.audit_messages = request.body.get("messages")
+    entry, request = await _admitted(steps, request, ctx)
 
     async def call(backend: ChatBackend, deadline: float) -> ChatStream:
         stream = await backend.chat_stream(request, deadline)
@@ -86,42 +89,13 @@ async def chat_stream(
 
     # Never hedged: two live streams would both cost tokens.
     stream = await run_plan(entry, ctx, call, may_hedge=False)
-    return AnsweredStream(stream, steps, entry, ctx)
-
-
-class AnsweredStream:
-    """A stream as the caller gets it: each chunk through the model's policies;
-    tokens and cost counted once, when it ends, breaks or is closed (what was
-    used counts)."""
-
-    def __init__(
-        self, stream: ChatStream, steps: PipelineSteps, entry: ModelEntry, ctx: RequestContext
-    ) -> None:
-        self._stream = stream
-        self._steps: PipelineSteps | None = steps
-        self._entry = entry
-        self._ctx = ctx
-        self.tries = stream.tries
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._stream.usage
-
-    async def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]:
-        policies, ctx = self._entry.policies, self._ctx
-        try:
-            async for chunk in self._stream:
-                yield apply_chunk(policies, chunk, ctx) if policies else chunk
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        steps, self._steps = self._steps, None
-        try:
-            await self._stream.aclose()
-        finally:
-            if steps is not None:
-                steps.account(self._entry, self._ctx, self._stream.usage)
+    policies = entry.policies
+    return EndingStream(
+        stream,
+        # What was used counts, however the stream ended.
+        lambda: steps.account(entry, ctx, stream.usage),
+        (lambda chunk: apply_chunk(policies, chunk, ctx)) if policies else None,
+    )
 
 
 async def embed(

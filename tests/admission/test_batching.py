@@ -8,6 +8,7 @@ from gateway.admission.batching import BatchPolicy, batch_key, concat_inputs, sp
 from gateway.admission.queue import QueuedBackend
 from gateway.core.errors import BackendFailed
 from gateway.observe.metrics import REGISTRY
+from tests.fakes import LocalBackend
 
 
 def test_target_is_the_largest_preferred_size_that_fits() -> None:
@@ -61,7 +62,7 @@ LONE_DELAY_S = 0.3
 _names = itertools.count()
 
 
-class ScriptedBackend:
+class ScriptedBackend(LocalBackend):
     """A Backend that doubles `x` into `y`, records the rows of each call, and
     raises `fail_next` (once) when it is armed."""
 
@@ -70,15 +71,6 @@ class ScriptedBackend:
         self.calls: list[int] = []
         self.fail_next: BaseException | None = None
         self.closed = False
-
-    def io_specs(self) -> None:
-        return None
-
-    def ready(self) -> bool:
-        return True
-
-    def busy(self) -> bool:
-        return False
 
     async def close(self) -> None:
         self.closed = True

@@ -14,39 +14,20 @@ from gateway.admission.queue import QueuedBackend
 from gateway.admission.slots import ConcurrencyLimiter
 from gateway.core.errors import Overloaded
 from gateway.observe.metrics import REGISTRY
+from tests.fakes import LocalBackend, ManualClock
 
 _names = itertools.count()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Held:
+class Held(LocalBackend):
     """A backend whose executions last as long as the test says: each waits for
     its release, and the clock moves by the execution's `took` meanwhile."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.name = f"clock-{next(_names)}"
         self.clock = clock
         self.releases: asyncio.Queue[float] = asyncio.Queue()
         self.started = asyncio.Event()
-
-    def io_specs(self) -> None:
-        return None
-
-    def ready(self) -> bool:
-        return True
-
-    def busy(self) -> bool:
-        return False
-
-    async def close(self) -> None:
-        return None
 
     async def infer(
         self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
@@ -65,7 +46,7 @@ def _inputs() -> dict[str, np.ndarray]:
 
 
 def test_the_predicted_wait_refuses_exactly_past_max_queue_wait() -> None:
-    clock = Clock()
+    clock = ManualClock()
 
     async def scenario() -> None:
         backend = Held(clock)
@@ -98,7 +79,7 @@ def test_the_predicted_wait_refuses_exactly_past_max_queue_wait() -> None:
 
 
 def test_the_queue_time_recorded_is_the_time_spent_waiting() -> None:
-    clock = Clock()
+    clock = ManualClock()
 
     async def scenario() -> None:
         backend = Held(clock)
@@ -120,7 +101,7 @@ def test_the_queue_time_recorded_is_the_time_spent_waiting() -> None:
 
 
 def test_a_vendor_slot_records_its_wait_on_the_same_clock() -> None:
-    clock = Clock()
+    clock = ManualClock()
     name = f"clock-{next(_names)}"
     limiter = ConcurrencyLimiter(name, 1, 4, clock=clock)
 

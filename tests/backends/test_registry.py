@@ -19,6 +19,7 @@ from gateway.config.loader import ConfigError, parse_config
 from gateway.config.schema import BackendCommon
 from gateway.core.types import InferRequest, RequestContext
 from gateway.runtime import Runtime, build_runtime
+from tests.fakes import LocalBackend
 
 
 class ScaleConfig(BackendCommon):
@@ -27,25 +28,13 @@ class ScaleConfig(BackendCommon):
     label: str = ""  # changes nothing in the answers
 
 
-class ScaleBackend:
+class ScaleBackend(LocalBackend):
     """y = factor * x."""
 
     def __init__(self, name: str, config: ScaleConfig) -> None:
         self.name = name
         self.factor = np.float32(config.factor)
         self.calls = 0
-
-    def io_specs(self) -> None:
-        return None
-
-    def ready(self) -> bool:
-        return True
-
-    def busy(self) -> bool:
-        return False
-
-    async def close(self) -> None:
-        return None
 
     async def infer(
         self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None

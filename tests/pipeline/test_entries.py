@@ -30,6 +30,7 @@ from gateway.pipeline.service import InferenceService
 from gateway.policies.base import Policy
 from gateway.routing.cache import ResponseCache
 from gateway.routing.router import Attempt, Route
+from tests.fakes import LocalBackend
 
 SIGNATURE = Signature(
     inputs=(TensorSpec("x", "FP32", (-1, 2)),),
@@ -38,25 +39,13 @@ SIGNATURE = Signature(
 )
 
 
-class Doubler:
+class Doubler(LocalBackend):
     """A tensor backend: y = 2x; remembers the deadlines it was given."""
 
     def __init__(self, name: str = "doubler", fail: bool = False) -> None:
         self.name = name
         self.fail = fail
         self.deadlines: list[float | None] = []
-
-    def io_specs(self) -> None:
-        return None
-
-    def ready(self) -> bool:
-        return True
-
-    def busy(self) -> bool:
-        return False
-
-    async def close(self) -> None:
-        return None
 
     async def infer(
         self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
@@ -76,9 +65,6 @@ class Chatter:
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.closed = 0
-
-    def ready(self) -> bool:
-        return True
 
     async def chat(self, request: ChatRequest, deadline: float) -> ChatResult:
         self.bodies.append(request.body)

@@ -16,19 +16,9 @@ from gateway.core.errors import (
 )
 from gateway.observe.metrics import REGISTRY
 from gateway.routing.resilience import CLOSED, HALF_OPEN, OPEN, BackendHealth, BreakerPolicy
+from tests.fakes import ManualClock
 
 _names = itertools.count()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def failure() -> GatewayError:
@@ -54,11 +44,11 @@ FAILURES = {
 
 
 @pytest.fixture()
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
-def health(clock: Clock, **policy: object) -> BackendHealth:
+def health(clock: ManualClock, **policy: object) -> BackendHealth:
     # A fresh backend name per breaker: the gauge is per backend in a shared registry.
     return BackendHealth(f"unit-{next(_names)}", BreakerPolicy(**policy), clock=clock)
 
@@ -67,7 +57,7 @@ def gauge(h: BackendHealth) -> float | None:
     return REGISTRY.get_sample_value("gateway_circuit_open", {"backend": h.backend})
 
 
-def opened(clock: Clock, cooldown_s: float = 5.0) -> BackendHealth:
+def opened(clock: ManualClock, cooldown_s: float = 5.0) -> BackendHealth:
     h = health(clock, consecutive_failures=2, min_requests=1000, cooldown_s=cooldown_s)
     for _ in range(2):
         assert h.allow()
@@ -76,7 +66,7 @@ def opened(clock: Clock, cooldown_s: float = 5.0) -> BackendHealth:
     return h
 
 
-def test_consecutive_failures_open_the_circuit(clock: Clock) -> None:
+def test_consecutive_failures_open_the_circuit(clock: ManualClock) -> None:
     h = health(clock, consecutive_failures=3, min_requests=1000)
     assert gauge(h) == 0
     for _ in range(2):
@@ -89,7 +79,7 @@ def test_consecutive_failures_open_the_circuit(clock: Clock) -> None:
     assert gauge(h) == 1
 
 
-def test_a_success_restarts_the_count_of_consecutive_failures(clock: Clock) -> None:
+def test_a_success_restarts_the_count_of_consecutive_failures(clock: ManualClock) -> None:
     h = health(clock, consecutive_failures=3, min_requests=1000)
     for outcome in [failure(), failure(), None, failure(), failure(), None, failure(), failure()]:
         h.record(outcome)
@@ -97,7 +87,7 @@ def test_a_success_restarts_the_count_of_consecutive_failures(clock: Clock) -> N
 
 
 @pytest.mark.parametrize("kind", FAILURES)
-def test_every_fault_of_the_backend_counts(clock: Clock, kind: str) -> None:
+def test_every_fault_of_the_backend_counts(clock: ManualClock, kind: str) -> None:
     h = health(clock, consecutive_failures=3, min_requests=1000)
     for _ in range(3):
         h.record(FAILURES[kind]())
@@ -105,7 +95,7 @@ def test_every_fault_of_the_backend_counts(clock: Clock, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", NEUTRAL)
-def test_neutral_errors_never_open_the_circuit(clock: Clock, kind: str) -> None:
+def test_neutral_errors_never_open_the_circuit(clock: ManualClock, kind: str) -> None:
     h = health(clock, consecutive_failures=2, error_rate=0.1, min_requests=5)
     for _ in range(50):
         assert h.allow()
@@ -121,7 +111,7 @@ def test_neutral_errors_never_open_the_circuit(clock: Clock, kind: str) -> None:
     assert h2.state == OPEN
 
 
-def test_a_neutral_error_between_failures_neither_counts_nor_resets(clock: Clock) -> None:
+def test_a_neutral_error_between_failures_neither_counts_nor_resets(clock: ManualClock) -> None:
     h = health(clock, consecutive_failures=2, min_requests=1000)
     h.record(failure())
     h.record(NEUTRAL["invalid input"]())
@@ -130,7 +120,7 @@ def test_a_neutral_error_between_failures_neither_counts_nor_resets(clock: Clock
     assert h.state == OPEN
 
 
-def test_the_error_rate_over_the_window_opens_the_circuit(clock: Clock) -> None:
+def test_the_error_rate_over_the_window_opens_the_circuit(clock: ManualClock) -> None:
     h = health(clock, consecutive_failures=100, error_rate=0.5, window_s=10, min_requests=10)
     # Alternating success and failure: never two failures in a row.
     for i in range(9):
@@ -142,7 +132,7 @@ def test_the_error_rate_over_the_window_opens_the_circuit(clock: Clock) -> None:
     assert not h.allow()
 
 
-def test_an_error_rate_below_the_threshold_keeps_it_closed(clock: Clock) -> None:
+def test_an_error_rate_below_the_threshold_keeps_it_closed(clock: ManualClock) -> None:
     h = health(clock, consecutive_failures=100, error_rate=0.5, window_s=10, min_requests=10)
     for i in range(40):
         h.record(failure() if i % 3 == 0 else None)  # 1 in 3
@@ -150,7 +140,7 @@ def test_an_error_rate_below_the_threshold_keeps_it_closed(clock: Clock) -> None
     assert h.state == CLOSED
 
 
-def test_failures_older_than_the_window_do_not_count(clock: Clock) -> None:
+def test_failures_older_than_the_window_do_not_count(clock: ManualClock) -> None:
     h = health(clock, consecutive_failures=100, error_rate=0.5, window_s=10, min_requests=10)
     for _ in range(8):
         h.record(failure())
@@ -169,7 +159,7 @@ def test_failures_older_than_the_window_do_not_count(clock: Clock) -> None:
     assert h2.state == OPEN  # 9 failures in 10 calls
 
 
-def test_open_until_the_cooldown_then_exactly_one_probe(clock: Clock) -> None:
+def test_open_until_the_cooldown_then_exactly_one_probe(clock: ManualClock) -> None:
     h = opened(clock, cooldown_s=5.0)
     clock.advance(4.99)
     assert not h.allow()
@@ -183,7 +173,7 @@ def test_open_until_the_cooldown_then_exactly_one_probe(clock: Clock) -> None:
     assert not h.allow()  # and still only one, however long it takes
 
 
-def test_a_successful_probe_closes_the_circuit(clock: Clock) -> None:
+def test_a_successful_probe_closes_the_circuit(clock: ManualClock) -> None:
     h = opened(clock)
     clock.advance(5)
     assert h.allow()
@@ -196,7 +186,7 @@ def test_a_successful_probe_closes_the_circuit(clock: Clock) -> None:
     assert h.state == CLOSED
 
 
-def test_a_failed_probe_reopens_for_a_whole_cooldown(clock: Clock) -> None:
+def test_a_failed_probe_reopens_for_a_whole_cooldown(clock: ManualClock) -> None:
     h = opened(clock, cooldown_s=5.0)
     clock.advance(5)
     assert h.allow()
@@ -210,7 +200,7 @@ def test_a_failed_probe_reopens_for_a_whole_cooldown(clock: Clock) -> None:
 
 
 @pytest.mark.parametrize("kind", NEUTRAL)
-def test_a_probe_without_verdict_lets_another_probe_through(clock: Clock, kind: str) -> None:
+def test_a_probe_without_verdict_lets_another_probe_through(clock: ManualClock, kind: str) -> None:
     h = opened(clock)
     clock.advance(5)
     assert h.allow()
@@ -222,7 +212,7 @@ def test_a_probe_without_verdict_lets_another_probe_through(clock: Clock, kind: 
     assert h.state == CLOSED
 
 
-def test_a_cancelled_probe_lets_another_probe_through(clock: Clock) -> None:
+def test_a_cancelled_probe_lets_another_probe_through(clock: ManualClock) -> None:
     h = opened(clock)
     clock.advance(5)
     assert h.allow()
@@ -231,7 +221,7 @@ def test_a_cancelled_probe_lets_another_probe_through(clock: Clock) -> None:
     assert not h.allow()
 
 
-def test_a_disabled_breaker_never_opens(clock: Clock) -> None:
+def test_a_disabled_breaker_never_opens(clock: ManualClock) -> None:
     h = health(clock, enabled=False, consecutive_failures=1, min_requests=1)
     for _ in range(50):
         assert h.allow()
@@ -239,7 +229,7 @@ def test_a_disabled_breaker_never_opens(clock: Clock) -> None:
     assert h.allow() and gauge(h) == 0
 
 
-def test_the_kill_switch_is_apart_from_the_breaker(clock: Clock) -> None:
+def test_the_kill_switch_is_apart_from_the_breaker(clock: ManualClock) -> None:
     h = health(clock)
     h.disabled = True
     assert h.state == CLOSED  # the route checks `disabled` itself; the breaker is untouched
