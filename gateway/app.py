@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway.api import http_limits
 from gateway.api.grpc_server import GRPC_ADDRESS_ENV, GrpcServer, grpc_address
-from gateway.api.http_app import InferFastPath, create_http_app
+from gateway.api.http_app import InferFastPath, Lifecycle, create_http_app
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.config.tls import tls_files
 from gateway.gcfreeze import freeze_long_lived
@@ -72,16 +72,20 @@ def create_app(
             await grpc.stop()
         await manager.stop()
         await manager.runtime.close()  # the running config's, whichever reload it came from
-        # Now, on the loop its last batches are posted from: uvicorn ends the process
-        # by re-raising SIGTERM, so there is no atexit.
+        # Now, on the loop its last batches are posted from (the loop ends next).
         await tracing.flush_async()
 
+    # What SIGTERM does (gateway/server.py): the running config's server.shutdown.
+    lifecycle = Lifecycle(
+        runtime.service, lambda: manager.runtime.loaded.config.server.shutdown, grpc
+    )
     return create_http_app(
         runtime.service,
         server.max_request_bytes,
         on_shutdown=stopped,
         on_startup=started,
         control=manager,
+        lifecycle=lifecycle,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
@@ -13,13 +14,69 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api.admin import ConfigControl, admin_routes
-from gateway.api.http_errors import message_body
+from gateway.api.grpc_server import GrpcServer
+from gateway.api.http_errors import error_headers, message_body, openai_error_body, v2_error_body
 from gateway.api.openai import OpenAIApi
 from gateway.api.plumbing import method_not_allowed
 from gateway.api.v2_http import V2HttpApi
+from gateway.config.schema import ShutdownConfig
+from gateway.core.errors import Overloaded
 from gateway.pipeline.service import InferenceService
 
 InferAsgi = Callable[[Scope, Receive, Send, dict[str, str]], Awaitable[None]]
+
+
+class Lifecycle:
+    """One serving process's stop, driven by gateway/server.py on SIGTERM.
+
+    `drain()` makes readiness fail at once: HTTP /v2/health/ready, gRPC
+    ServerReady and grpc.health.v1 all ask `InferenceService.ready()`, which
+    answers False once the service is `stopping` (the same object across
+    reloads: reload.py replaces its contents); liveness is not touched. `cancelling` is set when the grace period is over and the
+    requests still running are cancelled: InferFastPath then answers them 503
+    in the surface's error shape instead of uvicorn's bare 500.
+    `settings` is read when the stop begins, so a reload's values apply.
+    """
+
+    def __init__(
+        self,
+        service: InferenceService,
+        settings: Callable[[], ShutdownConfig] = ShutdownConfig,
+        grpc: GrpcServer | None = None,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.grpc = grpc  # a worker's gRPC server (started by the app's lifespan)
+        self.draining = False
+        self.cancelling = False
+
+    def drain(self) -> None:
+        """Readiness fails from now on. Attribute stores only: safe in a signal handler."""
+        self.draining = True
+        self.service.stopping = True
+
+    async def answer_cancelled(self, scope: Scope, send: Send) -> bool:
+        """Answer a request cancelled at the end of the grace period: 503 (overloaded,
+        so clients retry elsewhere) with the error body of its surface. False when
+        an answer had already started (uvicorn then closes the connection)."""
+        error = Overloaded(
+            "the gateway stopped before this request finished (its shutdown grace "
+            "period, server.shutdown.grace_s, ran out); retry it"
+        )
+        openai = scope.get("path", "").startswith("/v1/")
+        status, body = openai_error_body(error) if openai else v2_error_body(error)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *error_headers(error),
+        ]
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except RuntimeError:  # uvicorn: the response had started (a stream) or was sent
+            return False
+        return True
 
 
 class InferFastPath:
@@ -30,23 +87,43 @@ class InferFastPath:
     and its route scan add nothing there but cost per request.
     """
 
-    def __init__(self, app: FastAPI, infer: InferAsgi, openai: OpenAIApi | None = None) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        infer: InferAsgi,
+        openai: OpenAIApi | None = None,
+        lifecycle: Lifecycle | None = None,
+    ) -> None:
         self.app = app
         self.infer = infer
         self.openai = openai
         self.openai_paths = frozenset(openai.post_routes) if openai else frozenset()
+        self.lifecycle = lifecycle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            if path in self.openai_paths:
-                await self.openai.handle(scope, receive, send)  # type: ignore[union-attr]  # openai_paths is empty without it
-                return
-            params = infer_path_params(path)
-            if params is not None:
-                await self.infer(scope, receive, send, params)
-                return
-        await self.app(scope, receive, send)
+        # The try costs nothing until something raises (zero-cost exceptions).
+        try:
+            if scope["type"] == "http":
+                path = scope["path"]
+                if path in self.openai_paths:
+                    await self.openai.handle(scope, receive, send)  # type: ignore[union-attr]  # openai_paths is empty without it
+                    return
+                params = infer_path_params(path)
+                if params is not None:
+                    await self.infer(scope, receive, send, params)
+                    return
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            # Only the server cancels a request task, and only once the shutdown's
+            # grace period is over: answer it cleanly if it can still be answered.
+            lifecycle = self.lifecycle
+            if (
+                lifecycle is None
+                or not lifecycle.cancelling
+                or scope["type"] != "http"
+                or not await lifecycle.answer_cancelled(scope, send)
+            ):
+                raise
 
 
 def infer_path_params(path: str) -> dict[str, str] | None:
@@ -67,6 +144,7 @@ def create_http_app(
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     on_startup: Callable[[], Awaitable[None] | None] | None = None,
     control: ConfigControl | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> InferFastPath:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,4 +186,4 @@ def create_http_app(
         return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     app.add_exception_handler(HTTPException, http_error)
-    return InferFastPath(app, v2.infer, openai)
+    return InferFastPath(app, v2.infer, openai, lifecycle or Lifecycle(service))

@@ -9,6 +9,7 @@ infer; errors use OpenAI's shape with the statuses of the one taxonomy.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
@@ -80,6 +81,11 @@ class OpenAIApi:
             ctx = ctx or id_only_context(headers, "openai")
             code, body = openai_error_body(error)
             await send_response(send, code, body, JSON, gateway_headers(ctx) + error_headers(error))
+        except asyncio.CancelledError:
+            # Only a stop past its grace period cancels a request (a caller who left
+            # is 499, from while_connected); it is answered 503 (api/http_app.py).
+            code = 503
+            raise
         except Exception as exc:  # noqa: BLE001 - a bug; never let it take the process down
             code, body, out = http_internal_error(exc, ctx, openai=True)
             await send_response(send, code, body, JSON, out)

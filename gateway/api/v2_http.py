@@ -7,6 +7,7 @@ pydantic objects per request. Metadata and health are ordinary Starlette routes.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -117,6 +118,11 @@ class V2HttpApi:
             ctx = ctx or id_only_context(headers, "v2_http")
             code, body = v2_error_body(error)
             await send_response(send, code, body, JSON, gateway_headers(ctx) + error_headers(error))
+        except asyncio.CancelledError:
+            # Only a stop past its grace period cancels a request (a caller who left
+            # is 499, from while_connected); it is answered 503 (api/http_app.py).
+            code = 503
+            raise
         except Exception as exc:  # noqa: BLE001 - a bug; never let it take the process down
             code, body, out = http_internal_error(exc, ctx, openai=False)
             await send_response(send, code, body, JSON, out)

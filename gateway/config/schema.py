@@ -115,6 +115,18 @@ class TlsConfig(Section):
     client_ca_file: str | None = None
 
 
+class ShutdownConfig(Section):
+    """What SIGTERM does (gateway/server.py): readiness fails at once, the listener
+    keeps serving for `drain_s` (load balancers take the endpoint out), then
+    stops accepting; requests in flight get `grace_s` to finish, the rest are
+    cancelled with a 503 (or UNAVAILABLE). Keep drain_s + grace_s below the
+    platform's kill timeout (Kubernetes: terminationGracePeriodSeconds, 30 s by
+    default), with room for closing the backends."""
+
+    drain_s: float = Field(5.0, ge=0, le=3600)
+    grace_s: float = Field(20.0, ge=0, le=3600)
+
+
 class ServerConfig(Section):
     host: str = "0.0.0.0"
     http_port: int = Field(8000, ge=0, le=65535)
@@ -129,6 +141,7 @@ class ServerConfig(Section):
     tls: TlsConfig | None = None  # None: plain HTTP and gRPC
     # How often the config file is checked for changes (hot reload); 0: never.
     watch_config_s: float = Field(2.0, ge=0)
+    shutdown: ShutdownConfig = ShutdownConfig()
 
 
 class RedisConfig(Section):

@@ -39,12 +39,23 @@ Sums are taken when read (`snapshot()`, `export()`: tens of microseconds a
 model, cheap enough for every scrape). A window of k minutes is the current
 minute and the k-1 before it; windows longer than 3 days are summed by the hour.
 
-State is per process: with several workers or replicas, each reports its own
-view (the Prometheus rules aggregate them).
+With `gateway serve --workers N` (PROMETHEUS_MULTIPROC_DIR set, as for
+/metrics) the workers' counts are one view: each worker keeps its rings in a
+file of its own in that directory (`slo-<objectives>-<pid>.ring`, mapped into
+memory; `record()` adds to them directly, still O(1)), and a read sums the
+rings of every worker, the ones that have exited included, as /metrics sums
+their counters; so /slo and the gauges are the same whichever worker answers.
+The minute index is CLOCK_MONOTONIC's, which all processes of a machine share.
+A ring read while its worker moves on to a new minute is read again. Without
+the directory (one process), nothing changes: plain in-memory rings. Replicas
+each report their own view (the Prometheus rules aggregate them).
 """
 
 from __future__ import annotations
 
+import hashlib
+import mmap
+import os
 import re
 import threading
 import time
@@ -66,7 +77,10 @@ __all__ = [
     "BURN_WINDOWS",
     "ERROR_BUDGET_REMAINING",
     "OBJECTIVE",
+    "SHARED_DIR_ENV",
+    "SLO_FILE_PREFIX",
     "SLO_KINDS",
+    "SharedSloTracker",
     "SloObjectives",
     "SloTracker",
     "availability_of",
@@ -107,23 +121,37 @@ _SEGMENT_STARTS = [0] + [seconds // MINUTE_S for _, seconds in BURN_WINDOWS[:-1]
 # Ring columns: good and bad events of each objective.
 _AV_GOOD, _AV_BAD, _LAT_GOOD, _LAT_BAD = range(4)
 
+# Several workers: the directory their rings are shared through (metrics.py's too),
+# and the names of the ring files in it (gateway/server.py clears them at start).
+SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SLO_FILE_PREFIX = "slo-"
+# A ring file: a header of int64 cells, then the minute ring, then the hourly one.
+_MAGIC = 0x534C4F52494E4731  # "SLORING1"
+_HEADER_CELLS = 8
+_MAGIC_CELL, _FINE_CELL, _COARSE_CELL, _MINUTE_CELL = range(4)
+
+# With several workers every worker computes the same values (from all the rings):
+# the latest one set, by the worker answering the scrape, is reported, without a pid.
 ERROR_BUDGET_REMAINING = Gauge(
     "gateway_slo_error_budget_remaining",
     "Share of the SLO window's error budget not yet spent (1: untouched, 0: exhausted)",
     ["model", "slo"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 BURN_RATE = Gauge(
     "gateway_slo_burn_rate",
     "Error budget burn rate over a window: (bad/total in the window) / (1 - target)",
     ["model", "slo", "window"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 OBJECTIVE = Gauge(
     "gateway_slo_objective",
     "The SLO target ratio (e.g. 0.999), from the config",
     ["model", "slo"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 
 _UNITS = {"w": 7 * 24 * HOUR_S, "d": 24 * HOUR_S, "h": HOUR_S, "m": MINUTE_S, "s": 1}
@@ -209,6 +237,17 @@ class _Series:
             else None
         )
 
+    def count(self, column: int) -> None:
+        """One event in ring column `column` (SloTracker.record bumps the ints inline)."""
+        if column == _AV_GOOD:
+            self.av_good += 1
+        elif column == _AV_BAD:
+            self.av_bad += 1
+        elif column == _LAT_GOOD:
+            self.lat_good += 1
+        else:
+            self.lat_bad += 1
+
     def advance(self, minute: int) -> None:
         """Flush the pending counts and move the rings on to `minute`."""
         current = self.minute
@@ -227,16 +266,131 @@ class _Series:
 
     def sums(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Counts over the SLO window and over each burn window, as of `self.minute`."""
-        # Newest minute first, then one running sum: each window is one row of it.
-        end = self.minute % _FINE_BUCKETS + 1
-        newest_first = np.concatenate((self.fine[:end][::-1], self.fine[end:][::-1]))
-        running = np.cumsum(np.add.reduceat(newest_first, _SEGMENT_STARTS, axis=0), axis=0)
-        burns = {label: running[i] for i, (label, _) in enumerate(BURN_WINDOWS)}
-        if self.coarse is None:
-            window = newest_first[: self.objectives.window_s // MINUTE_S].sum(axis=0)
-        else:
-            window = self.coarse.sum(axis=0)  # the ring spans the window exactly
-        return window, burns
+        return _window_sums(self.fine, self.coarse, self.minute, self.objectives.window_s)
+
+
+def _window_sums(
+    fine: np.ndarray, coarse: np.ndarray | None, minute: int, window_s: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Counts over the SLO window and over each burn window of rings as of `minute`."""
+    # Newest minute first, then one running sum: each window is one row of it.
+    end = minute % _FINE_BUCKETS + 1
+    newest_first = np.concatenate((fine[:end][::-1], fine[end:][::-1]))
+    running = np.cumsum(np.add.reduceat(newest_first, _SEGMENT_STARTS, axis=0), axis=0)
+    burns = {label: running[i] for i, (label, _) in enumerate(BURN_WINDOWS)}
+    if coarse is None:
+        window = newest_first[: window_s // MINUTE_S].sum(axis=0)
+    else:
+        window = coarse.sum(axis=0)  # the ring spans the window exactly
+    return window, burns
+
+
+class _SharedSeries(_Series):
+    """One model's counts in one worker, in a ring file other workers read.
+
+    Events go straight into the file's current slots (there are no pending
+    counts: a reader in another process must see them); moving on to a new
+    minute clears the slots passed over, then stores the minute in the header.
+    """
+
+    __slots__ = ("_cells", "_coarse_at", "_map", "directory", "pattern")
+
+    def __init__(
+        self, objectives: SloObjectives, minute: int, directory: str, model: str, process: int
+    ) -> None:
+        super().__init__(objectives, minute)
+        # Workers count a model together only under the same objectives.
+        key = hashlib.sha256(f"{model}\0{objectives!r}".encode()).hexdigest()[:16]
+        self.directory = directory
+        self.pattern = f"{SLO_FILE_PREFIX}{key}-*.ring"
+        coarse_rows = 0 if self.coarse is None else len(self.coarse)
+        cells = _HEADER_CELLS + (_FINE_BUCKETS + coarse_rows) * 4
+        path = os.path.join(directory, f"{SLO_FILE_PREFIX}{key}-{process}.ring")
+        with open(path, "w+b") as file:  # a process that reloads back to these starts afresh
+            file.truncate(cells * 8)
+            self._map = mmap.mmap(file.fileno(), cells * 8)
+        array = np.frombuffer(self._map, dtype=np.int64)
+        array[_MAGIC_CELL], array[_FINE_CELL], array[_COARSE_CELL] = (
+            _MAGIC,
+            _FINE_BUCKETS,
+            coarse_rows,
+        )
+        array[_MINUTE_CELL] = minute
+        body = array[_HEADER_CELLS:]
+        self.fine = body[: _FINE_BUCKETS * 4].reshape(_FINE_BUCKETS, 4)
+        self.coarse = body[_FINE_BUCKETS * 4 :].reshape(coarse_rows, 4) if coarse_rows else None
+        self._coarse_at = _HEADER_CELLS + _FINE_BUCKETS * 4
+        self._cells = memoryview(self._map).cast("q")  # one cell: ~2x cheaper than numpy's
+
+    def count(self, column: int) -> None:
+        minute = self.minute
+        cells = self._cells
+        cells[_HEADER_CELLS + (minute % _FINE_BUCKETS) * 4 + column] += 1
+        if self.coarse is not None:
+            cells[self._coarse_at + ((minute // 60) % len(self.coarse)) * 4 + column] += 1
+
+    def advance(self, minute: int) -> None:
+        super().advance(minute)  # clears the slots first: a reader seeing the minute sees them
+        self._cells[_MINUTE_CELL] = self.minute
+
+    def combined(self, minute: int) -> tuple[int, np.ndarray, np.ndarray | None]:
+        """Every worker's rings for this model and objectives, summed as of `minute`
+        (or a later minute a worker has already moved on to)."""
+        rings = [r for r in map(_read_ring, self._paths()) if r is not None]
+        rows = (len(self.fine), 0 if self.coarse is None else len(self.coarse))
+        rings = [r for r in rings if (len(r[1]), 0 if r[2] is None else len(r[2])) == rows]
+        now = max([minute, *(written for written, _, _ in rings)])
+        fine = np.zeros_like(self.fine)
+        coarse = None if self.coarse is None else np.zeros_like(self.coarse)
+        for written, ring_fine, ring_coarse in rings:
+            # Slots a worker has not moved on to yet hold counts of an earlier lap.
+            _clear(ring_fine, written + 1, now)
+            fine += ring_fine
+            if coarse is not None and ring_coarse is not None:
+                _clear(ring_coarse, written // 60 + 1, now // 60)
+                coarse += ring_coarse
+        return now, fine, coarse
+
+    def _paths(self) -> list[str]:
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return []
+        prefix, suffix = self.pattern.split("*")
+        return [
+            os.path.join(self.directory, n)
+            for n in names
+            if n.startswith(prefix) and n.endswith(suffix)
+        ]
+
+
+def _read_ring(path: str) -> tuple[int, np.ndarray, np.ndarray | None] | None:
+    """A ring file's minute and copies of its rings; None if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        for _ in range(5):
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, size, 0)
+            # Its worker moved on to a new minute meanwhile: read it again.
+            if os.pread(fd, 8, _MINUTE_CELL * 8) == data[_MINUTE_CELL * 8 : _MINUTE_CELL * 8 + 8]:
+                break
+        array = np.frombuffer(data, dtype=np.int64).copy()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(array) < _HEADER_CELLS or array[_MAGIC_CELL] != _MAGIC:
+        return None
+    fine_rows, coarse_rows = int(array[_FINE_CELL]), int(array[_COARSE_CELL])
+    if len(array) != _HEADER_CELLS + (fine_rows + coarse_rows) * 4:
+        return None
+    body = array[_HEADER_CELLS:]
+    fine = body[: fine_rows * 4].reshape(fine_rows, 4)
+    coarse = body[fine_rows * 4 :].reshape(coarse_rows, 4) if coarse_rows else None
+    return int(array[_MINUTE_CELL]), fine, coarse
 
 
 def _clear(ring: np.ndarray, first: int, last: int) -> None:
@@ -317,7 +471,10 @@ class SloTracker:
                 objectives[name] = SloObjectives.from_config(model.slo)
             except ValueError as exc:
                 raise ValueError(f"models.{name}.slo.window: {exc}") from None
-        tracker = cls(objectives, clock)
+        directory = os.environ.get(SHARED_DIR_ENV)
+        tracker = (
+            SharedSloTracker(objectives, clock, directory) if directory else cls(objectives, clock)
+        )
         if previous is not None:
             # Requests still in flight on the old runtime record into the same
             # series: share its lock too.
@@ -356,14 +513,19 @@ class SloTracker:
             else:
                 series.av_bad += 1
 
+    def _window_counts(
+        self, series: _Series, minute: int
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        series.advance(minute)
+        return series.sums()
+
     def _counts(self) -> dict[str, tuple[SloObjectives, np.ndarray, dict[str, np.ndarray]]]:
         """Per model: objectives, window counts and burn-window counts, as of now."""
         minute = int(self._clock() // MINUTE_S)
         out = {}
         with self._lock:
             for name, series in self._series.items():
-                series.advance(minute)
-                window, burns = series.sums()
+                window, burns = self._window_counts(series, minute)
                 out[name] = (series.objectives, window, burns)
         return out
 
@@ -431,6 +593,49 @@ class SloTracker:
                 for label, _ in BURN_WINDOWS:
                     _remove(BURN_RATE, gone, kind, label)
         self._exported = exported
+
+
+class SharedSloTracker(SloTracker):
+    """The tracker of one of several workers: counts into this worker's ring files
+    in `directory`, reports the sum of every worker's (see the module docstring)."""
+
+    def __init__(
+        self,
+        objectives: Mapping[str, SloObjectives],
+        clock: Callable[[], float] = time.monotonic,
+        directory: str = "",
+        process: int | None = None,  # tests play several workers in one process
+    ) -> None:
+        super().__init__(objectives, clock)
+        minute = int(clock() // MINUTE_S)
+        pid = os.getpid() if process is None else process
+        self._series = {
+            name: _SharedSeries(obj, minute, directory, name, pid)
+            for name, obj in objectives.items()
+        }
+
+    def record(self, model: str, latency_s: float, good_availability: bool | None) -> None:
+        series = self._series.get(model)
+        if series is None or good_availability is None:
+            return
+        minute = int(self._clock() // MINUTE_S)
+        with self._lock:
+            if minute != series.minute:
+                series.advance(minute)
+            if good_availability:
+                series.count(_AV_GOOD)
+                series.count(_LAT_GOOD if latency_s <= series.objectives.latency_s else _LAT_BAD)
+            else:
+                series.count(_AV_BAD)
+
+    def _window_counts(
+        self, series: _Series, minute: int
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if not isinstance(series, _SharedSeries):  # not reached: every series here is shared
+            return super()._window_counts(series, minute)
+        series.advance(minute)
+        now, fine, coarse = series.combined(minute)
+        return _window_sums(fine, coarse, now, series.objectives.window_s)
 
 
 def _columns(kind: str) -> tuple[int, int]:

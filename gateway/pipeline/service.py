@@ -49,7 +49,8 @@ class InferenceService(PipelineSteps):
         self.audit = other.audit
 
     def ready(self) -> bool:
-        return all(m.ready() for m in self.models.values())
+        """Every model can be served, and the process is not stopping."""
+        return not self.stopping and all(m.ready() for m in self.models.values())
 
     def observe(self, ctx: RequestContext, code: int) -> None:
         """The transport answered `code`: count the request (metrics, SLOs), end its

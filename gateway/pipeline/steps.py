@@ -42,6 +42,9 @@ class PipelineSteps:
         self.slo = slo or SloTracker({})
         self.audit = audit
         self.ratelimit = ratelimit
+        # Set once on SIGTERM (gateway/server.py): readiness fails from then on;
+        # kept across reloads, which replace the contents, not this object.
+        self.stopping = False
         self.rng = random.Random()
         self._observe_failures = 0
         # Shadow calls and token spending run detached; held here so they are not

@@ -9,6 +9,10 @@ from gateway.observe import slo as slo_module
 from gateway.observe.metrics import REGISTRY
 from gateway.observe.slo import (
     BURN_WINDOWS,
+    SHARED_DIR_ENV,
+    SLO_FILE_PREFIX,
+    SharedSloTracker,
+    SloObjectives,
     SloTracker,
     availability_of,
     parse_window,
@@ -394,3 +398,73 @@ def test_the_module_speaks_of_the_thresholds_it_uses() -> None:
     doc = slo_module.__doc__ or ""
     for short, long, threshold, level in slo_module.ALERT_PAIRS:
         assert f"{short} & {long}" in doc and f"{threshold:g}" in doc and level in doc
+
+
+# -- several workers: one view ----------------------------------------------------
+
+
+def worker(clock: Clock, directory, pid: int, **slo: object) -> SloTracker:
+    config = {
+        "latency_ms": 50,
+        "latency_target": 0.99,
+        "availability": 0.99,
+        "window": "30d",
+        **slo,
+    }
+    objectives = {"m": SloObjectives.from_config(model(config).slo)}
+    return SharedSloTracker(objectives, clock, str(directory), process=pid)
+
+
+def test_workers_sharing_a_directory_report_the_same_sums(tmp_path) -> None:
+    clock = Clock()
+    a, b = worker(clock, tmp_path, 1), worker(clock, tmp_path, 2)
+    record_many(a, 30)
+    record_many(b, 70)
+    record_many(b, 5, good=False)
+    record_many(a, 2, latency_s=1.0)  # good, but slow
+    for t in (a, b):
+        availability = report(t)
+        assert (availability["good"], availability["total"]) == (102, 107)
+        latency = report(t, "latency")
+        assert (latency["good"], latency["total"]) == (100, 102)
+    assert a.snapshot() == b.snapshot()
+
+
+def test_a_worker_idle_for_hours_does_not_count_old_slots_twice(tmp_path) -> None:
+    clock = Clock(now=100 * DAY)
+    a, b = worker(clock, tmp_path, 1), worker(clock, tmp_path, 2)
+    record_many(a, 10, good=False)
+    clock.advance(2 * HOUR)  # `a` records nothing more: its ring stays at the old minute
+    record_many(b, 10)
+    availability = report(b)
+    assert (availability["good"], availability["total"]) == (10, 20)  # in the 30d window
+    assert availability["burn_rates"]["1h"] == 0.0  # a's failures are 2 h old
+    assert availability["burn_rates"]["6h"] > 0.0
+    clock.advance(4 * DAY)  # a full lap of the minute ring: a's slots are stale
+    record_many(b, 1)
+    assert report(b)["burn_rates"]["3d"] == 0.0
+    assert report(b)["total"] == 21
+
+
+def test_an_exited_workers_counts_stay_and_other_objectives_are_apart(tmp_path) -> None:
+    clock = Clock()
+    a = worker(clock, tmp_path, 1)
+    record_many(a, 4)
+    del a  # its file stays, as a dead worker's counters do for /metrics
+    b = worker(clock, tmp_path, 2)
+    record_many(b, 1)
+    assert report(b)["total"] == 5
+    other = worker(clock, tmp_path, 3, availability=0.9)  # another config: counted apart
+    record_many(other, 1)
+    assert report(other)["total"] == 1 and report(b)["total"] == 5
+
+
+def test_from_config_shares_through_the_multiprocess_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(SHARED_DIR_ENV, str(tmp_path))
+    t = tracker(Clock())
+    assert isinstance(t, SharedSloTracker)
+    record_many(t, 3)
+    assert report(t)["total"] == 3
+    assert len(list(tmp_path.glob(f"{SLO_FILE_PREFIX}*.ring"))) == 1
+    monkeypatch.delenv(SHARED_DIR_ENV)
+    assert type(tracker(Clock())) is SloTracker
