@@ -11,7 +11,7 @@ RUNTIME_VENV ?= .venv-runtime
 
 LOCKS := requirements/build.txt requirements/runtime.txt requirements/dev.txt
 
-.PHONY: run test lint check bench fuzz lock proto redis-server promtool h2load clean
+.PHONY: run test lint check bench fuzz lock proto image redis-server promtool h2load container-tools haproxy clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,13 +48,13 @@ run: $(VENV)/.installed
 check: $(VENV)/.installed
 	$(VENV)/bin/gateway check config/gateway.yaml
 
-test: $(VENV)/.installed-dev $(RUNTIME_VENV)/.installed redis-server promtool
+test: $(VENV)/.installed-dev $(RUNTIME_VENV)/.installed redis-server promtool container-tools haproxy
 	$(PY) -m pytest -q
 
 # ruff (lint and format) over the Python trees, mypy (strict) over the package.
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check gateway tests testkit loadtests models fuzz
-	$(VENV)/bin/ruff format --check gateway tests testkit loadtests models fuzz
+	$(VENV)/bin/ruff check gateway tests testkit loadtests models fuzz deploy
+	$(VENV)/bin/ruff format --check gateway tests testkit loadtests models fuzz deploy
 	$(VENV)/bin/mypy
 	@# A type: ignore names its error code and says why, after it on the same line.
 	@! grep -rn --include='*.py' 'type: ignore' gateway | grep -v '^gateway/api/proto/' \
@@ -91,6 +91,12 @@ proto: $(VENV)/.installed-dev
 	sed -i 's/_descriptor_pool.Default().AddSerializedFile(/_descriptor_pool.DescriptorPool().AddSerializedFile(/' \
 	  $(PROTO:.proto=_pb2.py)
 
+# The container image (Dockerfile), built with podman: the tools, a local Debian
+# base image and this machine's podman settings come from the build script
+# (docs/deploy.md). Layer-cached: seconds when nothing changed.
+image:
+	$(PYTHON) deploy/build_image.py
+
 # Tools the suite runs for real, from Debian's packages when missing.
 apt_install = command -v $(1) >/dev/null 2>&1 || \
 	{ (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2)) >/dev/null 2>&1 \
@@ -103,6 +109,16 @@ redis-server:
 # The alert and recording rules are checked with promtool (tests/observe/test_monitoring_files.py).
 promtool:
 	@$(call apt_install,promtool,prometheus)
+
+# The image tests (tests/deploy/) build and run containers: podman with runc, and
+# mmdebstrap for the local base image (deploy/build_image.py installs what is
+# still missing).
+container-tools:
+	@$(call apt_install,podman,podman runc mmdebstrap netavark aardvark-dns iptables uidmap)
+
+# The balancer in front of the replicas (tests/deploy/test_replicas.py).
+haproxy:
+	@$(call apt_install,haproxy,haproxy)
 
 # The gRPC benchmark loads with nghttp2's h2load (a Python client would be the bottleneck).
 h2load:
