@@ -26,7 +26,8 @@ Relies on uvicorn internals (docs/development.md#dependencies): Server's
 `handle_exit`, `on_tick`, `shutdown`, `_wait_tasks_to_complete`,
 `_captured_signals`, `servers`, `server_state` and `lifespan`, and the
 supervisor's `uvicorn.supervisors.multiprocess.Process` with its `server`
-property and `_server` attribute. Verified with uvicorn 0.55 (tests/test_shutdown.py).
+property, `_server` and `process` attributes, and the supervisor's
+`terminate_all`, `join_all`, `processes`, `sockets` and `signal_queue`. Verified with uvicorn 0.55 (tests/test_shutdown.py).
 """
 
 from __future__ import annotations
@@ -340,6 +341,16 @@ class _Supervisor(multiprocess.Multiprocess):
         super().terminate_all()
         for sock in self.sockets:
             sock.close()
+
+    def join_all(self) -> None:
+        """Wait for the workers, passing on a signal that comes meanwhile: a
+        second SIGTERM cuts their drain short, as it does for one process."""
+        for worker in self.processes:
+            while worker.process.exitcode is None:
+                worker.process.join(0.2)
+                if self.signal_queue:
+                    self.signal_queue.clear()
+                    self.terminate_all()
 
 
 @contextmanager

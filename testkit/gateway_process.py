@@ -113,8 +113,15 @@ def start_gateway(
     timeout_s: float = 60.0,
     env: dict[str, str] | None = None,
 ) -> GatewayProcess:
-    """Write `config` into `workdir`, serve it, and return once it listens."""
+    """Write `config` into `workdir`, serve it, and return once it listens.
+
+    Unless the config says otherwise, the gateway stops without a drain
+    (`server.shutdown.drain_s: 0`): no balancer is taking it out of rotation,
+    and the default 5 s would be paid by every gateway a test stops."""
     workdir.mkdir(parents=True, exist_ok=True)
+    server = dict(config.get("server") or {})
+    server.setdefault("shutdown", {"drain_s": 0})
+    config = {**config, "server": server}
     config_path = workdir / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
