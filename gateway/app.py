@@ -75,7 +75,7 @@ def create_app(
         # Now, on the loop its last batches are posted from (the loop ends next).
         await tracing.flush_async()
 
-    # What SIGTERM does (gateway/server.py): the running config's server.shutdown.
+    # What SIGTERM does (gateway/uvicorn_stop.py): the running config's server.shutdown.
     lifecycle = Lifecycle(
         runtime.service, lambda: manager.runtime.loaded.config.server.shutdown, grpc
     )

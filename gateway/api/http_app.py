@@ -27,7 +27,7 @@ InferAsgi = Callable[[Scope, Receive, Send, dict[str, str]], Awaitable[None]]
 
 
 class Lifecycle:
-    """One serving process's stop, driven by gateway/server.py on SIGTERM.
+    """One serving process's stop, driven by gateway/uvicorn_stop.py on SIGTERM.
 
     `drain()` makes readiness fail at once: HTTP /v2/health/ready, gRPC
     ServerReady and grpc.health.v1 all ask `InferenceService.ready()`, which

@@ -116,7 +116,7 @@ class TlsConfig(Section):
 
 
 class ShutdownConfig(Section):
-    """What SIGTERM does (gateway/server.py): readiness fails at once, the listener
+    """What SIGTERM does (gateway/uvicorn_stop.py): readiness fails at once, the listener
     keeps serving for `drain_s` (load balancers take the endpoint out), then
     stops accepting; requests in flight get `grace_s` to finish, the rest are
     cancelled with a 503 (or UNAVAILABLE). Keep drain_s + grace_s below the

@@ -42,7 +42,7 @@ class PipelineSteps:
         self.slo = slo or SloTracker({})
         self.audit = audit
         self.ratelimit = ratelimit
-        # Set once on SIGTERM (gateway/server.py): readiness fails from then on;
+        # Set once on SIGTERM (gateway/uvicorn_stop.py): readiness fails from then on;
         # kept across reloads, which replace the contents, not this object.
         self.stopping = False
         self.rng = random.Random()

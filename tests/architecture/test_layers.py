@@ -20,6 +20,7 @@ LAYERS: list[list[str]] = [
         "gateway.__main__",
         "gateway.cli",
         "gateway.server",
+        "gateway.uvicorn_stop",
         "gateway.app",
         "gateway.reload",
         "gateway.runtime",
