@@ -13,6 +13,9 @@ class Reply:
     body: bytes
     headers: dict[str, str]
 
+    def json(self) -> object:
+        return json.loads(self.body)
+
     @property
     def error(self) -> str:
         """The message of a v2 error ({"error": "..."}) or an OpenAI one."""

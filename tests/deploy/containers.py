@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from testkit.gateway_process import ROOT
+from tests.api.http_helpers import Reply
 
 
 def _build_script() -> types.ModuleType:
@@ -71,16 +72,6 @@ def config_volume(directory: Path, config: dict) -> list[str]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-
-    def json(self) -> object:
-        return json.loads(self.body)
 
 
 def request(
