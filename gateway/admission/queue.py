@@ -42,6 +42,7 @@ from gateway.admission.batching import (
 from gateway.backends.base import Backend
 from gateway.core.errors import BackendFailed, DeadlineExceeded, GatewayError, Overloaded
 from gateway.core.signature import TensorSpec
+from gateway.core.types import RequestContext
 from gateway.observe import tracing
 from gateway.observe.metrics import (
     BATCH_SIZE,
@@ -70,17 +71,27 @@ class _State(enum.Enum):
 
 
 class _Work:
+    """One request in the queue; once answered, also its core.types.Execution."""
+
     __slots__ = (
         "abandoned",
         "enqueued",
         "future",
+        "inferences",
         "inputs",
         "key",
+        "leads",
         "outputs",
+        "ran_s",
         "rows",
         "state",
         "trace",
+        "waited_s",
     )
+    # Set as the request leaves the queue (_take) and as its execution answers
+    # (_execute): always before its caller reads them.
+    waited_s: float
+    ran_s: float
 
     def __init__(
         self,
@@ -88,6 +99,7 @@ class _Work:
         outputs: list[str],
         key: Hashable | None,
         rows: int,
+        inferences: int,
         future: asyncio.Future[dict[str, np.ndarray]],
         enqueued: float,
     ) -> None:
@@ -95,10 +107,12 @@ class _Work:
         self.outputs = outputs
         self.key = key
         self.rows = rows
+        self.inferences = inferences
         self.future = future
         self.enqueued = enqueued
         self.state = _State.QUEUED
         self.abandoned = False  # the caller stopped waiting while it ran
+        self.leads = False  # the first request of the batch that answered it
         self.trace: tuple[Any, int] | None = None  # the caller's attempt span, while tracing is on
 
 
@@ -165,8 +179,14 @@ class QueuedBackend:
         return self._waiting > 0 or any(s is not None for s in self._running_since)
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        deadline: float | None,
+        ctx: RequestContext | None = None,
     ) -> dict[str, np.ndarray]:
+        """The Backend protocol's infer; with `ctx`, an answer also leaves its
+        execution's measures in `ctx.execution` (the model's statistics)."""
         if self._check_request is not None:
             self._check_request(inputs)
         if self._waiting >= self.max_queue:
@@ -187,9 +207,13 @@ class QueuedBackend:
                     retry_after_s=1.0,
                 )
         self._start()
-        key = batch_key(inputs, outputs) if self.batching else None
+        batching = self.batching
+        key = batch_key(inputs, outputs) if batching else None
         loop = asyncio.get_running_loop()
-        work = _Work(inputs, outputs, key, rows_of(inputs), loop.create_future(), self._clock())
+        rows = rows_of(inputs)
+        # Inferences as Triton counts them: rows on a batching model, else requests.
+        inferences = rows if batching else 1
+        work = _Work(inputs, outputs, key, rows, inferences, loop.create_future(), self._clock())
         if tracing.ENABLED:
             work.trace = tracing.queued()
         self._queue.append(work)
@@ -205,7 +229,7 @@ class QueuedBackend:
             else loop.call_later(deadline - work.enqueued, _expire, work.future)
         )
         try:
-            return await work.future
+            answer = await work.future
         except TimeoutError:
             if work.state is _State.QUEUED:
                 waited_ms = (self._clock() - work.enqueued) * 1000.0
@@ -228,6 +252,9 @@ class QueuedBackend:
         finally:
             if timer is not None:
                 timer.cancel()
+        if ctx is not None:
+            ctx.execution = work
+        return answer
 
     async def close(self) -> None:
         for slot in self._slots:
@@ -299,7 +326,7 @@ class QueuedBackend:
                 batch = await self._collect()
             started = self._running_since[index] = self._clock()
             try:
-                await self._execute(batch)
+                await self._execute(batch, started)
             finally:
                 self._running_since[index] = None
                 took = self._clock() - started
@@ -358,14 +385,15 @@ class QueuedBackend:
         now = self._clock()
         for work in batch:
             work.state = _State.RUNNING
-            self._queue_duration(now - work.enqueued)
+            work.waited_s = waited = now - work.enqueued
+            self._queue_duration(waited)
             if work.trace is not None:
                 tracing.queue_waited(work.trace, self.name)
         self._waiting -= len(batch)
         self._queued.dec(len(batch))
         return batch
 
-    async def _execute(self, batch: list[_Work]) -> None:
+    async def _execute(self, batch: list[_Work], started: float) -> None:
         rows = [w.rows for w in batch]
         self._batch_size(sum(rows))
         self._inflight.inc(len(batch))
@@ -387,7 +415,10 @@ class QueuedBackend:
             failure = BackendFailed(f"backend '{self.name}' failed: {exc}")
             self._fail(batch, failure)
         else:
+            ran = self._clock() - started
+            batch[0].leads = True
             for work, result in zip(batch, results):
+                work.ran_s = ran
                 if not work.future.done():
                     work.future.set_result(result)
         finally:

@@ -62,6 +62,9 @@ UNARY_RPCS = (
     "ModelReady",
     "ModelMetadata",
     "ModelInfer",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
 )
 
 

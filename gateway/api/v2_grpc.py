@@ -32,6 +32,7 @@ from gateway.api.http_request import gateway_headers
 from gateway.api.plumbing import GRPC_METADATA, build_request_context, grpc_internal_error
 from gateway.api.proto import grpc_predict_v2_pb2 as pb
 from gateway.api.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from gateway.api.triton_docs import model_config, repository_index, statistics, to_message
 from gateway.api.v2_grpc_codec import decode_infer_request, encode_infer_response
 from gateway.api.v2_http import EXTENSIONS, PLATFORM
 from gateway.core.errors import ErrorKind, GatewayError, InvalidInput
@@ -198,20 +199,54 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelMetadataResponse:
         return model_metadata(await self._model(request.name, request.version, context))
 
+    # Triton's extensions: the documents HTTP answers with (api/triton_docs.py), as messages.
+
+    async def ModelConfig(
+        self,
+        request: pb.ModelConfigRequest,
+        context: grpc.aio.ServicerContext[pb.ModelConfigRequest, pb.ModelConfigResponse],
+    ) -> pb.ModelConfigResponse:
+        entry = await self._model(request.name, request.version, context)
+        return pb.ModelConfigResponse(
+            config=to_message(model_config(entry, PLATFORM), pb.ModelConfig())
+        )
+
+    async def ModelStatistics(
+        self,
+        request: pb.ModelStatisticsRequest,
+        context: grpc.aio.ServicerContext[pb.ModelStatisticsRequest, pb.ModelStatisticsResponse],
+    ) -> pb.ModelStatisticsResponse:
+        try:
+            rows = self.service.statistics(request.name or None, request.version or None)
+        except GatewayError as error:
+            await self._abort(error, context)
+            raise  # not reached: abort raises
+        return to_message(statistics(rows), pb.ModelStatisticsResponse())
+
+    async def RepositoryIndex(
+        self,
+        request: pb.RepositoryIndexRequest,
+        context: grpc.aio.ServicerContext[pb.RepositoryIndexRequest, pb.RepositoryIndexResponse],
+    ) -> pb.RepositoryIndexResponse:
+        index = repository_index(list(self.service.models.values()), request.ready)
+        return to_message({"models": index}, pb.RepositoryIndexResponse())
+
     async def _model(
         self, name: str, version: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ModelEntry:
-        # As on HTTP, metadata and readiness need no API key.
+        # As on HTTP, metadata, readiness and Triton's extensions need no API key.
         try:
             return self.service.model(name, version or None)
         except GatewayError as error:
-            ctx = request_context(context)
-            await context.abort(
-                GRPC_STATUS[error.kind],
-                error.message,
-                trailing_metadata=response_metadata(ctx, error),
-            )
+            await self._abort(error, context)
             raise  # not reached: abort raises
+
+    @staticmethod
+    async def _abort(error: GatewayError, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        ctx = request_context(context)
+        await context.abort(
+            GRPC_STATUS[error.kind], error.message, trailing_metadata=response_metadata(ctx, error)
+        )
 
     async def ModelInfer(
         self,
@@ -220,26 +255,25 @@ class V2GrpcServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         ctx = request_context(context)
         code = 500  # counted under the HTTP status of the outcome, as on every transport
+        # grpc.aio's abort() sends the status before it raises: the request is
+        # counted first, so that a caller who has its answer finds it counted.
+        abort: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
         try:
             message = await self._infer(request, ctx)
             code = 200
         except GatewayError as error:
             code = HTTP_STATUS[error.kind]
-            await context.abort(
-                GRPC_STATUS[error.kind],
-                error.message,
-                trailing_metadata=response_metadata(ctx, error),
-            )
+            abort = (GRPC_STATUS[error.kind], error.message, response_metadata(ctx, error))
         except asyncio.CancelledError:
             code = 499  # the caller went away (or its deadline passed): work dropped
             raise
         except Exception as exc:  # noqa: BLE001 - a bug; never let it take the server down
             status, details = grpc_internal_error(exc, ctx.request_id)
-            await context.abort(
-                status, details, trailing_metadata=(("x-request-id", ctx.request_id),)
-            )
+            abort = (status, details, (("x-request-id", ctx.request_id),))
         finally:
             self.service.observe(ctx, code)
+        if abort is not None:
+            await context.abort(abort[0], abort[1], trailing_metadata=abort[2])
         context.set_trailing_metadata(response_metadata(ctx))
         return message
 

@@ -2,7 +2,9 @@
 
 Infer is served on raw ASGI (see `InferFastPath` in http_app.py): it reads the
 body bytes, decodes them straight into numpy arrays and builds no framework or
-pydantic objects per request. Metadata and health are ordinary Starlette routes.
+pydantic objects per request. Metadata and health are ordinary Starlette routes,
+and so are Triton's extensions: model configuration, statistics and the
+repository index (their documents: api/triton_docs.py).
 """
 
 from __future__ import annotations
@@ -29,19 +31,22 @@ from gateway.api.http_request import (
     send_response,
 )
 from gateway.api.plumbing import http_internal_error, method_not_allowed, while_connected
+from gateway.api.triton_docs import model_config, repository_index, statistics
 from gateway.api.v2_codec import decode_infer_request, encode_infer_response
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, InvalidInput
 from gateway.core.types import RequestContext
 from gateway.observe import tracing
 from gateway.pipeline.entry import ModelEntry
 from gateway.pipeline.service import InferenceService
 
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 PLATFORM = "inference-gateway"
 JSON = b"application/json"
 OCTETS = b"application/octet-stream"
 
 MetadataHandler = Callable[[dict[str, str]], tuple[int, Any]]
+BodyHandler = Callable[[dict[str, str], bytes], tuple[int, Any]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def model_metadata(entry: ModelEntry) -> dict[str, Any]:
@@ -140,34 +145,38 @@ class V2HttpApi:
             Route("/v2", wrap(self.server_metadata), methods=["GET"]),
             Route("/v2/health/live", wrap(self.live), methods=["GET"]),
             Route("/v2/health/ready", wrap(self.ready), methods=["GET"]),
+            # Before /v2/models/{model}, which would take "stats" for a model's name.
+            Route("/v2/models/stats", wrap(self.model_statistics), methods=["GET"]),
             Route(model, wrap(self.model_metadata), methods=["GET"]),
             Route(versioned, wrap(self.model_metadata), methods=["GET"]),
             Route(model + "/ready", wrap(self.model_ready), methods=["GET"]),
             Route(versioned + "/ready", wrap(self.model_ready), methods=["GET"]),
+            Route(model + "/config", wrap(self.model_config), methods=["GET"]),
+            Route(versioned + "/config", wrap(self.model_config), methods=["GET"]),
+            Route(model + "/stats", wrap(self.model_statistics), methods=["GET"]),
+            Route(versioned + "/stats", wrap(self.model_statistics), methods=["GET"]),
+            Route(
+                "/v2/repository/index",
+                self._json_body_endpoint(self.repository_index),
+                methods=["POST"],
+            ),
         ]
 
     @staticmethod
-    def _json_endpoint(handler: MetadataHandler) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            raw_headers = header_map(request.scope)
-            ctx: RequestContext | None = None
-            try:
-                ctx = request_context(raw_headers, "v2_http")  # a bad header is a 400 here too
-                status, doc = handler(request.path_params)
-                body = orjson.dumps(doc)
-                extra: list[tuple[bytes, bytes]] = []
-            except GatewayError as error:
-                status, body = v2_error_body(error)
-                extra = error_headers(error)
-            if ctx is None:
-                ctx = id_only_context(raw_headers, "v2_http")
-            headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx) + extra}
-            return Response(
-                body, status_code=status, headers=headers, media_type="application/json"
-            )
+    def _json_endpoint(handler: MetadataHandler) -> Endpoint:
+        async def answer(request: Request, ctx: RequestContext) -> tuple[int, Any]:
+            return handler(request.path_params)
 
-        endpoint.__name__ = handler.__name__
-        return endpoint
+        return _json_route(answer, handler.__name__)
+
+    def _json_body_endpoint(self, handler: BodyHandler) -> Endpoint:
+        limit = self.max_request_bytes
+
+        async def answer(request: Request, ctx: RequestContext) -> tuple[int, Any]:
+            body = await read_body(request.receive, header_map(request.scope), limit, ctx)
+            return handler(request.path_params, body)
+
+        return _json_route(answer, handler.__name__)
 
     def server_metadata(self, params: dict[str, str]) -> tuple[int, Any]:
         return 200, {"name": PLATFORM, "version": __version__, "extensions": EXTENSIONS}
@@ -186,6 +195,57 @@ class V2HttpApi:
         entry = self.service.model(params["model"], params.get("version"))
         ready = entry.ready()
         return (200 if ready else 503), {"name": entry.name, "ready": ready}
+
+    # -- Triton's extensions (need no API key, as metadata) ------------------
+
+    def model_config(self, params: dict[str, str]) -> tuple[int, Any]:
+        entry = self.service.model(params["model"], params.get("version"))
+        return 200, model_config(entry, PLATFORM)
+
+    def model_statistics(self, params: dict[str, str]) -> tuple[int, Any]:
+        return 200, statistics(self.service.statistics(params.get("model"), params.get("version")))
+
+    def repository_index(self, params: dict[str, str], body: bytes) -> tuple[int, Any]:
+        """POST /v2/repository/index: an empty body, or {"ready": true|false}."""
+        ready = False
+        if body.strip():
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"request body: not valid JSON ({exc})") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
+                raise InvalidInput(
+                    'request body: expected a JSON object such as {"ready": true}, '
+                    f"got {body[:100].decode('utf-8', 'replace')!r}"
+                )
+            ready = doc.get("ready", False)
+        return 200, repository_index(list(self.service.models.values()), ready)
+
+
+def _json_route(
+    answer: Callable[[Request, RequestContext], Awaitable[tuple[int, Any]]], name: str
+) -> Endpoint:
+    """A JSON endpoint: `answer`'s status and document, or the v2 error shape for
+    a GatewayError, with the gateway's headers either way."""
+
+    async def endpoint(request: Request) -> Response:
+        raw_headers = header_map(request.scope)
+        ctx: RequestContext | None = None
+        try:
+            ctx = request_context(raw_headers, "v2_http")  # a bad header is a 400 here too
+            status, doc = await answer(request, ctx)
+            body = orjson.dumps(doc)
+            extra: list[tuple[bytes, bytes]] = []
+        except GatewayError as error:
+            status, body = v2_error_body(error)
+            extra = error_headers(error)
+        if ctx is None:
+            ctx = id_only_context(raw_headers, "v2_http")
+        headers = {k.decode(): v.decode() for k, v in gateway_headers(ctx) + extra}
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+    endpoint.__name__ = name
+    return endpoint
 
 
 def _text(value: bytes | None) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,6 +38,16 @@ class InferResponse:
     version: str
     outputs: dict[str, np.ndarray]
     id: str | None = None
+
+
+class Execution(Protocol):
+    """What admission measured of the backend execution whose answer a request
+    got (gateway/admission/queue.py), for its model's statistics."""
+
+    waited_s: float  # in the backend's queue, until the execution took it
+    ran_s: float  # the execution: the whole batch's, when it was one
+    inferences: int  # the request's rows when the backend batches, else 1
+    leads: bool  # the first request of its batch: the execution is counted once
 
 
 @dataclass(slots=True)
@@ -73,6 +83,9 @@ class RequestContext:
     # (policy, what it did) for each policy that changed or refused the request
     # (gateway/policies/base.py); in the audit record.
     policy_notes: list[tuple[str, str]] | None = None
+    # Set by admission when a queued backend's execution answered (one store, no
+    # copy): read once the request is answered, for the model's statistics.
+    execution: Execution | None = None
 
     def note_policy(self, policy: str, action: str) -> None:
         if self.policy_notes is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+from gateway.core.errors import NotFound
 from gateway.core.llm import (
     ChatRequest,
     ChatResult,
@@ -24,9 +25,11 @@ from gateway.core.llm import (
 )
 from gateway.core.types import InferRequest, InferResponse, RequestContext
 from gateway.observe import tracing
+from gateway.observe.model_stats import ModelStats
 from gateway.observe.requests import observe_request
 from gateway.observe.slo import availability_of
 from gateway.pipeline import llm, tensors
+from gateway.pipeline.entry import ModelEntry
 from gateway.pipeline.steps import PipelineSteps
 from gateway.pipeline.tensors import InferCall
 
@@ -39,8 +42,18 @@ class InferenceService(PipelineSteps):
 
         Two attribute stores on the event loop's thread: a request sees either
         the old or the new config, never a mix, and requests already running
-        keep the model entries (and backends) they started with.
+        keep the model entries (and backends) they started with. A model that
+        keeps its name and version keeps its statistics.
         """
+        old = self.models
+        self.stats = {
+            name: (
+                self.stats[name]
+                if name in old and old[name].version == entry.version and name in self.stats
+                else other.stats[name]
+            )
+            for name, entry in other.models.items()
+        }
         self.models = other.models
         self.tenants = other.tenants
         self.cache = other.cache
@@ -56,8 +69,12 @@ class InferenceService(PipelineSteps):
         """The transport answered `code`: count the request (metrics, SLOs), end its
         trace span and write its audit record."""
         total = observe_request(ctx, code)
-        if ctx.model is not None:
-            self.slo.record(ctx.model, total, availability_of(code))
+        model = ctx.model
+        if model is not None:
+            self.slo.record(model, total, availability_of(code))
+            stats = self.stats.get(model)
+            if stats is not None:  # None: the model went away in a reload meanwhile
+                stats.record(ctx, code, total)
         if tracing.ENABLED or self.audit is not None:
             entry = self.models.get(ctx.model) if ctx.model is not None else None
             try:
@@ -79,6 +96,18 @@ class InferenceService(PipelineSteps):
                         "(%d time(s) so far)",
                         self._observe_failures,
                     )
+
+    def statistics(
+        self, name: str | None = None, version: str | None = None
+    ) -> list[tuple[ModelEntry, ModelStats]]:
+        """The statistics of the model called `name` (at `version`, if given; NotFound
+        otherwise), or of every model, in config order."""
+        if name is None:
+            if version is not None:
+                raise NotFound("statistics of a version need the model's name")
+            return [(entry, self.stats[n]) for n, entry in self.models.items()]
+        entry = self.model(name, version)
+        return [(entry, self.stats[entry.name])]
 
     def infer_call(self, request: InferRequest, ctx: RequestContext) -> InferCall:
         """A tensor request admitted, through its model's policies and checked

@@ -16,6 +16,7 @@ from gateway.core.types import RequestContext
 from gateway.observe import tracing
 from gateway.observe.audit import AuditLog
 from gateway.observe.metrics import COST, TOKENS, FastChildren, fast_inc
+from gateway.observe.model_stats import ModelStats
 from gateway.observe.slo import SloTracker
 from gateway.pipeline.entry import ModelEntry
 from gateway.routing.cache import CacheFetch, ResponseCache, count_bypass
@@ -42,6 +43,8 @@ class PipelineSteps:
         self.slo = slo or SloTracker({})
         self.audit = audit
         self.ratelimit = ratelimit
+        # Per model: its statistics (Triton's extension), counted in observe().
+        self.stats = {name: ModelStats() for name in models}
         # Set once on SIGTERM (gateway/uvicorn_stop.py): readiness fails from then on;
         # kept across reloads, which replace the contents, not this object.
         self.stopping = False

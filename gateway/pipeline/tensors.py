@@ -7,10 +7,12 @@ checked against the signature and shadow traffic mirrored.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
+from gateway.admission.queue import QueuedBackend
 from gateway.core.errors import GatewayError, InvalidInput
 from gateway.core.signature import Signature
 from gateway.core.types import InferRequest, InferResponse, RequestContext
@@ -74,6 +76,19 @@ class InferCall:
         return respond(entry, self.request, outputs, ctx)
 
     async def _run_plan(self) -> dict[str, np.ndarray]:
+        entry = self.entry
+        outputs = await run_plan(entry, self.ctx, self._caller(self.ctx))
+        shadow = entry.route.shadow
+        if shadow is not None and self.steps.rng.random() < shadow.fraction:
+            # Without the request's context: the shadow's execution is not its answer's.
+            mirror(entry, shadow, self._caller(None), outputs, self.steps.background)
+        return outputs
+
+    def _caller(
+        self, ctx: RequestContext | None
+    ) -> Callable[[Any, float], Awaitable[dict[str, np.ndarray]]]:
+        """How the plan calls a backend; with `ctx`, admission leaves the measures
+        of the execution that answered in it (the model's statistics)."""
         inputs, wanted, batch, signature = (
             self.request.inputs,
             self.wanted,
@@ -82,17 +97,15 @@ class InferCall:
         )
 
         async def call(backend: Any, deadline: float) -> dict[str, np.ndarray]:
-            outputs = await backend.infer(inputs, wanted, deadline)
+            if ctx is not None and isinstance(backend, QueuedBackend):
+                outputs = await backend.infer(inputs, wanted, deadline, ctx)
+            else:
+                outputs = await backend.infer(inputs, wanted, deadline)
             # A backend that breaks the signature failed: the next one may not.
             signature.validate_outputs(outputs, batch, backend.name, wanted)
             return {name: outputs[name] for name in wanted}
 
-        entry = self.entry
-        outputs = await run_plan(entry, self.ctx, call)
-        shadow = entry.route.shadow
-        if shadow is not None and self.steps.rng.random() < shadow.fraction:
-            mirror(entry, shadow, call, outputs, self.steps.background)
-        return outputs
+        return call
 
 
 def prepare(steps: PipelineSteps, request: InferRequest, ctx: RequestContext) -> InferCall:

@@ -5,8 +5,43 @@ from typing import ClassVar as _ClassVar
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TYPE_INVALID: _ClassVar[DataType]
+    TYPE_BOOL: _ClassVar[DataType]
+    TYPE_UINT8: _ClassVar[DataType]
+    TYPE_UINT16: _ClassVar[DataType]
+    TYPE_UINT32: _ClassVar[DataType]
+    TYPE_UINT64: _ClassVar[DataType]
+    TYPE_INT8: _ClassVar[DataType]
+    TYPE_INT16: _ClassVar[DataType]
+    TYPE_INT32: _ClassVar[DataType]
+    TYPE_INT64: _ClassVar[DataType]
+    TYPE_FP16: _ClassVar[DataType]
+    TYPE_FP32: _ClassVar[DataType]
+    TYPE_FP64: _ClassVar[DataType]
+    TYPE_STRING: _ClassVar[DataType]
+    TYPE_BF16: _ClassVar[DataType]
+
+TYPE_INVALID: DataType
+TYPE_BOOL: DataType
+TYPE_UINT8: DataType
+TYPE_UINT16: DataType
+TYPE_UINT32: DataType
+TYPE_UINT64: DataType
+TYPE_INT8: DataType
+TYPE_INT16: DataType
+TYPE_INT32: DataType
+TYPE_INT64: DataType
+TYPE_FP16: DataType
+TYPE_FP32: DataType
+TYPE_FP64: DataType
+TYPE_STRING: DataType
+TYPE_BF16: DataType
 
 class ServerLiveRequest(_message.Message):
     __slots__ = ()
@@ -184,7 +219,9 @@ class ModelInferRequest(_message.Message):
             key: str
             value: InferParameter
             def __init__(
-                self, key: str | None = ..., value: InferParameter | _Mapping | None = ...
+                self,
+                key: str | None = ...,
+                value: InferParameter | _Mapping | None = ...,
             ) -> None: ...
 
         NAME_FIELD_NUMBER: _ClassVar[int]
@@ -215,7 +252,9 @@ class ModelInferRequest(_message.Message):
             key: str
             value: InferParameter
             def __init__(
-                self, key: str | None = ..., value: InferParameter | _Mapping | None = ...
+                self,
+                key: str | None = ...,
+                value: InferParameter | _Mapping | None = ...,
             ) -> None: ...
 
         NAME_FIELD_NUMBER: _ClassVar[int]
@@ -223,7 +262,9 @@ class ModelInferRequest(_message.Message):
         name: str
         parameters: _containers.MessageMap[str, InferParameter]
         def __init__(
-            self, name: str | None = ..., parameters: _Mapping[str, InferParameter] | None = ...
+            self,
+            name: str | None = ...,
+            parameters: _Mapping[str, InferParameter] | None = ...,
         ) -> None: ...
 
     class ParametersEntry(_message.Message):
@@ -233,7 +274,9 @@ class ModelInferRequest(_message.Message):
         key: str
         value: InferParameter
         def __init__(
-            self, key: str | None = ..., value: InferParameter | _Mapping | None = ...
+            self,
+            key: str | None = ...,
+            value: InferParameter | _Mapping | None = ...,
         ) -> None: ...
 
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -281,7 +324,9 @@ class ModelInferResponse(_message.Message):
             key: str
             value: InferParameter
             def __init__(
-                self, key: str | None = ..., value: InferParameter | _Mapping | None = ...
+                self,
+                key: str | None = ...,
+                value: InferParameter | _Mapping | None = ...,
             ) -> None: ...
 
         NAME_FIELD_NUMBER: _ClassVar[int]
@@ -310,7 +355,9 @@ class ModelInferResponse(_message.Message):
         key: str
         value: InferParameter
         def __init__(
-            self, key: str | None = ..., value: InferParameter | _Mapping | None = ...
+            self,
+            key: str | None = ...,
+            value: InferParameter | _Mapping | None = ...,
         ) -> None: ...
 
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -345,4 +392,238 @@ class ModelStreamInferResponse(_message.Message):
         self,
         error_message: str | None = ...,
         infer_response: ModelInferResponse | _Mapping | None = ...,
+    ) -> None: ...
+
+class ModelConfigRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: str | None = ..., version: str | None = ...) -> None: ...
+
+class ModelConfigResponse(_message.Message):
+    __slots__ = ("config",)
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    config: ModelConfig
+    def __init__(self, config: ModelConfig | _Mapping | None = ...) -> None: ...
+
+class ModelVersionPolicy(_message.Message):
+    __slots__ = ("latest",)
+    class Latest(_message.Message):
+        __slots__ = ("num_versions",)
+        NUM_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+        num_versions: int
+        def __init__(self, num_versions: int | None = ...) -> None: ...
+
+    LATEST_FIELD_NUMBER: _ClassVar[int]
+    latest: ModelVersionPolicy.Latest
+    def __init__(self, latest: ModelVersionPolicy.Latest | _Mapping | None = ...) -> None: ...
+
+class ModelInput(_message.Message):
+    __slots__ = ("data_type", "dims", "name")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data_type: DataType
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(
+        self,
+        name: str | None = ...,
+        data_type: DataType | str | None = ...,
+        dims: _Iterable[int] | None = ...,
+    ) -> None: ...
+
+class ModelOutput(_message.Message):
+    __slots__ = ("data_type", "dims", "name")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data_type: DataType
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(
+        self,
+        name: str | None = ...,
+        data_type: DataType | str | None = ...,
+        dims: _Iterable[int] | None = ...,
+    ) -> None: ...
+
+class ModelDynamicBatching(_message.Message):
+    __slots__ = ("max_queue_delay_microseconds", "preferred_batch_size")
+    PREFERRED_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DELAY_MICROSECONDS_FIELD_NUMBER: _ClassVar[int]
+    preferred_batch_size: _containers.RepeatedScalarFieldContainer[int]
+    max_queue_delay_microseconds: int
+    def __init__(
+        self,
+        preferred_batch_size: _Iterable[int] | None = ...,
+        max_queue_delay_microseconds: int | None = ...,
+    ) -> None: ...
+
+class ModelConfig(_message.Message):
+    __slots__ = (
+        "backend",
+        "dynamic_batching",
+        "input",
+        "max_batch_size",
+        "name",
+        "output",
+        "platform",
+        "version_policy",
+    )
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    VERSION_POLICY_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_BATCHING_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    platform: str
+    version_policy: ModelVersionPolicy
+    max_batch_size: int
+    input: _containers.RepeatedCompositeFieldContainer[ModelInput]
+    output: _containers.RepeatedCompositeFieldContainer[ModelOutput]
+    dynamic_batching: ModelDynamicBatching
+    backend: str
+    def __init__(
+        self,
+        name: str | None = ...,
+        platform: str | None = ...,
+        version_policy: ModelVersionPolicy | _Mapping | None = ...,
+        max_batch_size: int | None = ...,
+        input: _Iterable[ModelInput | _Mapping] | None = ...,
+        output: _Iterable[ModelOutput | _Mapping] | None = ...,
+        dynamic_batching: ModelDynamicBatching | _Mapping | None = ...,
+        backend: str | None = ...,
+    ) -> None: ...
+
+class ModelStatisticsRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: str | None = ..., version: str | None = ...) -> None: ...
+
+class StatisticDuration(_message.Message):
+    __slots__ = ("count", "ns")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    NS_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    ns: int
+    def __init__(self, count: int | None = ..., ns: int | None = ...) -> None: ...
+
+class InferStatistics(_message.Message):
+    __slots__ = (
+        "cache_hit",
+        "cache_miss",
+        "compute_infer",
+        "compute_input",
+        "compute_output",
+        "fail",
+        "queue",
+        "success",
+    )
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    FAIL_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_INPUT_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_INFER_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISS_FIELD_NUMBER: _ClassVar[int]
+    success: StatisticDuration
+    fail: StatisticDuration
+    queue: StatisticDuration
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+    cache_hit: StatisticDuration
+    cache_miss: StatisticDuration
+    def __init__(
+        self,
+        success: StatisticDuration | _Mapping | None = ...,
+        fail: StatisticDuration | _Mapping | None = ...,
+        queue: StatisticDuration | _Mapping | None = ...,
+        compute_input: StatisticDuration | _Mapping | None = ...,
+        compute_infer: StatisticDuration | _Mapping | None = ...,
+        compute_output: StatisticDuration | _Mapping | None = ...,
+        cache_hit: StatisticDuration | _Mapping | None = ...,
+        cache_miss: StatisticDuration | _Mapping | None = ...,
+    ) -> None: ...
+
+class ModelStatistics(_message.Message):
+    __slots__ = (
+        "execution_count",
+        "inference_count",
+        "inference_stats",
+        "last_inference",
+        "name",
+        "version",
+    )
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_INFERENCE_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_STATS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    last_inference: int
+    inference_count: int
+    execution_count: int
+    inference_stats: InferStatistics
+    def __init__(
+        self,
+        name: str | None = ...,
+        version: str | None = ...,
+        last_inference: int | None = ...,
+        inference_count: int | None = ...,
+        execution_count: int | None = ...,
+        inference_stats: InferStatistics | _Mapping | None = ...,
+    ) -> None: ...
+
+class ModelStatisticsResponse(_message.Message):
+    __slots__ = ("model_stats",)
+    MODEL_STATS_FIELD_NUMBER: _ClassVar[int]
+    model_stats: _containers.RepeatedCompositeFieldContainer[ModelStatistics]
+    def __init__(self, model_stats: _Iterable[ModelStatistics | _Mapping] | None = ...) -> None: ...
+
+class RepositoryIndexRequest(_message.Message):
+    __slots__ = ("ready", "repository_name")
+    REPOSITORY_NAME_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    repository_name: str
+    ready: bool
+    def __init__(self, repository_name: str | None = ..., ready: bool | None = ...) -> None: ...
+
+class RepositoryIndexResponse(_message.Message):
+    __slots__ = ("models",)
+    class ModelIndex(_message.Message):
+        __slots__ = ("name", "reason", "state", "version")
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        VERSION_FIELD_NUMBER: _ClassVar[int]
+        STATE_FIELD_NUMBER: _ClassVar[int]
+        REASON_FIELD_NUMBER: _ClassVar[int]
+        name: str
+        version: str
+        state: str
+        reason: str
+        def __init__(
+            self,
+            name: str | None = ...,
+            version: str | None = ...,
+            state: str | None = ...,
+            reason: str | None = ...,
+        ) -> None: ...
+
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[RepositoryIndexResponse.ModelIndex]
+    def __init__(
+        self,
+        models: _Iterable[RepositoryIndexResponse.ModelIndex | _Mapping] | None = ...,
     ) -> None: ...
