@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
@@ -17,6 +18,8 @@ from gateway.api.admin import ConfigControl, admin_routes
 from gateway.api.grpc_server import GrpcServer
 from gateway.api.http_errors import error_headers, message_body, openai_error_body, v2_error_body
 from gateway.api.openai import OpenAIApi
+from gateway.api.openapi import INFER_PATHS, OPENAPI_PATH, OpenApiEndpoint, served_operations
+from gateway.api.openapi_docs import docs_routes
 from gateway.api.plumbing import method_not_allowed
 from gateway.api.v2_http import V2HttpApi
 from gateway.config.schema import ShutdownConfig
@@ -168,6 +171,18 @@ def create_http_app(
     openai = OpenAIApi(service, max_request_bytes)
     for route in [*v2.routes(), *openai.routes(), *admin_routes(control, slo=lambda: service.slo)]:
         app.router.routes.append(route)
+    # Our own document (api/openapi.py), not FastAPI's: infer and the OpenAI POST
+    # routes never reach FastAPI. It covers every operation served (FastAPI's
+    # routes, and the paths InferFastPath serves on raw ASGI).
+    raw_posts = [*INFER_PATHS, *openai.post_routes]
+    document = OpenApiEndpoint(
+        service,
+        max_request_bytes,
+        served=lambda: served_operations(app.router.routes, raw_posts),
+        control=control,
+    )
+    app.router.routes.append(Route(OPENAPI_PATH, document.handle, methods=["GET"]))
+    app.router.routes.extend(docs_routes())  # /docs, /redoc and their assets, offline
 
     async def http_error(request: Request, exc: Exception) -> Response:
         # Unknown paths and wrong methods answer in the surface's error shape too
