@@ -1,0 +1,1 @@
+"""Load tests with locust (loadtests/locust/), run as subprocesses."""
