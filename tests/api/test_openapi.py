@@ -139,10 +139,10 @@ def test_the_infer_paths_are_those_the_fast_path_serves() -> None:
 
 
 def test_every_operation_the_app_serves_is_documented(app: InferFastPath) -> None:
-    # When a route is added (or renamed) without its description in api/openapi.py, this fails.
+    # When a route is added (or renamed) without its description in api/openapi_paths.py, this fails.
     served = served_by(app)
     everything = documented_operations(build_document([]))
-    assert served - everything == set(), "served but not in gateway/api/openapi.py"
+    assert served - everything == set(), "served but not in gateway/api/openapi_paths.py"
     # The raw-ASGI paths and FastAPI's routes are both there.
     assert {("POST", INFER_PATHS[0]), ("POST", "/v1/embeddings"), ("GET", "/v2")} <= served
 
