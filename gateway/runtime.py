@@ -38,7 +38,12 @@ from gateway.routing.cache import ResponseCache
 from gateway.routing.resilience import BackendHealth, BreakerPolicy
 from gateway.routing.router import Attempt, Route, Shadow
 from gateway.runtime_access import admin_key_digest, build_tenants
-from gateway.runtime_shared import build_audit, build_rate_limiter, build_shared_state
+from gateway.runtime_shared import (
+    build_audit,
+    build_budget,
+    build_rate_limiter,
+    build_shared_state,
+)
 
 if TYPE_CHECKING:
     from gateway.config.schema import Path_, TensorSpecConfig
@@ -174,6 +179,7 @@ def build_runtime(loaded: LoadedConfig, previous: Runtime | None = None) -> Runt
             slo,
             audit=audit,
             ratelimit=build_rate_limiter(loaded, redis, previous),
+            budget=build_budget(loaded, redis, previous),
         ),
         health=health,
         cache=cache,

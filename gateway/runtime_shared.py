@@ -2,7 +2,7 @@
 taken over from the previous runtime while its settings are unchanged (so a
 reload keeps the cache warm, the rate limits' memory and the audit file): the
 Redis client, the response cache and the key that signs what it keeps in
-Redis, the tenants' rate limiter, and the audit log."""
+Redis, the tenants' rate limiter and budgets, and the audit log."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.backends.registry import backend_type
 from gateway.config.loader import LoadedConfig
 from gateway.observe.audit import AuditLog, audit_log
+from gateway.routing.budget import Budgets
 from gateway.routing.cache import ResponseCache
 from gateway.routing.ratelimit import RateLimiter
 
@@ -88,6 +89,17 @@ def build_rate_limiter(
     return RateLimiter.for_tenants(config.tenants, redis)
 
 
+def build_budget(loaded: LoadedConfig, redis: Any, previous: Runtime | None) -> Budgets:
+    """Tenant spend budgets: one object for the process's life, which a reload
+    reconfigures (the running service keeps it, and what it knows of the spend)."""
+    tenants = loaded.config.tenants
+    budget = previous.service.budget if previous is not None else None
+    if budget is None:
+        return Budgets.for_tenants(tenants, redis)
+    budget.configure({t.name: t.budget for t in tenants if t.budget}, redis)
+    return budget
+
+
 def build_audit(loaded: LoadedConfig, previous: Runtime | None) -> AuditLog | None:
     """The audit log `audit:` asks for: the previous runtime's while unchanged."""
     config = loaded.config
@@ -107,6 +119,9 @@ def build_audit(loaded: LoadedConfig, previous: Runtime | None) -> AuditLog | No
             section.flush_interval_ms / 1000.0,
             max_unwritten_records=section.max_unwritten_records,
             fsync_interval_s=section.fsync_interval_ms / 1000.0,
+            payload_retention_s=None
+            if section.payload_retention_days is None
+            else section.payload_retention_days * 86_400.0,
         )
     if audit is not None:
         # What a vendor backend runs unless its answer names a more exact version.

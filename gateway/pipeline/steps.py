@@ -19,6 +19,7 @@ from gateway.observe.metrics import COST, TOKENS, FastChildren, fast_inc
 from gateway.observe.model_stats import ModelStats
 from gateway.observe.slo import SloTracker
 from gateway.pipeline.entry import ModelEntry
+from gateway.routing.budget import Budgets
 from gateway.routing.cache import CacheFetch, ResponseCache, count_bypass
 from gateway.routing.ratelimit import RateLimiter
 
@@ -36,6 +37,7 @@ class PipelineSteps:
         slo: SloTracker | None = None,
         audit: AuditLog | None = None,
         ratelimit: RateLimiter | None = None,
+        budget: Budgets | None = None,
     ) -> None:
         self.models = models
         self.tenants = tenants or Tenants({})
@@ -43,6 +45,8 @@ class PipelineSteps:
         self.slo = slo or SloTracker({})
         self.audit = audit
         self.ratelimit = ratelimit
+        # One per process: a reload reconfigures it in place (runtime_shared.py).
+        self.budget = budget
         # Per model: its statistics (Triton's extension), counted in observe().
         self.stats = {name: ModelStats() for name in models}
         # Set once on SIGTERM (gateway/uvicorn_stop.py): readiness fails from then on;
@@ -123,6 +127,14 @@ class PipelineSteps:
             raise InvalidInput(
                 f"model '{name}' is of kind '{entry.kind}', not '{kind}': call it on {served_by}"
             )
+        budget = self.budget
+        if (
+            budget is not None
+            and ctx.tenant is not None
+            and budget.limits(ctx.tenant) is not None
+            and _priced(entry)
+        ):
+            await budget.admit(ctx.tenant)
         return entry
 
     async def rate_limit(self, ctx: RequestContext) -> None:
@@ -147,3 +159,22 @@ class PipelineSteps:
             cost = price.of(usage)
             ctx.cost_usd = cost
             _cost(entry.name, backend, ctx.tenant or "")(cost)
+            budget = self.budget
+            if (
+                cost > 0.0
+                and budget is not None
+                and ctx.tenant is not None
+                and budget.limits(ctx.tenant) is not None
+            ):
+                # Off the caller's path, like the tokens: the answer is ready.
+                task = asyncio.get_running_loop().create_task(budget.charge(ctx.tenant, cost))
+                self.background.add(task)
+                task.add_done_callback(self.background.discard)
+
+
+def _priced(entry: ModelEntry) -> bool:
+    """Whether an answer of this model can cost anything (a spent budget refuses only those)."""
+    return any(
+        p.usd_per_request or p.usd_per_1k_input_tokens or p.usd_per_1k_output_tokens
+        for p in entry.prices.values()
+    )
