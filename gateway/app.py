@@ -54,10 +54,12 @@ def create_app(
 ) -> InferFastPath:
     """The ASGI app over `runtime`; with `grpc`, its lifespan also starts that
     gRPC server (on the app's event loop) and stops it before the backends close."""
+    from gateway.promotion.manager import Promotions
     from gateway.reload import ConfigManager
 
     server = runtime.loaded.config.server
     manager = ConfigManager(runtime)  # the admin key is the running config's (reload.py)
+    manager.promotions = Promotions(manager)  # POST /admin/models/{model}/promote
 
     async def started() -> None:
         if grpc is not None:

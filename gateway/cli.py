@@ -40,6 +40,26 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--models-dir", default=None, help="default: ./models, else beside the package"
     )
+    promote = model_commands.add_parser(
+        "promote",
+        help="serve a new version after the promotion gate (on a running gateway)",
+        description="Ask a running gateway's admin API to promote VERSION of NAME: "
+        "signature check, offline evaluation, then a canary; waits for the verdict.",
+    )
+    promote.add_argument("name")
+    promote.add_argument("version")
+    promote.add_argument(
+        "--config", help="the gateway's config, for its port and admin key variable"
+    )
+    promote.add_argument("--url", help="the gateway's HTTP address (default: from --config)")
+    promote.add_argument(
+        "--admin-key-env", help="variable holding the admin key (default: from --config)"
+    )
+    promote.add_argument("--no-wait", action="store_true", help="return once the canary starts")
+    promote.add_argument("--abort", action="store_true", help="abort NAME's running canary")
+    promote.add_argument(
+        "--timeout", type=float, default=7200.0, help="give up waiting after this long (s)"
+    )
     return parser
 
 
@@ -52,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check":
         return _check(args.file)
+    if args.models_command == "promote":
+        from gateway.promotion.client import promote_command
+
+        return promote_command(args)
     return _build_models(args.name, args.models_dir)
 
 

@@ -16,8 +16,9 @@ import hashlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.loader import ConfigError, LoadedConfig, load_config
 from gateway.config.schema import ServerConfig
@@ -25,6 +26,9 @@ from gateway.core.errors import NotFound
 from gateway.gcfreeze import freeze_long_lived
 from gateway.observe.logs import setup_logging
 from gateway.runtime import Runtime, build_runtime
+
+if TYPE_CHECKING:
+    from gateway.api.admin import PromotionControl
 
 log = logging.getLogger("gateway.reload")
 
@@ -48,6 +52,8 @@ class ConfigManager:
         self._retiring: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._file_digest = runtime.loaded.sha256
+        # The promotion gate (gateway/promotion/), wired in by app.create_app.
+        self.promotions: PromotionControl | None = None
 
     @property
     def source(self) -> Path | None:
@@ -102,8 +108,35 @@ class ConfigManager:
             self._history.pop()
             return result
 
+    async def apply(
+        self,
+        loaded: LoadedConfig,
+        trigger: str,
+        *,
+        keep_history: bool,
+        prepare: Callable[[Runtime], None] | None = None,
+        if_running: Runtime | None = None,
+    ) -> dict[str, Any]:
+        """Serve a config built elsewhere (the promotion gate's canary, and the config
+        it promotes); `prepare` may adjust the new runtime before it serves. With
+        `if_running`, refused unless that runtime is still the running one (a
+        reload meanwhile wins)."""
+        async with self._lock:
+            if if_running is not None and self.runtime is not if_running:
+                raise ReloadRefused(["the running config changed meanwhile"])
+            return await self._apply(loaded, trigger, keep_history, prepare)
+
+    def file_written(self, digest: str) -> None:
+        """The config file was rewritten on purpose (a promotion): the file watch
+        must not reload it a second time."""
+        self._file_digest = digest
+
     async def _apply(
-        self, loaded: LoadedConfig, trigger: str, keep_history: bool
+        self,
+        loaded: LoadedConfig,
+        trigger: str,
+        keep_history: bool,
+        prepare: Callable[[Runtime], None] | None = None,
     ) -> dict[str, Any]:
         old = self.runtime
         loop = asyncio.get_running_loop()
@@ -112,6 +145,8 @@ class ConfigManager:
         except ConfigError as exc:
             log.error("reload (%s) refused: %s", trigger, "; ".join(exc.problems))
             raise ReloadRefused(exc.problems) from None
+        if prepare is not None:
+            prepare(new)
         # A kill switch is not undone by a config change: disabled backends stay so.
         for name, health in new.health.items():
             if name in old.health and old.health[name].disabled:
@@ -230,6 +265,8 @@ class ConfigManager:
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        if self.promotions is not None:
+            await self.promotions.stop()
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def _reload_soon(self, trigger: str) -> None:

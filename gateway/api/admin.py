@@ -24,14 +24,29 @@ from gateway.api.http_errors import HTTP_STATUS, error_headers
 from gateway.api.http_request import header_map, request_context
 from gateway.config.schema import ServerConfig
 from gateway.core.auth import admin_key_matches
-from gateway.core.errors import GatewayError, Unauthenticated
+from gateway.core.errors import GatewayError, InvalidInput, NotFound, Unauthenticated
 from gateway.observe.metrics import exposition
 
 log = logging.getLogger("gateway.admin")
 
 
+class PromotionControl(Protocol):
+    """What the promotion endpoints drive (gateway.promotion.Promotions)."""
+
+    async def promote(self, model: str, version: str) -> dict[str, Any]: ...
+
+    def status(self, model: str) -> dict[str, Any]: ...
+
+    async def abort(self, model: str) -> dict[str, Any]: ...
+
+    async def stop(self) -> None: ...
+
+
 class ConfigControl(Protocol):
     """What the admin endpoints drive (gateway.reload.ConfigManager)."""
+
+    @property
+    def promotions(self) -> PromotionControl | None: ...
 
     @property
     def admin_key_digest(self) -> bytes | None:
@@ -167,7 +182,7 @@ def admin_routes(
                     caller,
                     status,
                     before,
-                    target=request.path_params.get("backend"),
+                    target=request.path_params.get("backend") or request.path_params.get("model"),
                     error=error_text,
                 )
 
@@ -189,6 +204,29 @@ def admin_routes(
     async def enable(request: Request) -> Any:
         return control.set_enabled(request.path_params["backend"], True)
 
+    def promotions() -> PromotionControl:
+        if control.promotions is None:
+            raise NotFound("this gateway has no promotion gate")
+        return control.promotions
+
+    async def promote(request: Request) -> Any:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            body = None
+        version = body.get("version") if isinstance(body, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = str(version)
+        if not isinstance(version, str) or not version:
+            raise InvalidInput('the body must be {"version": "<the version to promote>"}')
+        return await promotions().promote(request.path_params["model"], version)
+
+    async def promotion_status(request: Request) -> Any:
+        return promotions().status(request.path_params["model"])
+
+    async def abort_promotion(request: Request) -> Any:
+        return await promotions().abort(request.path_params["model"])
+
     return [
         *routes,
         Route("/admin/config", endpoint(show_config, "config"), methods=["GET"]),
@@ -196,4 +234,15 @@ def admin_routes(
         Route("/admin/rollback", endpoint(rollback, "rollback"), methods=["POST"]),
         Route("/admin/backends/{backend}/disable", endpoint(disable, "disable"), methods=["POST"]),
         Route("/admin/backends/{backend}/enable", endpoint(enable, "enable"), methods=["POST"]),
+        Route("/admin/models/{model}/promote", endpoint(promote, "promote"), methods=["POST"]),
+        Route(
+            "/admin/models/{model}/promotion",
+            endpoint(promotion_status, "promotion"),
+            methods=["GET"],
+        ),
+        Route(
+            "/admin/models/{model}/promotion/abort",
+            endpoint(abort_promotion, "promotion_abort"),
+            methods=["POST"],
+        ),
     ]

@@ -285,6 +285,41 @@ def paths(
         operation["post"]["parameters"] = [backend]
         return operation
 
+    promoted = path_param("model", {"type": "string"}, "A configured model's name.")
+    promotion_errors = {
+        "400": error_response(
+            400,
+            False,
+            limit,
+            "Not now: a bad body, a model the gate cannot promote, or another promotion under way.",
+        ),
+        "404": error_response(
+            404,
+            False,
+            limit,
+            "Unknown model or version, no promotion to show, or no "
+            "`promotion` section in the config.",
+        ),
+    }
+
+    def promotion(method: str, op_id: str, summary: str, body: bool = False) -> Json:
+        """The promotion gate's operations: each answers the promotion's state and
+        numbers (docs/configuration.md#promotion)."""
+        run = {"type": "object", "description": "The promotion: state, reasons and numbers."}
+        operation = admin(method, op_id, summary, "AdminConfigState", promotion_errors)
+        operation[method]["responses"]["200"]["content"] = json_content(run)
+        operation[method]["parameters"] = [promoted]
+        if body:
+            version = {
+                "type": "object",
+                "required": ["version"],
+                "properties": {
+                    "version": {"type": "string", "description": "The version to promote."}
+                },
+            }
+            operation[method]["requestBody"] = {"required": True, "content": json_content(version)}
+        return operation
+
     stats = schema_ref("ModelStatistics")
     return {
         # -- KServe v2
@@ -479,4 +514,13 @@ def paths(
             "adminDisableBackend", "Kill switch: the backend takes no more requests"
         ),
         "/admin/backends/{backend}/enable": switch("adminEnableBackend", "Undo the kill switch"),
+        "/admin/models/{model}/promote": promotion(
+            "post", "adminPromote", "Promotion gate: check, evaluate, then canary", body=True
+        ),
+        "/admin/models/{model}/promotion": promotion(
+            "get", "adminPromotion", "The model's latest promotion"
+        ),
+        "/admin/models/{model}/promotion/abort": promotion(
+            "post", "adminPromotionAbort", "Abort the running canary (back to the serving version)"
+        ),
     }

@@ -178,11 +178,21 @@ class AuditConfig(Section):
     # A crashed machine also loses what was written but not yet synced to disk:
     # a file sink is fsynced this often (0: after every batch).
     fsync_interval_ms: float = Field(1000.0, ge=0)
+    # Whole audit files expire (observe/audit_sinks.py): a rotated file is
+    # deleted once its newest record is this old; None: kept until `backups`
+    # pushes it out.
+    payload_retention_days: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> AuditConfig:
         if self.sink == "file" and not self.path:
             raise ValueError("path: required when sink is 'file'")
+        if self.payload_retention_days is not None and self.sink != "file":
+            # Believing payloads expire when nothing deletes them is the worse failure.
+            raise ValueError(
+                "payload_retention_days: only a file sink can expire records; with "
+                f"sink '{self.sink}', set the retention where the records are collected"
+            )
         return self
 
 
@@ -200,6 +210,22 @@ class RateLimitConfig(Section):
         return self
 
 
+class BudgetConfig(Section):
+    """A tenant's spend per UTC day and month, in US dollars (routing/budget.py)."""
+
+    usd_per_day: float | None = Field(None, gt=0)
+    usd_per_month: float | None = Field(None, gt=0)
+    # Shares of a limit at which an alert fires (config/prometheus/alerts.yaml);
+    # spending all of it has an alert of its own.
+    alert_at: list[Annotated[float, Field(gt=0, lt=1)]] = [0.5, 0.8]
+
+    @model_validator(mode="after")
+    def _needs_a_limit(self) -> BudgetConfig:
+        if self.usd_per_day is None and self.usd_per_month is None:
+            raise ValueError("budget: set usd_per_day, usd_per_month or both")
+        return self
+
+
 class TenantConfig(Section):
     name: str = Field(pattern=NAME_PATTERN)
     # The variable holding the tenant's key, or a list of them: every key listed
@@ -207,6 +233,7 @@ class TenantConfig(Section):
     key_env: str | Annotated[list[str], Field(min_length=1)]
     models: list[str] | None = None  # None: every model
     rate_limit: RateLimitConfig | None = None
+    budget: BudgetConfig | None = None
 
     def key_envs(self) -> list[str]:
         """The variables of `key_env`, as a list."""
@@ -427,6 +454,29 @@ class ModelConfig(Section):
         return self
 
 
+class PromotionConfig(Section):
+    """The promotion gate's canary (gateway/promotion/); absent: promotions are refused.
+    The golden set and its threshold are the candidate's (its model.yaml)."""
+
+    canary_weight: float = Field(0.1, gt=0, lt=1)  # the share of the model's traffic it serves
+    watch_s: float = Field(300.0, gt=0)  # watched at least this long before it is promoted
+    min_requests: int = Field(100, ge=1)  # canary answers needed for any verdict
+    # Not min_requests canary answers by then: rolled back as inconclusive.
+    max_watch_s: float = Field(3600.0, gt=0)
+    # Rolled back when an SLO objective burns faster (observe/slo.py's burn rate).
+    max_burn_rate: float = Field(14.4, gt=0)
+    # Rolled back when more of the rows compared with the serving version disagree.
+    max_disagreement: float = Field(0.05, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _watch_fits(self) -> PromotionConfig:
+        if self.max_watch_s < self.watch_s:
+            raise ValueError(
+                f"max_watch_s: {self.max_watch_s} must be at least watch_s ({self.watch_s})"
+            )
+        return self
+
+
 class GatewayConfig(Section):
     server: ServerConfig = ServerConfig()
     redis: RedisConfig | None = None
@@ -437,3 +487,4 @@ class GatewayConfig(Section):
     # document's model from gateway/backends/registry.py).
     backends: dict[str, BackendCommon] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
+    promotion: PromotionConfig | None = None

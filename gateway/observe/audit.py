@@ -13,7 +13,10 @@ JSON lines are built a batch at a time); a single writer thread is handed the
 buffer every `flush_interval_ms`, or as soon as it holds half of
 `max_unwritten_records`, so no request waits on a disk. Sinks: stdout, or a
 file rotated at `max_bytes` keeping `backups` old files (`{pid}` in the path
-gives each worker process a file of its own).
+gives each worker process a file of its own). With
+`payload_retention_days`, whole files expire (observe/audit_sinks.py): a
+housekeeping thread has the writer rotate and sweep them every hour, even
+when no request comes.
 
 What a crash loses (docs/operations.md#logs-and-audit): a process killed
 outright (SIGKILL, the OOM killer) loses the records not yet written, at most
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -76,6 +80,15 @@ class AuditLog:
         self._closed = False
         self._second = -1
         self._second_text = ""
+        self._stop_maintaining = threading.Event()
+        interval = getattr(sink, "maintain_interval_s", None)
+        if interval:
+            threading.Thread(
+                target=self._maintain_every,
+                args=(interval,),
+                name="audit-retention",
+                daemon=True,
+            ).start()
 
     def retain(self) -> AuditLog:
         self._users += 1
@@ -144,6 +157,17 @@ class AuditLog:
         }
         if error is not None:
             record["error"] = error
+        self._pending += orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        if self._closed:
+            self._write(self._take())
+        else:
+            self._hand_over()
+
+    def promotion(self, decision: dict[str, Any]) -> None:
+        """Record one decision of the promotion gate (`type: promotion`: its step,
+        outcome and numbers; gateway/promotion/), handed to the writer at once
+        like an admin record."""
+        record = {"time": self._time_text(time.time()), "type": "promotion", **decision}
         self._pending += orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         if self._closed:
             self._write(self._take())
@@ -268,6 +292,24 @@ class AuditLog:
         except Exception:  # a full disk must not fail requests; say so, once per batch
             log.exception("audit: %d record(s) could not be written", lines.count(b"\n"))
 
+    def _maintain_every(self, interval_s: float) -> None:
+        # The sink is the writer thread's: maintenance is queued to it, not run here.
+        while not self._stop_maintaining.wait(interval_s):
+            try:
+                self._writer.submit(self._maintain)
+            except RuntimeError:  # shut down
+                return
+
+    def _maintain(self) -> None:
+        try:
+            self.sink.maintain()
+        except OSError:
+            log.exception("audit: expired files could not be rotated or deleted")
+
+    def maintain(self) -> None:
+        """Rotate by age and delete expired files now, and wait until done."""
+        self._writer.submit(self._maintain).result()
+
     def flush(self) -> None:
         """Write everything buffered, and wait until it is written."""
         self._hand_over()
@@ -283,6 +325,7 @@ class AuditLog:
         if self._writing is not None:
             await asyncio.wrap_future(self._writing)
         self._closed = True
+        self._stop_maintaining.set()
         if self._sync_timer is not None:
             self._sync_timer.cancel()
             self._sync_timer = None
@@ -299,6 +342,7 @@ def audit_log(
     *,
     max_unwritten_records: int = 256,
     fsync_interval_s: float = 1.0,
+    payload_retention_s: float | None = None,
 ) -> AuditLog | None:
     """The AuditLog a config's `audit:` section asks for (None for `sink: none`)."""
     if sink == "none":
@@ -308,7 +352,9 @@ def audit_log(
     if sink == "file":
         assert path is not None
         return AuditLog(
-            RotatingFileSink(path, max_bytes, backups, fsync_interval_s),
+            RotatingFileSink(
+                path, max_bytes, backups, fsync_interval_s, retention_s=payload_retention_s
+            ),
             flush_interval_s,
             max_unwritten_records,
             fsync_interval_s,

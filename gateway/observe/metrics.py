@@ -244,6 +244,13 @@ SHADOW = Counter(
     ["model", "backend", "result"],
     registry=REGISTRY,
 )
+PII_DETECTIONS = Counter(
+    "gateway_pii_detections_total",
+    "Personal data found by a model's pii policy, by detector, the action taken and "
+    "direction (input: the request, output: the answer)",
+    ["model", "detector", "action", "direction"],
+    registry=REGISTRY,
+)
 
 
 # -- the request path's fast calls ----------------------------------------------------

@@ -54,7 +54,7 @@ DEFAULT_CONFIG = ROOT / "config" / "gateway.yaml"
 VENDOR_KEY_ENV = "OPENAPI_TEST_VENDOR_KEY"
 VENDOR_KEY = "fake-key"  # the fake vendor's default
 # The admin routes that change the gateway under test: left out of the schemathesis run.
-MUTATING_ADMIN = r"^/admin/(reload|rollback|backends/)"
+MUTATING_ADMIN = r"^/admin/(reload|rollback|backends/|models/)"
 
 
 def config_with_chat(vendor_url: str, api_key_env: str | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ LAYERS: list[list[str]] = [
         "gateway.uvicorn_stop",
         "gateway.app",
         "gateway.reload",
+        "gateway.promotion",  # the promotion gate drives reloads
         "gateway.runtime",
         "gateway.runtime_access",
         "gateway.runtime_shared",
