@@ -16,6 +16,7 @@ Routes
     GET|POST /_control          read / change the knobs (JSON body: FakeVendorConfig fields)
     POST /_control/reset        start-up knobs back, stats zeroed
     GET  /_stats                requests received per route and per outcome
+    GET  /_requests             the last bodies received by vendor POST routes (oldest first)
 
 Auth: OpenAI routes want `Authorization: Bearer <api_key>`; `/v1/messages`
 wants `x-api-key: <api_key>` (or the bearer header, which anthropic SDK 2.x
@@ -55,6 +56,9 @@ connection closes midway: a stream after about half its events, without
 bodies of its 401s and of its injected errors ("500", "stream_error") then
 quote the credential headers it received (`Authorization`, `x-api-key`,
 `api-key`), so tests can check that no key travels on from there.
+`stream_finish: false` plays a vendor whose OpenAI stream ends (`[DONE]`)
+without the chunk carrying `finish_reason` (the usage chunk, if asked for,
+still comes).
 `latency_ms` plus a uniform draw in [0, jitter_ms] passes before every
 answer of a vendor route; `chunk_interval_ms` passes between streamed events.
 
@@ -79,7 +83,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
@@ -108,6 +112,7 @@ _GARBAGE = b"<html><body>upstream hiccup: this is not JSON {"
 _GARBAGE_EVENT = b"event: message_start\ndata: {this is not JSON\n\n"
 _DONE = b"data: [DONE]\n\n"
 _HOLD_POLL_S = 0.05
+RECORDED_REQUESTS = 256  # request bodies kept for /_requests
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class FakeVendorConfig:
     embedding_dim: int = 384
     seed: int = 0
     echo_credentials: bool = False
+    stream_finish: bool = True
 
     def __post_init__(self) -> None:
         if self.error_kind not in ERROR_KINDS:
@@ -519,7 +525,9 @@ def openai_chat_body(request: ChatRequest, reply: Reply, answer_id: str) -> byte
     )
 
 
-def openai_chat_events(request: ChatRequest, reply: Reply, answer_id: str) -> list[bytes]:
+def openai_chat_events(
+    request: ChatRequest, reply: Reply, answer_id: str, finish: bool = True
+) -> list[bytes]:
     head: dict[str, Any] = {
         "id": answer_id,
         "object": "chat.completion.chunk",
@@ -544,7 +552,8 @@ def openai_chat_events(request: ChatRequest, reply: Reply, answer_id: str) -> li
     events += [
         chunk({"content": word if i == 0 else " " + word}) for i, word in enumerate(reply.words)
     ]
-    events.append(chunk({}, "length" if reply.truncated else "stop"))
+    if finish:
+        events.append(chunk({}, "length" if reply.truncated else "stop"))
     if request.include_usage:
         completion = len(reply.words)
         events.append(
@@ -693,6 +702,8 @@ class FakeVendor:
         self.initial = config
         self.config = config
         self.stats = FakeVendorStats()
+        # What the vendor was sent: tests check what reached it (masked data...).
+        self.received: deque[dict[str, Any]] = deque(maxlen=RECORDED_REQUESTS)
         self._ids = itertools.count(1)
         self._restart_faults(rearm=True)
         self.app = web.Application(client_max_size=64 << 20)
@@ -706,6 +717,7 @@ class FakeVendor:
                 web.post("/_control", self._control),
                 web.post("/_control/reset", self._reset),
                 web.get("/_stats", self._stats),
+                web.get("/_requests", self._requests),
             ]
         )
 
@@ -770,7 +782,7 @@ class FakeVendor:
         )
         answer_id = f"chatcmpl-fake{next(self._ids)}"
         if chat.stream:
-            return openai_chat_events(chat, reply, answer_id)
+            return openai_chat_events(chat, reply, answer_id, config.stream_finish)
         return openai_chat_body(chat, reply, answer_id)
 
     def _answer_anthropic(self, chat: ChatRequest, config: FakeVendorConfig) -> bytes | list[bytes]:
@@ -800,8 +812,10 @@ class FakeVendor:
         refused = dialect.check_headers(request.headers, config.api_key)
         if refused is not None:
             return self._refuse(route, dialect, *refused, request=request)
+        raw = await request.read()
+        self.received.append({"route": route, "body": raw.decode("utf-8", "replace")})
         try:
-            parsed = parse(await request.read())
+            parsed = parse(raw)
         except InvalidRequest as exc:
             return self._refuse(route, dialect, 400, "invalid_request", str(exc))
         fault = self._draw_fault()
@@ -932,11 +946,15 @@ class FakeVendor:
     async def _reset(self, request: web.Request) -> web.Response:
         self.config = self.initial
         self.stats = FakeVendorStats()
+        self.received.clear()
         self._restart_faults(rearm=True)
         return self._config_response()
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats.as_json()), content_type=_JSON)
+
+    async def _requests(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(list(self.received)), content_type=_JSON)
 
 
 async def _hold_until_gone(request: web.Request) -> None:
@@ -1059,6 +1077,12 @@ def control_fake_vendor(url: str, **knobs: object) -> dict[str, Any]:
 def reset_fake_vendor(url: str) -> dict[str, Any]:
     """Restore the start-up knobs and zero the stats; returns the knobs now in force."""
     return _call(url, "/_control/reset", {})
+
+
+def fake_vendor_requests(url: str) -> list[dict[str, Any]]:
+    """The last request bodies the vendor routes received, oldest first:
+    [{"route": path, "body": the body as text}]; /_control/reset clears them."""
+    return _call(url, "/_requests")  # type: ignore[return-value]  # a JSON list here
 
 
 def fake_vendor_stats(url: str) -> dict[str, Any]:

@@ -116,18 +116,22 @@ class PrefetchedStream:
 
 class EndingStream:
     """A stream that runs `on_end` once, when it ends, breaks or is closed,
-    with each chunk through `transform` when there is one. Admission releases
-    a stream's slot with it; the pipeline applies policies and counts tokens."""
+    with each chunk through `transform` when there is one, and the chunks
+    `finish` returns after the last one when the stream ran to its end (not
+    when the caller closed it or it failed). Admission releases a stream's
+    slot with it; the pipeline applies policies and counts tokens."""
 
     def __init__(
         self,
         stream: ChatStream,
         on_end: Callable[[], None],
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        finish: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._stream = stream
         self._on_end: Callable[[], None] | None = on_end
         self._transform = transform
+        self._finish = finish
         self.tries = stream.tries
 
     @property
@@ -139,6 +143,11 @@ class EndingStream:
         try:
             async for chunk in self._stream:
                 yield chunk if transform is None else transform(chunk)
+            # Only reached when the stream was exhausted: a caller closing it
+            # early or a failure leaves the loop by an exception instead.
+            if self._finish is not None:
+                for chunk in self._finish():
+                    yield chunk
         finally:
             await self.aclose()
 

@@ -83,6 +83,9 @@ class RequestContext:
     # (policy, what it did) for each policy that changed or refused the request
     # (gateway/policies/base.py); in the audit record.
     policy_notes: list[tuple[str, str]] | None = None
+    # Per-request state of the model's policies, by policy (e.g. the pii policy's
+    # placeholder -> value map): lives and dies with the request, never recorded.
+    policy_state: dict[object, Any] | None = None
     # Set by admission when a queued backend's execution answered (one store, no
     # copy): read once the request is answered, for the model's statistics.
     execution: Execution | None = None

@@ -24,7 +24,7 @@ from gateway.core.types import RequestContext
 from gateway.pipeline.entry import ModelEntry
 from gateway.pipeline.plan import run_plan
 from gateway.pipeline.steps import PipelineSteps
-from gateway.policies.base import apply_chunk, apply_request, apply_response
+from gateway.policies.base import apply_chunk, apply_request, apply_response, apply_stream_end
 from gateway.routing.cache_codecs import CHAT, EMBEDDINGS, json_key
 
 # Fields that change how an answer is delivered or billed, not what it says.
@@ -95,6 +95,7 @@ async def chat_stream(
         # What was used counts, however the stream ended.
         lambda: steps.account(entry, ctx, stream.usage),
         (lambda chunk: apply_chunk(policies, chunk, ctx)) if policies else None,
+        (lambda: apply_stream_end(policies, ctx)) if policies else None,
     )
 
 

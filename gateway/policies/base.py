@@ -6,7 +6,9 @@ or refuse it by raising a `GatewayError` (its kind is the caller's status:
 `invalid_input` 400, `forbidden` 403...). After the answer, each policy in
 reverse order (the first one sees the final answer, as in MLServer's
 middlewares and Envoy's filters) may return a changed response, or a
-changed chunk of a stream. A policy notes what it did with `ctx.note_policy`,
+changed chunk of a stream; when a stream ends without the caller or an
+error cutting it short, each may add chunks of its own (what it still held
+back). A policy notes what it did with `ctx.note_policy`,
 and the audit record lists those notes (never the content it acted on).
 
 A hook returns a new object rather than changing the one it was given: a
@@ -50,6 +52,15 @@ class Policy:
         """One chunk of a chat stream (OpenAI's chat.completion.chunk shape)."""
         return chunk
 
+    def on_stream_end(self, ctx: RequestContext) -> list[dict[str, Any]]:
+        """Chunks to send after the last one, once the vendor's stream ended.
+
+        Not called when the caller left or the stream failed. A vendor may end
+        a stream without a choice's `finish_reason` chunk: a policy holding
+        text back until that chunk releases it here instead.
+        """
+        return []
+
 
 def apply_request(policies: tuple[Policy, ...], request: Any, ctx: RequestContext) -> Any:
     for policy in policies:
@@ -69,3 +80,15 @@ def apply_chunk(
     for policy in reversed(policies):
         chunk = policy.on_chunk(chunk, ctx)
     return chunk
+
+
+def apply_stream_end(policies: tuple[Policy, ...], ctx: RequestContext) -> list[dict[str, Any]]:
+    """The chunks the policies add at the end of a stream, in chunk-hook order:
+    to each policy, the chunks added by those that ran before it are more
+    chunks of the stream (through its `on_chunk`) before its own end."""
+    chunks: list[dict[str, Any]] = []
+    for policy in reversed(policies):
+        if chunks:
+            chunks = [policy.on_chunk(chunk, ctx) for chunk in chunks]
+        chunks.extend(policy.on_stream_end(ctx))
+    return chunks

@@ -31,7 +31,7 @@ class PolicyType:
 
 _REGISTRY: TypeRegistry[PolicyType] = TypeRegistry(
     "policy type",
-    builtin=("gateway.policies.max_tokens",),
+    builtin=("gateway.policies.max_tokens", "gateway.policies.pii"),
     entry_point_group="gateway.policies",
 )
 register = _REGISTRY.register
