@@ -18,7 +18,8 @@ from gateway.config.schema import AuditConfig, BudgetConfig, TenantConfig
 from gateway.core.errors import RateLimited
 from gateway.observe.metrics import REGISTRY
 from gateway.redis_client import SharedRedis
-from gateway.routing.budget import Budgets, Periods
+from gateway.routing.budget import Budgets
+from gateway.routing.budget_periods import Periods
 from tests.redis_server import RedisServer
 from tests.routing.test_ratelimit import RELAXED_MS, FakeClock, at_once, metric, run
 
