@@ -119,12 +119,11 @@ def repository_index(entries: list[ModelEntry], ready_only: bool) -> list[dict[s
     version, READY when a backend of its route is ready, else UNAVAILABLE and why."""
     index = []
     for entry in entries:
-        facts = serving(entry)
-        if facts.ready_backends:
+        if entry.ready():  # as /v2/models/{m}/ready and ModelReady answer
             state, reason = READY, ""
         else:
             state = UNAVAILABLE
-            reason = f"no backend of its route is ready ({', '.join(facts.backends)})"
+            reason = f"no backend of its route is ready ({', '.join(serving(entry).backends)})"
         if ready_only and state != READY:
             continue
         index.append(

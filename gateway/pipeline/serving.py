@@ -31,7 +31,6 @@ class Serving:
     runtime: str | None
     batching: Batching | None  # None: the route's first backend does not batch
     backends: tuple[str, ...]  # the route's backends, in configured order
-    ready_backends: tuple[str, ...]
 
 
 def serving(entry: ModelEntry) -> Serving:
@@ -54,7 +53,6 @@ def serving(entry: ModelEntry) -> Serving:
         runtime="onnx" if onnx else None,
         batching=batching,
         backends=tuple(b.name for b in backends),
-        ready_backends=tuple(b.name for b in backends if b.ready()),
     )
 
 
