@@ -8,6 +8,13 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 # What `make run` installs and nothing more: the suite serves from it to prove
 # that the runtime dependencies alone are enough (tests/test_runtime_install.py).
 RUNTIME_VENV ?= .venv-runtime
+# The Triton server the tests and benchmarks call (requirements/triton-server.in).
+TRITON_VENV ?= .venv-triton
+
+# The CPU build of torch (requirements/torch.txt): PyPI has only the CUDA builds, so
+# its file's hash is written here (PyTorch's CPU index serves the same file).
+TORCH_CPU := torch==2.13.0+cpu
+TORCH_CPU_SHA256 := 6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b
 
 LOCKS := requirements/build.txt requirements/runtime.txt requirements/dev.txt
 
@@ -42,13 +49,32 @@ $(RUNTIME_VENV)/.installed: pyproject.toml requirements/build.txt requirements/r
 	$(call install_locked,$(RUNTIME_VENV)/bin/python,requirements/runtime.txt)
 	touch $@
 
+# The server side of the triton backend's tests and benchmark: PyTriton, in a venv
+# of its own (numpy<2), made from its lock.
+$(TRITON_VENV)/.installed: requirements/build.txt requirements/triton-server.txt
+	rm -rf $(TRITON_VENV)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/build.txt
+	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/triton-server.txt
+	touch $@
+
+# torch for the `type: torch` backend's tests: the CPU build locked in
+# requirements/torch.txt. pip finds it on the machines CI runs on (a local wheel
+# directory); elsewhere point pip at PyTorch's CPU index
+# (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu). When it cannot be
+# installed, the torch tests are skipped with the reason, except where
+# GATEWAY_REQUIRE_TORCH=1 (.ci/run) makes that a failure.
+$(VENV)/.installed-torch: requirements/torch.txt $(VENV)/.installed-dev
+	@if $(PIP) --require-hashes -r requirements/torch.txt; then touch $@; \
+	  else echo "warning: torch could not be installed: the torch backend's tests will be skipped"; fi
+
 run: $(VENV)/.installed
 	$(VENV)/bin/gateway serve
 
 check: $(VENV)/.installed
 	$(VENV)/bin/gateway check config/gateway.yaml
 
-test: $(VENV)/.installed-dev $(RUNTIME_VENV)/.installed redis-server promtool container-tools haproxy
+test: $(VENV)/.installed-dev $(VENV)/.installed-torch $(RUNTIME_VENV)/.installed $(TRITON_VENV)/.installed redis-server promtool container-tools haproxy
 	$(PY) -m pytest -q
 
 # ruff (lint and format) over the Python trees, mypy (strict) over the package.
@@ -61,7 +87,7 @@ lint: $(VENV)/.installed-dev
 	  | grep -v 'type: ignore\[[a-z, -]*\]  # .' \
 	  || { echo 'each type: ignore above needs [code] and "  # why" after it'; exit 1; }
 
-bench: $(VENV)/.installed-dev h2load
+bench: $(VENV)/.installed-dev $(TRITON_VENV)/.installed h2load
 	$(PY) loadtests/bench.py
 
 # The coverage-guided fuzz target of the tensor decoders (atheris): FUZZ_SECONDS, 120 by default.
@@ -80,6 +106,12 @@ lock: $(VENV)/.installed-dev
 	$(UV_COMPILE) pyproject.toml -c requirements/dev.txt -o requirements/runtime.txt
 	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 	  | $(UV_COMPILE) - -c requirements/dev.txt -o requirements/build.txt
+	$(UV_COMPILE) requirements/torch.in -c requirements/dev.txt -o requirements/torch.txt
+	printf '%s\n' "$(TORCH_CPU) ; sys_platform == 'linux' and platform_machine == 'x86_64' and python_full_version < '3.12' \\" \
+	  "    --hash=sha256:$(TORCH_CPU_SHA256)" "    # the CPU build of torch, appended by make lock" >> requirements/torch.txt
+	$(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_35 --custom-compile-command "make lock" $(UPGRADE) \
+	  requirements/triton-server.in -o requirements/triton-server.txt
 
 # The gRPC stubs are generated from gateway/api/proto/grpc_predict_v2.proto and
 # committed. Ours go into a descriptor pool of their own: tritonclient puts the
@@ -125,4 +157,4 @@ h2load:
 	@$(call apt_install,h2load,nghttp2-client)
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(RUNTIME_VENV) $(TRITON_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
