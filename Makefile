@@ -18,7 +18,7 @@ TORCH_CPU_SHA256 := 6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264
 
 LOCKS := requirements/build.txt requirements/runtime.txt requirements/dev.txt
 
-.PHONY: run test lint check bench fuzz lock proto image redis-server promtool h2load container-tools haproxy clean
+.PHONY: run test lint check bench gpu-check fuzz lock proto image redis-server promtool h2load container-tools haproxy clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,11 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev $(TRITON_VENV)/.installed h2load
 	$(PY) loadtests/bench.py
+
+# GPU providers against CPU on the shipped models (GPU_CHECK_ARGS="--io-binding"); installs only into a new venv, never over the gpu extra.
+gpu-check:
+	@test -f $(VENV)/.installed || $(MAKE) --no-print-directory $(VENV)/.installed
+	$(PY) loadtests/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The coverage-guided fuzz target of the tensor decoders (atheris): FUZZ_SECONDS, 120 by default.
 fuzz: $(VENV)/.installed-dev

@@ -10,6 +10,15 @@ request, refused before it is queued (`check_request`), and at most
 `max_execution_rows` texts per run of the graph: a larger request or batch is
 tokenized as one (so its padding, and its answer, are those of a single run)
 and run in chunks of that many rows, which bounds ONNX Runtime's memory.
+
+GPUs (docs/configuration.md#backendsname-with-type-onnx): the `cuda` and
+`tensorrt` options go to their providers (onnx_gpu.py) when this onnxruntime
+build offers them, and are dropped with them otherwise. With several
+`devices`, a session per device; each execution runs on the least busy one
+(onnx_devices.py), within the backend's `max_concurrency` executions in all.
+`io_binding` runs through onnx_iobinding.py. With one device and no IO
+binding, an execution costs what it did before either existed: one attribute
+check picks `self.session.run`.
 """
 
 from __future__ import annotations
@@ -22,14 +31,29 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from gateway.backends.onnx_devices import DeviceSpread
+from gateway.backends.onnx_gpu import (
+    CUDA,
+    TENSORRT,
+    CudaOptions,
+    TensorrtOptions,
+    execution_providers,
+)
+from gateway.backends.onnx_iobinding import IoBindingRunner, NotBindable, binding_device
 from gateway.backends.preprocess import TextTokenizer
-from gateway.backends.providers import ProviderUnavailable, select_providers, uses_gpu
+from gateway.backends.providers import (
+    GPU_PROVIDERS,
+    PROVIDER_NAMES,
+    ProviderUnavailable,
+    select_providers,
+    uses_gpu,
+)
 from gateway.backends.registry import BackendType, register
 from gateway.config.schema import (
     BackendCommon,
@@ -76,6 +100,41 @@ class OnnxBackendConfig(BackendCommon):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     batching: BatchingConfig | None = None
     tokenizer: TokenizerConfig | None = None
+    # Options of the GPU providers (onnx_gpu.py); each needs its provider in `providers`.
+    cuda: CudaOptions | None = None
+    tensorrt: TensorrtOptions | None = None
+    # GPU device ids: a session on each, executions spread over them. More than
+    # one needs a GPU provider; `max_concurrency` stays the backend's total.
+    devices: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    # Run through IO binding: outputs of known shape preallocated on the device.
+    io_binding: bool = False
+
+    @model_validator(mode="after")
+    def _gpu_keys_fit(self) -> OnnxBackendConfig:
+        for key, provider in (("cuda", self.cuda), ("tensorrt", self.tensorrt)):
+            if provider is not None and key not in self.providers:
+                raise ValueError(
+                    f"{key}: options of a provider that providers {list(self.providers)} does not "
+                    f"list; add {key} to providers or remove {key}"
+                )
+        devices = self.devices
+        twice = sorted({d for d in devices if devices.count(d) > 1})
+        if twice:
+            raise ValueError(f"devices: {twice} listed more than once")
+        if len(devices) > 1:
+            if not any(PROVIDER_NAMES[p] in GPU_PROVIDERS for p in self.providers):
+                raise ValueError(
+                    f"devices: {len(devices)} devices need a GPU provider (cuda or tensorrt) in "
+                    f"providers {list(self.providers)}; on the CPU a backend runs one session "
+                    "(devices: [0])"
+                )
+            if self.max_concurrency < len(devices):
+                raise ValueError(
+                    f"max_concurrency: {self.max_concurrency} is below the number of devices "
+                    f"({len(devices)}): it counts the backend's executions on all its devices, "
+                    "so each device needs at least one"
+                )
+        return self
 
 
 class BackendLoadError(Exception):
@@ -98,7 +157,10 @@ class OnnxBackend:
         config: OnnxBackendConfig,
         model_path: Path,
         tokenizer: TextTokenizer | None = None,
+        resolve_path: Callable[[str], Path] = Path,
     ) -> None:
+        """`resolve_path` turns the paths of `config.tensorrt` into files, as the
+        loader's resolves those of the config (default: as they are written)."""
         self.name = name
         self.config = config
         self.path = model_path
@@ -111,6 +173,15 @@ class OnnxBackend:
             )
         except ProviderUnavailable as exc:
             raise BackendLoadError(str(exc)) from None
+        devices = list(config.devices)
+        if len(devices) > 1 and not uses_gpu(providers):
+            raise BackendLoadError(
+                f"devices: {devices} lists {len(devices)} devices, but this onnxruntime build "
+                f"offers none of the GPU providers in providers {list(config.providers)} "
+                f"(available: {available}); on the CPU a backend runs one session: set "
+                "devices: [0], or install the gpu extra"
+            )
+        self._prepare_gpu_options(providers, available, resolve_path)
         options = ort.SessionOptions()
         options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization]
         # The cores this process may use (taskset, cgroup cpusets), not the machine's:
@@ -120,26 +191,46 @@ class OnnxBackend:
         )
         if config.inter_op_threads:
             options.inter_op_num_threads = config.inter_op_threads
-        try:
-            self.session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=providers
+        self.sessions: list[ort.InferenceSession] = []
+        for device in devices:
+            pairs = execution_providers(
+                providers, device, config.cuda, config.tensorrt, resolve_path
             )
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            raise BackendLoadError(f"onnxruntime cannot load {model_path}: {exc}") from None
+            try:
+                session = ort.InferenceSession(
+                    str(model_path), sess_options=options, providers=pairs
+                )
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+                raise BackendLoadError(f"onnxruntime cannot load {model_path}: {exc}") from None
+            self._check_session(session, device)
+            self.sessions.append(session)
+            log.info(
+                "backend %s: %s on providers %s (device %d; requested %s, intra_op_threads=%d)",
+                name,
+                model_path,
+                session.get_providers(),
+                device,
+                pairs,
+                options.intra_op_num_threads,
+            )
+        # The first device's: what a backend of one device runs on.
+        self.session = self.sessions[0]
         self.providers: list[str] = self.session.get_providers()
-        if config.require_gpu and not uses_gpu(self.providers):
-            raise BackendLoadError(
-                f"require_gpu is set but the session runs on {self.providers} "
-                "(no usable GPU: onnxruntime fell back to CPU)"
-            )
-        log.info(
-            "backend %s: %s on providers %s (requested %s, intra_op_threads=%d)",
-            name,
-            model_path,
-            self.providers,
-            providers,
-            options.intra_op_num_threads,
-        )
+        # Each device's run (None: `self.session.run`, the one device's, looked up
+        # per run) and, with several devices, which one is least busy.
+        self._runners: list[Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]] | None
+        self._runners = None
+        if config.io_binding:
+            try:
+                self._runners = [
+                    IoBindingRunner(s, *binding_device(s.get_providers(), d))
+                    for d, s in zip(devices, self.sessions)
+                ]
+            except NotBindable as exc:
+                raise BackendLoadError(f"io_binding: {exc}") from None
+        elif len(self.sessions) > 1:
+            self._runners = [s.run for s in self.sessions]
+        self._spread = DeviceSpread(len(devices)) if len(devices) > 1 else None
         graph_inputs = [_spec_of(a) for a in self.session.get_inputs()]
         self._tokenizer = tokenizer
         if tokenizer is not None:
@@ -169,6 +260,73 @@ class OnnxBackend:
             max_workers=config.max_concurrency, thread_name_prefix=f"onnx-{name}"
         )
 
+    def _prepare_gpu_options(
+        self, providers: list[str], available: list[str], resolve_path: Callable[[str], Path]
+    ) -> None:
+        """Check the files the GPU options name; say which options go unused."""
+        config = self.config
+        for key, options, provider in (
+            ("cuda", config.cuda, CUDA),
+            ("tensorrt", config.tensorrt, TENSORRT),
+        ):
+            if options is not None and provider not in providers:
+                log.warning(
+                    "backend %s: its %s options are dropped: this onnxruntime build does not "
+                    "offer %s (available: %s)",
+                    self.name,
+                    key,
+                    provider,
+                    available,
+                )
+        trt = config.tensorrt
+        if trt is None:
+            return
+        # Checked on any build: a config written for a GPU machine is checked
+        # (`gateway check`) where it is written, often without one.
+        if trt.int8_calibration_table is not None:
+            table = resolve_path(trt.int8_calibration_table)
+            if not table.is_file():
+                raise BackendLoadError(f"tensorrt.int8_calibration_table: file not found: {table}")
+        if TENSORRT not in providers:
+            return
+        for key, directory in (
+            ("engine_cache_dir", trt.engine_cache_dir),
+            ("timing_cache_dir", trt.timing_cache_dir),
+        ):
+            if directory is None:
+                continue
+            path = resolve_path(directory)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BackendLoadError(
+                    f"tensorrt.{key}: cannot create {path}: {exc.strerror or exc}"
+                ) from None
+
+    def _check_session(self, session: ort.InferenceSession, device: int) -> None:
+        """Refuse a session that onnxruntime moved to CPU where a GPU is needed, or to
+        another device than its own."""
+        used = session.get_providers()
+        if self.config.require_gpu and not uses_gpu(used):
+            raise BackendLoadError(
+                f"require_gpu is set but the session on device {device} runs on {used} "
+                "(no usable GPU: onnxruntime fell back to CPU)"
+            )
+        if len(self.config.devices) > 1 and not uses_gpu(used):
+            raise BackendLoadError(
+                f"devices: the session on device {device} runs on {used} (onnxruntime fell "
+                f"back to CPU: is there a GPU {device}?); each device needs a usable GPU"
+            )
+        if uses_gpu(used):
+            # onnxruntime's Python API retries a session whose TensorRT provider failed
+            # on CUDA with default options, device 0 among them.
+            actual = session.get_provider_options().get(used[0], {}).get("device_id")
+            if actual is not None and actual != str(device):
+                raise BackendLoadError(
+                    f"devices: the session meant for device {device} runs on device {actual} "
+                    f"({used[0]}): onnxruntime fell back from the providers asked for"
+                )
+
     def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         return self._inputs, self._outputs
 
@@ -191,15 +349,21 @@ class OnnxBackend:
             )
 
     def _run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        spread = self._spread
         with self._executing_lock:
             self._executing += 1
+            device = 0 if spread is None else spread.acquire()
         try:
-            return self._execute(feeds, outputs)
+            return self._execute(feeds, outputs, device)
         finally:
             with self._executing_lock:
                 self._executing -= 1
+                if spread is not None:
+                    spread.release(device)
 
-    def _execute(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def _execute(
+        self, feeds: dict[str, np.ndarray], outputs: list[str], device: int
+    ) -> dict[str, np.ndarray]:
         if self._tokenizer is not None:
             texts = feeds.pop(self._tokenizer.input)
             if texts.size == 0:
@@ -214,9 +378,9 @@ class OnnxBackend:
         chunk = self.max_execution_rows
         total = None if chunk is None else _rows(feeds, chunk)
         if chunk is not None and total is not None:
-            results = self._run_in_chunks(feeds, outputs, chunk, total)
+            results = self._run_in_chunks(feeds, outputs, chunk, total, device)
         else:
-            results = self._run_graph(feeds, outputs)
+            results = self._run_graph(feeds, outputs, device)
         answer = {}
         for name, value in zip(outputs, results):
             if value.dtype.kind == "U" or value.dtype == object:
@@ -236,22 +400,36 @@ class OnnxBackend:
             answer[name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
         return answer
 
-    def _run_graph(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    def _run_graph(
+        self, feeds: dict[str, np.ndarray], outputs: list[str], device: int
+    ) -> list[np.ndarray]:
+        """One run of the graph on the device's session (index into `devices`)."""
+        runners = self._runners
         try:
-            results: list[np.ndarray] = self.session.run(outputs, feeds)
+            if runners is None:
+                results: list[np.ndarray] = self.session.run(outputs, feeds)
+            else:
+                results = runners[device](outputs, feeds)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendFailed(f"backend '{self.name}': onnxruntime failed: {exc}") from None
         return results
 
     def _run_in_chunks(
-        self, feeds: dict[str, np.ndarray], outputs: list[str], chunk: int, total: int
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: list[str],
+        chunk: int,
+        total: int,
+        device: int,
     ) -> list[np.ndarray]:
         """Run `chunk` of the `total` rows at a time (row views, no copies); join
         each output's rows."""
         parts = []
         for start in range(0, total, chunk):
             rows = min(chunk, total - start)
-            part = self._run_graph({k: v[start : start + rows] for k, v in feeds.items()}, outputs)
+            part = self._run_graph(
+                {k: v[start : start + rows] for k, v in feeds.items()}, outputs, device
+            )
             for name, value in zip(outputs, part):
                 if value.ndim == 0 or value.shape[0] != rows:
                     raise BackendFailed(
@@ -319,7 +497,7 @@ def _build(
     tokenizer = None
     if config.tokenizer is not None:
         tokenizer = TextTokenizer(config.tokenizer, resolve_path(config.tokenizer.path))
-    return OnnxBackend(name, config, resolve_path(config.path), tokenizer)
+    return OnnxBackend(name, config, resolve_path(config.path), tokenizer, resolve_path)
 
 
 BACKEND_TYPE = register(
@@ -328,8 +506,9 @@ BACKEND_TYPE = register(
         config=OnnxBackendConfig,
         build=_build,
         kinds=frozenset({"tensor"}),
-        # The graph, and the tokenizer that turns text into its inputs.
-        cache_identity=("type", "path", "tokenizer"),
+        # The graph, the tokenizer that turns text into its inputs, and TensorRT's
+        # options (fp16 and int8 change the answers).
+        cache_identity=("type", "path", "tokenizer", "tensorrt"),
         admission="queue",
     )
 )
