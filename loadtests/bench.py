@@ -56,11 +56,12 @@ from loadtests.scenarios.embedder import run_embedder
 from loadtests.scenarios.grpc import run_grpc
 from loadtests.scenarios.observability import run_observability
 from loadtests.scenarios.overload import run_overload
+from loadtests.scenarios.triton import run_triton
 from loadtests.scenarios.vendor import run_vendor
 from testkit.gateway_process import ROOT, free_port, start_server
 
 RESULTS = ROOT / "loadtests" / "results"
-ORDER = ("digits", "grpc", "observability", "cache", "overload", "vendor", "embedder")
+ORDER = ("digits", "grpc", "observability", "cache", "overload", "vendor", "embedder", "triton")
 
 
 def int_list(text: str) -> list[int]:
@@ -196,6 +197,7 @@ def scenario_runners(args: argparse.Namespace, settings: Settings) -> dict[str, 
             args.overload_model,
         ),
         "vendor": lambda: run_vendor(settings, args.vendor_concurrency),
+        "triton": lambda: run_triton(settings, args.concurrency),
         "cache": lambda: run_cache(settings),
         "embedder": lambda: run_embedder(
             settings, args.embedder_concurrency, args.batch_sizes, args.embedder_wait

@@ -383,6 +383,47 @@ def cache_summary(result: dict[str, Any]) -> str:
     )
 
 
+def triton_summary(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            name,
+            level["concurrency"],
+            level["throughput_rps"],
+            level["p50_ms"],
+            level["p99_ms"],
+            level.get("mean_batch_size"),
+            level["errors"] + sum(v for s, v in level["statuses"].items() if s != "200"),
+        ]
+        for name, variant in result["variants"].items()
+        for level in variant["levels"]
+    ]
+    # The goals at c=32: throughput >= 0.8x direct, added p50 <= 0.5 ms.
+    verdict = [
+        [
+            f"{v['variant']} c={v['concurrency']}",
+            v["throughput_ratio"],
+            v["added_p50_ms"],
+            v["added_p99_ms"],
+            _goal(
+                None
+                if v["throughput_ratio"] is None or v["added_p50_ms"] is None
+                else v["throughput_ratio"] >= 0.8 and v["added_p50_ms"] <= 0.5
+            ),
+        ]
+        for v in result["vs_direct"]
+    ]
+    return "\n\n".join(
+        [
+            "TRITON (digits, v2 binary, 1 sample per request: direct vs through the gateway)",
+            table(["variant", "c", "req/s", "p50 ms", "p99 ms", "batch", "non-200"], rows),
+            table(
+                ["vs direct", "req/s ratio", "added p50 ms", "added p99 ms", ">=0.8x, <=0.5 ms"],
+                verdict,
+            ),
+        ]
+    )
+
+
 SUMMARIES = {
     "observability": observability_summary,
     "cache": cache_summary,
@@ -391,6 +432,7 @@ SUMMARIES = {
     "vendor": vendor_summary,
     "embedder": embedder_summary,
     "overload": overload_summary,
+    "triton": triton_summary,
 }
 
 

@@ -67,11 +67,14 @@ def start_server(
     cpus: set[int] | None = None,
     timeout_s: float = 60.0,
     env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> GatewayProcess:
     """Run `argv` (from the project root) and return once it prints `ready_line`.
 
     `cpus` pins the server to those cores (Linux), so a load generator on the
     other cores does not compete with it. `env` adds to the inherited environment.
+    `new_session` makes it lead a process group of its own, so that the children
+    it starts can be killed with it (os.killpg).
     """
     process = subprocess.Popen(
         argv,
@@ -79,6 +82,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        start_new_session=new_session,
     )
     if cpus:
         # Popen returns once the child has exec'd, long before the interpreter

@@ -70,9 +70,18 @@ OPTIONAL_IMPORTS: dict[str, str] = {
 }
 
 
+# Files run by another venv than the project's, with the requirements it is made from.
+OTHER_VENVS: dict[str, str] = {
+    "testkit/triton_server.py": "requirements/triton-server.in",  # .venv-triton
+}
+
+
 def _undeclared(tree: str, declared: set[str]) -> list[str]:
     problems = []
     for module, files in sorted(_imported_modules(ROOT / tree).items()):
+        files = files - OTHER_VENVS.keys()
+        if not files:
+            continue
         allowed = declared
         if all(f in OPTIONAL_IMPORTS for f in files):
             allowed = declared | _declared(*{OPTIONAL_IMPORTS[f] for f in files})
@@ -100,6 +109,24 @@ def test_every_import_is_declared(tree: str, extras: tuple[str, ...]) -> None:
     assert not undeclared, f"imported under {tree}/ but not declared in {where}:\n" + "\n".join(
         undeclared
     )
+
+
+@pytest.mark.parametrize("path", sorted(OTHER_VENVS))
+def test_a_file_run_by_another_venv_imports_what_that_venv_installs(path: str) -> None:
+    lines = (ROOT / OTHER_VENVS[path]).read_text().splitlines()
+    installed = {
+        canonicalize_name(Requirement(line).name)
+        for line in (raw.split("#")[0].strip() for raw in lines)
+        if line
+    }
+    # module -> distribution where they differ (the lock's venv is not this one)
+    distribution = {"pytriton": "nvidia-pytriton"}
+    imported = set()
+    for module, files in _imported_modules(ROOT / "testkit").items():
+        if path in files:
+            imported.add(canonicalize_name(distribution.get(module, module)))
+    # numpy comes with both; the rest must be named in the venv's requirements
+    assert imported - installed - {"numpy"} == set(), OTHER_VENVS[path]
 
 
 def test_the_check_sees_a_package_that_only_an_extra_brings() -> None:

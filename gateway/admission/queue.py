@@ -75,6 +75,7 @@ class _Work:
 
     __slots__ = (
         "abandoned",
+        "deadline",
         "enqueued",
         "future",
         "inferences",
@@ -102,8 +103,10 @@ class _Work:
         inferences: int,
         future: asyncio.Future[dict[str, np.ndarray]],
         enqueued: float,
+        deadline: float | None = None,
     ) -> None:
         self.inputs = inputs
+        self.deadline = deadline  # kept only for a backend that takes it (_pass_deadline)
         self.outputs = outputs
         self.key = key
         self.rows = rows
@@ -149,6 +152,10 @@ class QueuedBackend:
         )
         # Rows the backend runs at once (None: any); callers may send fewer at a time.
         self.max_execution_rows: int | None = getattr(backend, "max_execution_rows", None)
+        # A remote server can act on a deadline itself (drop the request from its own
+        # queue): such a backend says so with `takes_deadline` and gets the caller's.
+        # A local one gets None: the timer here already answers at the deadline.
+        self._pass_deadline: bool = getattr(backend, "takes_deadline", False)
         # When each slot's current execution started (None: the slot is not executing).
         self._running_since: list[float | None] = [None] * max_concurrency
         self._execution_s = 0.0  # running mean of one execution's duration; 0 = none seen yet
@@ -213,7 +220,16 @@ class QueuedBackend:
         rows = rows_of(inputs)
         # Inferences as Triton counts them: rows on a batching model, else requests.
         inferences = rows if batching else 1
-        work = _Work(inputs, outputs, key, rows, inferences, loop.create_future(), self._clock())
+        work = _Work(
+            inputs,
+            outputs,
+            key,
+            rows,
+            inferences,
+            loop.create_future(),
+            self._clock(),
+            deadline if self._pass_deadline else None,
+        )
         if tracing.ENABLED:
             work.trace = tracing.queued()
         self._queue.append(work)
@@ -402,10 +418,11 @@ class QueuedBackend:
         failure: GatewayError | None = None
         try:
             if len(batch) == 1:
-                results = [await self.backend.infer(batch[0].inputs, batch[0].outputs, None)]
+                work = batch[0]
+                results = [await self.backend.infer(work.inputs, work.outputs, work.deadline)]
             else:
                 merged = concat_inputs([w.inputs for w in batch])
-                answer = await self.backend.infer(merged, batch[0].outputs, None)
+                answer = await self.backend.infer(merged, batch[0].outputs, _latest(batch))
                 results = split_outputs(answer, rows, self.name)
         except GatewayError as exc:
             failure = exc
@@ -435,3 +452,10 @@ class QueuedBackend:
                 work.future.set_exception(error)
                 if work.abandoned:
                     work.future.exception()  # nobody waits: mark it retrieved
+
+
+def _latest(batch: list[_Work]) -> float | None:
+    """A merged batch's deadline: its last request's (None if any has none), so
+    that no request is cut short by a batch-mate's."""
+    deadlines = [w.deadline for w in batch]
+    return None if None in deadlines else max(d for d in deadlines if d is not None)

@@ -11,7 +11,9 @@ contracts, and its registration (backends/registry.py). Backends only do
 I/O: queues, slots and deadlines while waiting are admission's
 (gateway/admission/), which the runtime puts in front of every backend.
 Deadlines are absolute, on the `time.monotonic()` clock, computed once per
-attempt by the pipeline (pipeline/plan.py).
+attempt by the pipeline (pipeline/plan.py). Behind a queue a backend gets
+`deadline=None` (the queue answers at the deadline itself) unless it sets
+`takes_deadline = True`: a remote server that can act on it (backends/triton.py).
 """
 
 from __future__ import annotations
