@@ -58,6 +58,7 @@ _REGISTRY: TypeRegistry[BackendType] = TypeRegistry(
     "backend type",
     builtin=(
         "gateway.backends.onnx",
+        "gateway.backends.torch_backend",
         "gateway.backends.triton",
         "gateway.backends.vendors.openai",
         "gateway.backends.vendors.anthropic",
