@@ -25,6 +25,11 @@ import numpy as np
 from gateway.core.signature import TensorSpec
 
 
+class BackendLoadError(Exception):
+    """A backend that cannot be built from its config (file, providers, remote
+    model, missing extra): the config is refused with this message."""
+
+
 class ConfiguredBackend(Protocol):
     """One configured backend, as the runtime holds it."""
 

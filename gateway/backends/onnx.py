@@ -37,6 +37,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import Field, model_validator
 
+from gateway.backends.base import BackendLoadError
 from gateway.backends.onnx_devices import DeviceSpread
 from gateway.backends.onnx_gpu import (
     CUDA,
@@ -135,10 +136,6 @@ class OnnxBackendConfig(BackendCommon):
                     "so each device needs at least one"
                 )
         return self
-
-
-class BackendLoadError(Exception):
-    """A backend that cannot be built from its config (file, providers, model)."""
 
 
 def _spec_of(arg: ort.NodeArg) -> TensorSpec:

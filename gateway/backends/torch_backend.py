@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.backends.base import BackendLoadError
 from gateway.backends.registry import BackendType, register
 from gateway.backends.torch_config import ArtifactFormat, TorchBackendConfig
 from gateway.core.errors import BackendFailed, DeadlineExceeded
@@ -68,7 +69,7 @@ TORCH_DTYPES: dict[str, str] = {
 }
 
 
-class TorchLoadError(Exception):
+class TorchLoadError(BackendLoadError):
     """A torch backend that cannot be built from its config (torch, file, device, model)."""
 
 

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 from pydantic import Field, field_validator
 
-from gateway.backends.onnx import BackendLoadError
+from gateway.backends.base import BackendLoadError
 from gateway.backends.registry import BackendType, register
 from gateway.backends.triton_remote import RemoteModel, TritonClient
 from gateway.config.schema import BackendCommon, BatchingConfig

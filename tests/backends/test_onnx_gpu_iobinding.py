@@ -16,7 +16,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from gateway.backends.onnx import BackendLoadError, OnnxBackend, OnnxBackendConfig
+from gateway.backends.base import BackendLoadError
+from gateway.backends.onnx import OnnxBackend, OnnxBackendConfig
 from gateway.backends.onnx_iobinding import binding_device
 from gateway.backends.preprocess import TextTokenizer
 from gateway.config.schema import BatchingConfig, TokenizerConfig

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from gateway.backends.onnx import BACKEND_TYPE, BackendLoadError, OnnxBackend, OnnxBackendConfig
+from gateway.backends.base import BackendLoadError
+from gateway.backends.onnx import BACKEND_TYPE, OnnxBackend, OnnxBackendConfig
 from gateway.backends.onnx_devices import DeviceSpread
 from gateway.backends.onnx_gpu import (
     CudaOptions,
