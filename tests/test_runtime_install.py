@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -148,3 +149,25 @@ def test_the_default_config_checks_from_the_runtime_venv() -> None:
     _require_runtime_venv()
     result = _run(str(RUNTIME_VENV / "bin" / "gateway"), "check", "config/gateway.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_optional_extra_that_is_missing_is_named_at_load(tmp_path: Path) -> None:
+    """`protocol: http` of a triton backend needs the triton-http extra, which the
+    runtime install lacks: the config is refused with the pip command, not a
+    traceback."""
+    _require_runtime_venv()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "backends:\n"
+        "  t: {type: triton, url: '127.0.0.1:1', model: digits, protocol: http}\n"
+        "models:\n"
+        "  digits:\n"
+        "    signature:\n"
+        "      inputs: [{name: pixels, datatype: FP32, shape: [-1, 64]}]\n"
+        "      outputs: [{name: probabilities, datatype: FP32, shape: [-1, 10]}]\n"
+        "    route: {backends: [t]}\n"
+    )
+    result = _run(str(RUNTIME_VENV / "bin" / "gateway"), "check", str(config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "pip install 'inference-gateway[triton-http]'" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr

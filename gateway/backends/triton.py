@@ -179,11 +179,20 @@ class TritonBackend:
 
 
 async def _inspect(name: str, config: TritonBackendConfig) -> tuple[RemoteModel, bool]:
-    client = TritonClient(config.protocol, config.url, config.model, config.model_version, name)
+    try:
+        client = TritonClient(config.protocol, config.url, config.model, config.model_version, name)
+    except ImportError as exc:
+        raise BackendLoadError(str(exc)) from None
     timeout_s = config.connect_timeout_ms / 1e3
     try:
         remote = await client.describe(timeout_s)
         return remote, await client.is_ready(timeout_s)
+    except GatewayError as exc:
+        detail = exc.message.removeprefix(f"{client.where}: ")
+        raise BackendLoadError(
+            f"cannot read model '{config.model}' from Triton at {config.url} "
+            f"({config.protocol}): {detail}"
+        ) from None
     finally:
         await client.close()
 
@@ -227,15 +236,7 @@ def _check_batching(name: str, config: TritonBackendConfig, remote: RemoteModel)
 def _build(
     name: str, config: TritonBackendConfig, resolve_path: Callable[[str], Path]
 ) -> TritonBackend:
-    try:
-        remote, ready = _run_to_end(lambda: _inspect(name, config))
-    except GatewayError as exc:
-        raise BackendLoadError(
-            f"cannot read model '{config.model}' from Triton at {config.url} "
-            f"({config.protocol}): {exc.message}"
-        ) from None
-    except ImportError as exc:
-        raise BackendLoadError(str(exc)) from None
+    remote, ready = _run_to_end(lambda: _inspect(name, config))
     _check_batching(name, config, remote)
     backend = TritonBackend(name, config, remote)
     backend._ready = ready

@@ -68,7 +68,7 @@ class TritonClient:
         self.model = model
         self.version = version
         self.backend = backend  # the gateway's name for it, for messages
-        self._where = f"backend '{backend}' (Triton at {url}, model '{model}')"
+        self.where = f"backend '{backend}' (Triton at {url}, model '{model}')"
         self.module: Any
         if protocol == "grpc":
             self.module = grpc_aio
@@ -76,7 +76,8 @@ class TritonClient:
         else:
             try:
                 import tritonclient.http.aio as http_aio
-            except ImportError as exc:
+            # tritonclient.http turns its missing dependencies into a RuntimeError
+            except (ImportError, RuntimeError) as exc:
                 raise ImportError(
                     f"protocol: http needs tritonclient's HTTP client ({exc}): "
                     "pip install 'inference-gateway[triton-http]'"
@@ -140,16 +141,16 @@ class TritonClient:
                 return await call
             return await asyncio.wait_for(call, max(timeout_s, 0.0))
         except TimeoutError:
-            raise DeadlineExceeded(f"{self._where} did not answer within the deadline") from None
+            raise DeadlineExceeded(f"{self.where} did not answer within the deadline") from None
         except InferenceServerException as exc:
             raise self.error(exc) from None
         except OSError as exc:  # the HTTP client's connection failures (aiohttp)
-            raise BackendFailed(f"{self._where}: {exc}", reason="connection") from None
+            raise BackendFailed(f"{self.where}: {exc}", reason="connection") from None
 
     def error(self, exc: InferenceServerException) -> GatewayError:
         """Triton's answer to a failed call, in the gateway's taxonomy."""
         status = str(exc.status() or "")
-        message = f"{self._where}: {exc.message()}"
+        message = f"{self.where}: {exc.message()}"
         if "DEADLINE_EXCEEDED" in status or "timeout expired" in (exc.message() or "").lower():
             return DeadlineExceeded(message)
         if "INVALID_ARGUMENT" in status or status == "400":
