@@ -11,9 +11,10 @@ request, refused before it is queued (`check_request`), and at most
 tokenized as one (so its padding, and its answer, are those of a single run)
 and run in chunks of that many rows, which bounds ONNX Runtime's memory.
 
-GPUs (docs/configuration.md#backendsname-with-type-onnx): the `cuda` and
+The config is onnx_config.py's. GPUs (docs/configuration.md#backendsname-with-type-onnx): the `cuda` and
 `tensorrt` options go to their providers (onnx_gpu.py) when this onnxruntime
-build offers them, and are dropped with them otherwise. With several
+build offers them, and are dropped with them otherwise; onnx_sessions.py
+checks which provider and device each session really got. With several
 `devices`, a session per device; each execution runs on the least busy one
 (onnx_devices.py), within the backend's `max_concurrency` executions in all.
 `io_binding` runs through onnx_iobinding.py. With one device and no IO
@@ -31,38 +32,25 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import Field, model_validator
 
 from gateway.backends.base import BackendLoadError
+from gateway.backends.onnx_config import OnnxBackendConfig
 from gateway.backends.onnx_devices import DeviceSpread
 from gateway.backends.onnx_gpu import (
-    CUDA,
-    TENSORRT,
-    CudaOptions,
-    TensorrtOptions,
     execution_providers,
 )
 from gateway.backends.onnx_iobinding import IoBindingRunner, NotBindable, binding_device
+from gateway.backends.onnx_sessions import check_gpu_options, check_session
 from gateway.backends.preprocess import TextTokenizer
 from gateway.backends.providers import (
-    GPU_PROVIDERS,
-    PROVIDER_NAMES,
     ProviderUnavailable,
     select_providers,
     uses_gpu,
 )
 from gateway.backends.registry import BackendType, register
-from gateway.config.schema import (
-    BackendCommon,
-    BatchingConfig,
-    ProviderName,
-    TokenizerConfig,
-    cpu_only,
-)
 from gateway.core.datatypes import NUMPY_DTYPES, ONNX_TYPES
 from gateway.core.errors import BackendFailed, DeadlineExceeded, InvalidInput
 from gateway.core.signature import TensorSpec
@@ -78,64 +66,6 @@ _OPTIMIZATION = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-
-
-class OnnxBackendConfig(BackendCommon):
-    keys_of_other_types: ClassVar[dict[str, str]] = {
-        "retries": "an execution that failed fails the same way again; to try elsewhere, "
-        "add a fallback backend to the model's route",
-    }
-
-    type: Literal["onnx"]
-    path: str
-    # Optional latency bound on the queue: refuse at once what would wait longer
-    # (predicted from the running executions and the recent execution time).
-    max_queue_wait_ms: float | None = Field(None, ge=0)
-    # Tried in order, keeping those this onnxruntime build offers.
-    providers: list[ProviderName] = Field(default_factory=cpu_only, min_length=1)
-    # Refuse to load rather than fall back to CPU when no GPU provider is usable.
-    require_gpu: bool = False
-    # None: cores / max_concurrency, so concurrent runs do not oversubscribe the CPU.
-    intra_op_threads: int | None = Field(None, ge=1)
-    inter_op_threads: int | None = Field(None, ge=1)
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    batching: BatchingConfig | None = None
-    tokenizer: TokenizerConfig | None = None
-    # Options of the GPU providers (onnx_gpu.py); each needs its provider in `providers`.
-    cuda: CudaOptions | None = None
-    tensorrt: TensorrtOptions | None = None
-    # GPU device ids: a session on each, executions spread over them. More than
-    # one needs a GPU provider; `max_concurrency` stays the backend's total.
-    devices: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
-    # Run through IO binding: outputs of known shape preallocated on the device.
-    io_binding: bool = False
-
-    @model_validator(mode="after")
-    def _gpu_keys_fit(self) -> OnnxBackendConfig:
-        for key, provider in (("cuda", self.cuda), ("tensorrt", self.tensorrt)):
-            if provider is not None and key not in self.providers:
-                raise ValueError(
-                    f"{key}: options of a provider that providers {list(self.providers)} does not "
-                    f"list; add {key} to providers or remove {key}"
-                )
-        devices = self.devices
-        twice = sorted({d for d in devices if devices.count(d) > 1})
-        if twice:
-            raise ValueError(f"devices: {twice} listed more than once")
-        if len(devices) > 1:
-            if not any(PROVIDER_NAMES[p] in GPU_PROVIDERS for p in self.providers):
-                raise ValueError(
-                    f"devices: {len(devices)} devices need a GPU provider (cuda or tensorrt) in "
-                    f"providers {list(self.providers)}; on the CPU a backend runs one session "
-                    "(devices: [0])"
-                )
-            if self.max_concurrency < len(devices):
-                raise ValueError(
-                    f"max_concurrency: {self.max_concurrency} is below the number of devices "
-                    f"({len(devices)}): it counts the backend's executions on all its devices, "
-                    "so each device needs at least one"
-                )
-        return self
 
 
 def _spec_of(arg: ort.NodeArg) -> TensorSpec:
@@ -178,7 +108,7 @@ class OnnxBackend:
                 f"(available: {available}); on the CPU a backend runs one session: set "
                 "devices: [0], or install the gpu extra"
             )
-        self._prepare_gpu_options(providers, available, resolve_path)
+        check_gpu_options(name, config, providers, available, resolve_path)
         options = ort.SessionOptions()
         options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization]
         # The cores this process may use (taskset, cgroup cpusets), not the machine's:
@@ -199,7 +129,7 @@ class OnnxBackend:
                 )
             except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
                 raise BackendLoadError(f"onnxruntime cannot load {model_path}: {exc}") from None
-            self._check_session(session, device)
+            check_session(config, session, device)
             self.sessions.append(session)
             log.info(
                 "backend %s: %s on providers %s (device %d; requested %s, intra_op_threads=%d)",
@@ -256,73 +186,6 @@ class OnnxBackend:
         self._pool = ThreadPoolExecutor(
             max_workers=config.max_concurrency, thread_name_prefix=f"onnx-{name}"
         )
-
-    def _prepare_gpu_options(
-        self, providers: list[str], available: list[str], resolve_path: Callable[[str], Path]
-    ) -> None:
-        """Check the files the GPU options name; say which options go unused."""
-        config = self.config
-        for key, options, provider in (
-            ("cuda", config.cuda, CUDA),
-            ("tensorrt", config.tensorrt, TENSORRT),
-        ):
-            if options is not None and provider not in providers:
-                log.warning(
-                    "backend %s: its %s options are dropped: this onnxruntime build does not "
-                    "offer %s (available: %s)",
-                    self.name,
-                    key,
-                    provider,
-                    available,
-                )
-        trt = config.tensorrt
-        if trt is None:
-            return
-        # Checked on any build: a config written for a GPU machine is checked
-        # (`gateway check`) where it is written, often without one.
-        if trt.int8_calibration_table is not None:
-            table = resolve_path(trt.int8_calibration_table)
-            if not table.is_file():
-                raise BackendLoadError(f"tensorrt.int8_calibration_table: file not found: {table}")
-        if TENSORRT not in providers:
-            return
-        for key, directory in (
-            ("engine_cache_dir", trt.engine_cache_dir),
-            ("timing_cache_dir", trt.timing_cache_dir),
-        ):
-            if directory is None:
-                continue
-            path = resolve_path(directory)
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise BackendLoadError(
-                    f"tensorrt.{key}: cannot create {path}: {exc.strerror or exc}"
-                ) from None
-
-    def _check_session(self, session: ort.InferenceSession, device: int) -> None:
-        """Refuse a session that onnxruntime moved to CPU where a GPU is needed, or to
-        another device than its own."""
-        used = session.get_providers()
-        if self.config.require_gpu and not uses_gpu(used):
-            raise BackendLoadError(
-                f"require_gpu is set but the session on device {device} runs on {used} "
-                "(no usable GPU: onnxruntime fell back to CPU)"
-            )
-        if len(self.config.devices) > 1 and not uses_gpu(used):
-            raise BackendLoadError(
-                f"devices: the session on device {device} runs on {used} (onnxruntime fell "
-                f"back to CPU: is there a GPU {device}?); each device needs a usable GPU"
-            )
-        if uses_gpu(used):
-            # onnxruntime's Python API retries a session whose TensorRT provider failed
-            # on CUDA with default options, device 0 among them.
-            actual = session.get_provider_options().get(used[0], {}).get("device_id")
-            if actual is not None and actual != str(device):
-                raise BackendLoadError(
-                    f"devices: the session meant for device {device} runs on device {actual} "
-                    f"({used[0]}): onnxruntime fell back from the providers asked for"
-                )
 
     def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         return self._inputs, self._outputs
