@@ -32,6 +32,27 @@ def _goal(met: bool | None) -> str:
     return {True: "met", False: "NOT met", None: "n/a"}[met]
 
 
+def non_200(level: dict[str, Any]) -> int:
+    return int(level["errors"] + sum(v for s, v in level["statuses"].items() if s != "200"))
+
+
+def level_rows(result: dict[str, Any]) -> list[list[Any]]:
+    """variant, c, req/s, p50, p99, mean batch, non-200: one row per variant and level."""
+    return [
+        [
+            name,
+            level["concurrency"],
+            level["throughput_rps"],
+            level["p50_ms"],
+            level["p99_ms"],
+            level.get("mean_batch_size"),
+            non_200(level),
+        ]
+        for name, variant in result["variants"].items()
+        for level in variant["levels"]
+    ]
+
+
 def digits_summary(result: dict[str, Any]) -> str:
     ratios = {r["concurrency"]: r for r in result["vs_floor"]}
     rows = []
@@ -48,7 +69,7 @@ def digits_summary(result: dict[str, Any]) -> str:
                     level.get("mean_batch_size"),
                     vs.get("throughput"),
                     vs.get("p50"),
-                    level["errors"] + sum(v for s, v in level["statuses"].items() if s != "200"),
+                    non_200(level),
                 ]
             )
     return "DIGITS (overhead-bound; 1 sample per request)\n" + table(
@@ -199,19 +220,7 @@ def embedder_summary(result: dict[str, Any]) -> str:
         ["in-process batch", "sentences/s", "ms per batch"],
         [[r["batch_size"], r["sentences_per_s"], r["ms_per_batch"]] for r in limit["batch_sizes"]],
     )
-    rows = [
-        [
-            name,
-            level["concurrency"],
-            level["throughput_rps"],
-            level["p50_ms"],
-            level["p99_ms"],
-            level.get("mean_batch_size"),
-            level["errors"] + sum(v for s, v in level["statuses"].items() if s != "200"),
-        ]
-        for name, variant in result["variants"].items()
-        for level in variant["levels"]
-    ]
+    rows = level_rows(result)
     gateway = table(["variant", "c", "sentences/s", "p50 ms", "p99 ms", "batch", "non-200"], rows)
     r = result["ratios"]
     goals = r["goals"]
@@ -308,7 +317,7 @@ def vendor_summary(result: dict[str, Any]) -> str:
             level["throughput_rps"],
             level["p50_ms"],
             level["p99_ms"],
-            level["errors"] + sum(v for s, v in level["statuses"].items() if s != "200"),
+            non_200(level),
         ]
         for name, variant in result["variants"].items()
         for level in variant["levels"]
@@ -384,19 +393,7 @@ def cache_summary(result: dict[str, Any]) -> str:
 
 
 def triton_summary(result: dict[str, Any]) -> str:
-    rows = [
-        [
-            name,
-            level["concurrency"],
-            level["throughput_rps"],
-            level["p50_ms"],
-            level["p99_ms"],
-            level.get("mean_batch_size"),
-            level["errors"] + sum(v for s, v in level["statuses"].items() if s != "200"),
-        ]
-        for name, variant in result["variants"].items()
-        for level in variant["levels"]
-    ]
+    rows = level_rows(result)
     # The issue's goals at c=32: throughput >= 0.8x direct, added p50 <= 0.5 ms.
     verdict = [
         [

@@ -24,11 +24,9 @@ check picks `self.session.run`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,8 +49,9 @@ from gateway.backends.providers import (
     uses_gpu,
 )
 from gateway.backends.registry import BackendType, register
+from gateway.backends.threaded import run_on_pool
 from gateway.core.datatypes import NUMPY_DTYPES, ONNX_TYPES
-from gateway.core.errors import BackendFailed, DeadlineExceeded, InvalidInput
+from gateway.core.errors import BackendFailed, InvalidInput
 from gateway.core.signature import TensorSpec
 
 log = logging.getLogger("gateway.backends.onnx")
@@ -314,17 +313,7 @@ class OnnxBackend:
     async def infer(
         self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
     ) -> dict[str, np.ndarray]:
-        future = asyncio.get_running_loop().run_in_executor(
-            self._pool, self._run, dict(inputs), outputs
-        )
-        if deadline is None:
-            return await future
-        try:
-            return await asyncio.wait_for(future, deadline - time.monotonic())
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"backend '{self.name}' did not answer within the deadline"
-            ) from None
+        return await run_on_pool(self._pool, self.name, deadline, self._run, dict(inputs), outputs)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

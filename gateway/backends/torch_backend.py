@@ -29,11 +29,9 @@ per process, sized by torch (no backend may size it: it can be set only once).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,8 +41,9 @@ import numpy as np
 
 from gateway.backends.base import BackendLoadError
 from gateway.backends.registry import BackendType, register
+from gateway.backends.threaded import run_on_pool
 from gateway.backends.torch_config import ArtifactFormat, TorchBackendConfig
-from gateway.core.errors import BackendFailed, DeadlineExceeded
+from gateway.core.errors import BackendFailed
 from gateway.core.signature import TensorSpec, format_shape
 
 log = logging.getLogger("gateway.backends.torch")
@@ -293,15 +292,7 @@ class TorchBackend:
     async def infer(
         self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
     ) -> dict[str, np.ndarray]:
-        future = asyncio.get_running_loop().run_in_executor(self._pool, self._run, inputs, outputs)
-        if deadline is None:
-            return await future
-        try:
-            return await asyncio.wait_for(future, deadline - time.monotonic())
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"backend '{self.name}' did not answer within the deadline"
-            ) from None
+        return await run_on_pool(self._pool, self.name, deadline, self._run, inputs, outputs)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
