@@ -13,8 +13,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from gateway.core.errors import DeadlineExceeded, Overloaded
 from gateway.core.llm import ChatRequest, ChatResult, ChatStream, EmbeddingResult, EndingStream
+from gateway.core.signature import TensorSpec
 from gateway.observe.metrics import INFLIGHT, QUEUE_DURATION, QUEUED, SHED, fast_observe
 
 
@@ -103,16 +106,19 @@ class ConcurrencyLimiter:
 class SlottedBackend:
     """A backend whose calls are I/O (a vendor API) behind a `ConcurrencyLimiter`:
     each call holds a slot, a stream holds its slot until it ends or is closed.
-    Keeps the chat and embeddings protocols of core/llm.py, so plans and the
-    pipeline do not know it is there."""
+    Keeps the chat and embeddings protocols of core/llm.py, and the Backend
+    protocol's `infer` for a remote tensor API (a SageMaker endpoint), so plans
+    and the pipeline do not know it is there."""
 
     def __init__(self, backend: Any, limiter: ConcurrencyLimiter) -> None:
         self.backend = backend
         self.name: str = backend.name
         self.limiter = limiter
 
-    def io_specs(self) -> None:
-        return None
+    def io_specs(self) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
+        # What the backend declares, for the runtime's check against the signature.
+        specs: tuple[list[TensorSpec], list[TensorSpec]] | None = self.backend.io_specs()
+        return specs
 
     def ready(self) -> bool:
         return bool(self.backend.ready())
@@ -122,6 +128,16 @@ class SlottedBackend:
 
     async def close(self) -> None:
         await self.backend.close()
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        await self.limiter.acquire(deadline)
+        try:
+            result: dict[str, np.ndarray] = await self.backend.infer(inputs, outputs, deadline)
+            return result
+        finally:
+            self.limiter.release()
 
     async def chat(self, request: ChatRequest, deadline: float) -> ChatResult:
         await self.limiter.acquire(deadline)

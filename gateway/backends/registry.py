@@ -62,6 +62,7 @@ _REGISTRY: TypeRegistry[BackendType] = TypeRegistry(
         "gateway.backends.triton",
         "gateway.backends.vendors.openai",
         "gateway.backends.vendors.anthropic",
+        "gateway.backends.vendors.sagemaker",
     ),
     entry_point_group="gateway.backends",
 )

@@ -5,7 +5,7 @@ as its waiter gives up is passed on, never leaked.
 
 The order of events is set with futures and the limiter's own queued gauge,
 never with timed sleeps: `settle` only yields to the event loop until a
-condition holds.
+condition holds. `SlottedBackend` holds a slot per call, tensor calls included.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import itertools
 import time
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
-from gateway.admission.slots import ConcurrencyLimiter
-from gateway.core.errors import DeadlineExceeded, Overloaded
+from gateway.admission.slots import ConcurrencyLimiter, SlottedBackend
+from gateway.core.errors import BackendFailed, DeadlineExceeded, Overloaded
 from gateway.observe.metrics import REGISTRY
+from tests.fakes import LocalBackend
 
 _names = itertools.count()
 
@@ -257,5 +259,46 @@ def test_busy_while_a_slot_is_held_or_a_request_waits() -> None:
         holder_released.set()
         await asyncio.wait_for(task, 10)
         assert not lim.busy()
+
+    asyncio.run(run())
+
+
+class GatedTensorBackend(LocalBackend):
+    """A remote tensor API whose calls finish when the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.fail = False
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        await self.gate.wait()
+        if self.fail:
+            raise BackendFailed("the endpoint failed")
+        return {"y": inputs["x"] * 2}
+
+
+def test_a_tensor_call_holds_its_slot_until_it_answers_or_fails() -> None:
+    async def run() -> None:
+        backend = GatedTensorBackend()
+        lim = limiter(max_concurrency=1, max_queue=1)
+        slotted = SlottedBackend(backend, lim)
+        x = np.ones((1, 2), np.float32)
+        first = asyncio.ensure_future(slotted.infer({"x": x}, ["y"], budget(10)))
+        await settle(lambda: inflight(lim) == 1, "the first call took the slot")
+        second = await queue_waiter(lim, slotted.infer({"x": x}, ["y"], budget(10)))
+        with pytest.raises(Overloaded):  # one in flight, one waiting: full
+            await slotted.infer({"x": x}, ["y"], budget(10))
+        backend.fail = True
+        backend.gate.set()
+        with pytest.raises(BackendFailed):
+            await first  # a failure frees the slot too: the waiter gets it
+        with pytest.raises(BackendFailed):
+            await second
+        assert not slotted.busy() and inflight(lim) == 0
+        backend.fail = False
+        answer = await slotted.infer({"x": x}, ["y"], None)
+        assert answer["y"].tolist() == [[2.0, 2.0]]
 
     asyncio.run(run())

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,11 @@ from gateway.observe.redact import redact
 log = logging.getLogger("gateway.backends.vendor")
 
 _MAX_ERROR_TEXT = 300
+
+# (url, body, headers, deadline) -> the headers to send: for a vendor whose
+# requests are signed over their URL, body, headers and time (AWS SigV4), once per try
+# (the URL without `query`: a signed client has none).
+Signer = Callable[[str, bytes, dict[str, str], float], Awaitable[dict[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,7 @@ class VendorClient:
         retry: RetryPolicy,
         query: dict[str, str] | None = None,
         describe_error: Any = None,
+        sign: Signer | None = None,
     ) -> None:
         self.backend = backend
         self.base_url = base_url
@@ -77,6 +84,7 @@ class VendorClient:
         self.query = query or None
         # (status, body) -> short text for messages; vendors shape errors differently.
         self.describe_error = describe_error or _error_text
+        self.sign = sign
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()
 
@@ -98,9 +106,12 @@ class VendorClient:
         if self._session is not None and not self._session.closed:
             await self._session.close()
 
-    async def post(self, path: str, body: bytes, deadline: float) -> VendorReply:
-        """The vendor's 2xx answer, read whole; failures as GatewayErrors."""
-        response, payload, tries = await self._exchange(path, body, deadline, whole=True)
+    async def post(
+        self, path: str, body: bytes, deadline: float, headers: dict[str, str] | None = None
+    ) -> VendorReply:
+        """The vendor's 2xx answer, read whole; failures as GatewayErrors.
+        `headers` add to (or replace) the client's own for this call."""
+        response, payload, tries = await self._exchange(path, body, deadline, True, headers)
         return VendorReply(response.status, payload, tries)
 
     async def open_stream(
@@ -112,7 +123,12 @@ class VendorClient:
         return response, tries
 
     async def _exchange(
-        self, path: str, body: bytes, deadline: float, whole: bool
+        self,
+        path: str,
+        body: bytes,
+        deadline: float,
+        whole: bool,
+        headers: dict[str, str] | None = None,
     ) -> tuple[aiohttp.ClientResponse, bytes, int]:
         """POST with the retry policy until a 2xx: its response, its body when
         `whole` (a stream's is left to read), and the number of tries."""
@@ -121,6 +137,12 @@ class VendorClient:
             tries += 1
             # A client span per try; its traceparent goes to the vendor.
             traced = tracing.VendorCall(self.backend, path) if tracing.ENABLED else None
+            sent = headers
+            if self.sign is not None:
+                # Signed per try: a signature carries its time, and credentials rotate.
+                sent = await self.sign(self.base_url + path, body, headers or {}, deadline)
+            if traced is not None:  # after signing: trace context is not the vendor's to verify
+                sent = {**sent, **traced.headers} if sent else traced.headers
             payload = b""
             try:
                 response = await self._client().post(
@@ -128,7 +150,7 @@ class VendorClient:
                     data=body,
                     params=self.query,
                     timeout=self._timeout(deadline),
-                    headers=traced and traced.headers,
+                    headers=sent,
                 )
                 if whole:
                     try:
