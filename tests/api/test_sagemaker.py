@@ -23,9 +23,9 @@ import openai
 import pytest
 
 from testkit.gateway_process import GatewayProcess, start_gateway
+from testkit.sigv4 import Credential
 from testkit.sigv4_server import (
     AWS_CHAIN_VARIABLES,
-    Credential,
     isolated_aws_chain,
     sigv4_requests,
     sigv4_stats,

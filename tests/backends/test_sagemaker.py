@@ -32,9 +32,9 @@ from gateway.core.errors import (
 from gateway.core.llm import ChatRequest
 from gateway.runtime import Runtime, build_runtime
 from testkit.gateway_process import GatewayProcess
+from testkit.sigv4 import Credential
 from testkit.sigv4_server import (
     AWS_CHAIN_VARIABLES,
-    Credential,
     isolated_aws_chain,
     sigv4_requests,
     start_sigv4_server,

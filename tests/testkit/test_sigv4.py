@@ -1,4 +1,4 @@
-"""The SigV4 verifier of testkit/sigv4_server.py: it accepts what botocore signs
+"""The SigV4 verifier of testkit/sigv4.py: it accepts what botocore signs
 and AWS's own test vector, and refuses a request whose body, signed headers,
 key, scope, date or session token differ from what was signed. The SageMaker
 backend's tests rely on it to refuse anything AWS would."""
@@ -14,7 +14,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from testkit.sigv4_server import SIGNATURE_MISMATCH, Credential, SignatureError, verify
+from testkit.sigv4 import SIGNATURE_MISMATCH, Credential, SignatureError, verify
 
 REGION = "eu-west-1"
 KEY = Credential("AKIDTESTKEY", "test/secret+key")
