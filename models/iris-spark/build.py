@@ -8,28 +8,25 @@ Needs the 'train' extra (pyspark, onnxmltools, onnx, scikit-learn), pandas (impo
 by onnxmltools' Spark converters) and a Java runtime that Spark supports (17 or
 later: `java` on PATH, or JAVA_HOME). Spark runs in local mode on one core, bound to
 the loopback address. The data is scikit-learn's bundled copy of Fisher's iris set,
-so nothing is downloaded.
+so nothing is downloaded. What the framework builds share (checks, parity file,
+model.yaml layout) is in models/lineage.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import hashlib
 import importlib.util
-import io
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
-import zipfile
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
+
+# Run by path, this script has only its own directory on sys.path: the repository
+# root makes the shared models/lineage.py importable (see its docstring).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from models import lineage
 
 if TYPE_CHECKING:
     from pyspark.ml import Pipeline, PipelineModel
@@ -39,9 +36,6 @@ NAME = "iris-spark"
 VERSION = 1
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / str(VERSION)
-ONNX_FILE = "model.onnx"
-YAML_FILE = "model.yaml"
-PARITY_FILE = "parity.npz"
 
 # Spark column names double as the ONNX graph's input and output names: onnxmltools
 # names each graph value after the DataFrame column the stage reads or writes.
@@ -70,15 +64,27 @@ BLOCK_SIZE = 128
 TARGET_OPSET = 15
 SPARK_MASTER = "local[1]"
 
-# Gates that stop a bad artifact from reaching the serving side. Spark computes in
-# float64 and ONNX Runtime in float32, so probabilities agree to about 1e-6.
-PARITY_TOLERANCE = 1e-5
-# A label could flip only on a float32 tie; none is expected, so none is allowed.
-MIN_LABEL_AGREEMENT = 1.0
-MIN_ACCURACY = 0.9
-CHECK_BATCH_SIZES = (1, 7)
 # Spark's MulticlassClassificationEvaluator clips probabilities to this for log loss.
 LOG_LOSS_EPS = 1e-15
+
+SPEC = lineage.Classifier(
+    name=NAME,
+    version=VERSION,
+    framework="Spark",
+    input_name=INPUT_NAME,
+    label_name=LABEL_NAME,
+    probabilities_name=PROBABILITIES_NAME,
+    n_features=N_FEATURES,
+    n_classes=N_CLASSES,
+    # Gates that stop a bad artifact from reaching the serving side.
+    min_accuracy=0.9,
+    # Spark computes in float64 and ONNX Runtime in float32, so probabilities agree
+    # to about 1e-6.
+    parity_tolerance=1e-5,
+    # A label could flip only on a float32 tie; none is expected, so none is allowed.
+    min_label_agreement=1.0,
+    check_batch_sizes=(1, 7),
+)
 
 TRAIN_EXTRA_HINT = (
     "the 'train' extra and pandas are needed: pip install -e '.[train]' pandas; "
@@ -110,55 +116,10 @@ def require_train_extra() -> None:
         )
 
 
-def code_revision(repo: pathlib.Path) -> str:
-    """HEAD commit, '+dirty' if the tree has changes; 'unknown' without commits."""
-
-    def git(*args: str) -> str | None:
-        try:
-            # --no-optional-locks: `status` would otherwise refresh the index under
-            # index.lock and could fail a git command someone runs at the same time.
-            done = subprocess.run(
-                ["git", "--no-optional-locks", *args],
-                cwd=repo,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-        except (OSError, subprocess.CalledProcessError):
-            return None
-        return done.stdout.strip()
-
-    revision = git("rev-parse", "HEAD") or "unknown"
-    if git("status", "--porcelain"):
-        revision += "+dirty"
-    return revision
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def load_data() -> dict[str, Any]:
     from sklearn.datasets import load_iris
-    from sklearn.model_selection import train_test_split
 
-    iris = load_iris()
-    # Hash fixed dtypes so the fingerprint does not depend on platform defaults.
-    X = np.ascontiguousarray(iris.data, dtype=np.float64)
-    y = np.ascontiguousarray(iris.target, dtype=np.int64)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=TEST_SIZE, stratify=y, random_state=SEED
-    )
-    return {
-        "X": X,
-        "y": y,
-        "X_train": X_train.astype(np.float32),
-        "y_train": y_train,
-        "X_test": X_test.astype(np.float32),
-        "y_test": y_test,
-        "classes": [str(c) for c in iris.target_names],
-        "features": [str(f) for f in iris.feature_names],
-    }
+    return lineage.split_dataset(load_iris(), test_size=TEST_SIZE, seed=SEED)
 
 
 def start_spark(scratch: pathlib.Path) -> SparkSession:
@@ -261,7 +222,7 @@ def spark_predictions(model: PipelineModel, frame: DataFrame) -> dict[str, Any]:
     }
 
 
-def export_onnx(model: PipelineModel, spark: SparkSession, path: pathlib.Path) -> str:
+def export_onnx(model: PipelineModel, spark: SparkSession, path: pathlib.Path) -> dict[str, Any]:
     """Write the whole fitted pipeline as one ONNX graph; return the exporter used."""
     from onnxmltools import convert_sparkml
     from onnxmltools.convert.common.data_types import FloatTensorType
@@ -275,122 +236,17 @@ def export_onnx(model: PipelineModel, spark: SparkSession, path: pathlib.Path) -
         target_opset=TARGET_OPSET,
         spark_session=spark,
     )
+    # onnxmltools lists the opsets in an order that changes with the hash seed (about
+    # one run in nine put ai.onnx.ml first).
+    lineage.sort_opsets(onnx_model)
     path.write_bytes(onnx_model.SerializeToString())
-    return f"onnxmltools.convert_sparkml(target_opset={TARGET_OPSET})"
-
-
-def read_contract(path: pathlib.Path) -> dict[str, Any]:
-    """Read signature and opsets back from the file: model.yaml describes what was built."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model, full_check=True)
-    # Serving copies model.onnx alone; a side-car weights file would be left behind.
-    if any(uses_external_data(t) for t in model.graph.initializer):
-        raise RuntimeError(f"{path.name} keeps weights in an external data file")
-
-    datatypes: dict[int, str] = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.INT64: "INT64"}
-
-    def describe_value(value: onnx.ValueInfoProto) -> dict[str, Any]:
-        # A map or sequence output would reach the gateway as no tensor at all.
-        if not value.type.HasField("tensor_type"):
-            raise RuntimeError(f"{value.name} is not a tensor: {value.type}")
-        tensor = value.type.tensor_type
-        # Unset or symbolic dims are the dynamic ones; the contract spells them -1.
-        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-        datatype = datatypes.get(tensor.elem_type, str(tensor.elem_type))
-        return {"name": value.name, "datatype": datatype, "shape": shape}
-
-    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
-    return {
-        "signature": {
-            "inputs": [describe_value(v) for v in model.graph.input],
-            "outputs": [describe_value(v) for v in model.graph.output],
-        },
-        "opset": opsets.get("ai.onnx"),
-        "opset_ml": opsets.get("ai.onnx.ml"),
-    }
-
-
-def expected_signature() -> dict[str, list[dict[str, Any]]]:
-    return {
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, N_FEATURES]}],
-        "outputs": [
-            {"name": LABEL_NAME, "datatype": "INT64", "shape": [-1]},
-            {"name": PROBABILITIES_NAME, "datatype": "FP32", "shape": [-1, N_CLASSES]},
-        ],
-    }
+    return {"exporter": f"onnxmltools.convert_sparkml(target_opset={TARGET_OPSET})"}
 
 
 def log_loss(probabilities: np.ndarray, y: np.ndarray) -> float:
     """Mean negative log-likelihood, clipped as Spark's evaluator clips it."""
     picked = probabilities[np.arange(len(y)), y].astype(np.float64)
     return float(-np.log(np.clip(picked, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)).mean())
-
-
-def verify(
-    path: pathlib.Path, X_test: np.ndarray, y_test: np.ndarray, spark: dict[str, Any]
-) -> dict[str, Any]:
-    """Score the artifact as served (onnxruntime, CPU) and compare it with Spark."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels, probs = session.run([LABEL_NAME, PROBABILITIES_NAME], {INPUT_NAME: X_test[:n]})
-        if labels.shape != (n,) or labels.dtype != np.int64:
-            raise RuntimeError(f"batch {n}: {LABEL_NAME} is {labels.dtype}{labels.shape}")
-        if probs.shape != (n, N_CLASSES) or probs.dtype != np.float32:
-            raise RuntimeError(f"batch {n}: {PROBABILITIES_NAME} is {probs.dtype}{probs.shape}")
-        return labels, probs
-
-    # Odd batch sizes prove the batch dim really is dynamic, not fixed at export; a
-    # row's answer may move by float32 rounding with its batch, no further than parity.
-    partial = [run(n) for n in CHECK_BATCH_SIZES]
-    labels, probs = run(len(X_test))
-    batch_diff = 0.0
-    for part_labels, part_probs in partial:
-        n = len(part_labels)
-        batch_diff = max(batch_diff, float(np.abs(part_probs - probs[:n]).max()))
-        if not np.array_equal(part_labels, labels[:n]) or batch_diff > PARITY_TOLERANCE:
-            raise RuntimeError(f"batch {n}: answers differ from the same rows in a full batch")
-
-    max_abs_diff = float(np.abs(probs.astype(np.float64) - spark["probabilities"]).max())
-    if max_abs_diff > PARITY_TOLERANCE:
-        raise RuntimeError(f"onnxruntime differs from Spark by {max_abs_diff:.3g}")
-    agreement = float((labels == spark["labels"]).mean())
-    if agreement < MIN_LABEL_AGREEMENT:
-        raise RuntimeError(f"onnxruntime and Spark agree on {agreement:.4f} of the labels")
-
-    correct = int((labels == y_test).sum())
-    accuracy = correct / len(y_test)
-    if accuracy < MIN_ACCURACY:
-        raise RuntimeError(f"held-out accuracy {accuracy:.4f} < {MIN_ACCURACY}")
-    return {
-        "accuracy": accuracy,
-        "correct": correct,
-        "log_loss": log_loss(probs, y_test),
-        "max_abs_diff": max_abs_diff,
-        "label_agreement": agreement,
-        "max_abs_diff_across_batch_sizes": batch_diff,
-    }
-
-
-def write_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> bytes:
-    """np.savez with a fixed timestamp, so a rebuild gives a byte-identical file."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for key, array in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, member.getvalue())
-    path.write_bytes(buffer.getvalue())
-    return buffer.getvalue()
 
 
 def spark_versions(spark: SparkSession) -> dict[str, str]:
@@ -411,71 +267,37 @@ def spark_versions(spark: SparkSession) -> dict[str, str]:
 
 
 def describe(
-    data: dict[str, Any],
-    contract: dict[str, Any],
-    spark: dict[str, Any],
-    evaluation: dict[str, Any],
-    payload: bytes,
-    parity_payload: bytes,
-    provenance: dict[str, Any],
+    data: dict[str, Any], contract: dict[str, Any], spark: dict[str, Any]
 ) -> dict[str, Any]:
-    """Assemble model.yaml: everything serving needs, and everything needed to rebuild."""
-    import onnx
+    """This build's own parts of model.yaml (lineage.model_yaml lays out the rest)."""
     import onnxmltools
-    import onnxruntime
-    import sklearn
 
-    n_train, n_test = len(data["X_train"]), len(data["X_test"])
     return {
-        "name": NAME,
-        "version": VERSION,
-        "signature": contract["signature"],
         "preprocessing": (
             "Inputs are the four raw iris measurements in cm, in the order "
-            f"{', '.join(data['features'])}; standardisation (the training set's mean "
+            f"{', '.join(data['feature_names'])}; standardisation (the training set's mean "
             "and standard deviation) happens inside the graph. Outputs: label is the "
             f"predicted species, 0..{N_CLASSES - 1} (dataset.class_names), the most "
             "probable class as Spark's prediction column gives it; probabilities[:, i] is "
             "the (softmax) probability of class i."
         ),
-        "framework": {
-            **spark["versions"],
-            "spark_master": SPARK_MASTER,
-            "onnxmltools": onnxmltools.__version__,
-            "onnx": onnx.__version__,
-            "onnx_target_opset": TARGET_OPSET,
-            "onnx_opset": contract["opset"],
-            "onnx_ml_opset": contract["opset_ml"],
-            "exporter": contract["exporter"],
-            "onnxruntime_verified_with": onnxruntime.__version__,
-        },
-        "build": {
-            "command": f"gateway models build {NAME}",
-            "equivalent": f"python models/{NAME}/build.py",
-            "requires": "the train extra, pandas, and Java 17+ (java on PATH or JAVA_HOME)",
-            **provenance,
-        },
-        "dataset": {
-            "id": "sklearn.datasets.load_iris",
-            "scikit_learn": sklearn.__version__,
-            "n_samples": len(data["X"]),
-            "n_features": N_FEATURES,
-            "n_classes": N_CLASSES,
-            "feature_names": data["features"],
-            "class_names": data["classes"],
-            "sha256_X": sha256_bytes(data["X"].tobytes()),
-            "sha256_y": sha256_bytes(data["y"].tobytes()),
-            "hashed_as": "C-order bytes of X as float64 and y as int64",
-            "fed_to_spark_as": "X rounded to float32, widened to float64 (what callers send)",
-            "split": {
-                "method": "sklearn.model_selection.train_test_split",
-                "test_size": TEST_SIZE,
-                "stratified": True,
-                "random_state": SEED,
-                "n_train": n_train,
-                "n_test": n_test,
+        "framework": lineage.framework_record(
+            {
+                **spark["versions"],
+                "spark_master": SPARK_MASTER,
+                "onnxmltools": onnxmltools.__version__,
             },
+            contract,
+            onnx_target_opset=TARGET_OPSET,
+        ),
+        "build_notes": {
+            "requires": "the train extra, pandas, and Java 17+ (java on PATH or JAVA_HOME)"
         },
+        "dataset": lineage.dataset_record(
+            "sklearn.datasets.load_iris",
+            data,
+            fed_to_spark_as="X rounded to float32, widened to float64 (what callers send)",
+        ),
         "parameters": {
             "pipeline": [
                 "pyspark.ml.feature.StandardScaler",
@@ -491,131 +313,65 @@ def describe(
             "blockSize": BLOCK_SIZE,
             "seed": SEED,
         },
-        "evaluation": {
-            "evaluated_with": "onnxruntime CPUExecutionProvider",
-            "split": "test",
-            "accuracy": round(evaluation["accuracy"], 6),
-            "correct": evaluation["correct"],
-            "log_loss": round(evaluation["log_loss"], 6),
-            "n_train": n_train,
-            "n_test": n_test,
-        },
-        "framework_evaluation": {
-            "evaluated_with": (
-                "Spark PipelineModel.transform, scored by "
-                "pyspark.ml.evaluation.MulticlassClassificationEvaluator"
-            ),
-            "split": "test",
-            "accuracy": round(spark["accuracy"], 6),
-            "correct": spark["correct"],
-            "log_loss": round(spark["log_loss"], 6),
-        },
-        "parity": {
-            "file": PARITY_FILE,
-            "sha256": sha256_bytes(parity_payload),
-            "reference": "Spark PipelineModel.transform on the test split",
-            # Each array is named after the tensor it feeds or is compared with.
-            "arrays": {
-                INPUT_NAME: "X_test, float32, as fed to the graph (and, widened, to Spark)",
-                PROBABILITIES_NAME: "Spark's probability column, float64",
-                LABEL_NAME: "Spark's prediction column, int64",
-            },
-            "n": n_test,
-            "tolerance": PARITY_TOLERANCE,
-            "max_abs_diff": evaluation["max_abs_diff"],
-            "min_label_agreement": MIN_LABEL_AGREEMENT,
-            "label_agreement": evaluation["label_agreement"],
-            "max_abs_diff_across_batch_sizes": evaluation["max_abs_diff_across_batch_sizes"],
-        },
-        "artifact": {
-            "file": ONNX_FILE,
-            "sha256": sha256_bytes(payload),
-            "size_bytes": len(payload),
+        "framework_evaluated_with": (
+            "Spark PipelineModel.transform, scored by "
+            "pyspark.ml.evaluation.MulticlassClassificationEvaluator"
+        ),
+        "parity_reference": "Spark PipelineModel.transform on the test split",
+        "parity_arrays": {
+            INPUT_NAME: "X_test, float32, as fed to the graph (and, widened, to Spark)",
+            PROBABILITIES_NAME: "Spark's probability column, float64",
+            LABEL_NAME: "Spark's prediction column, int64",
         },
     }
 
 
 def build(version_dir: pathlib.Path) -> dict[str, Any]:
     """Train, export and verify; write model.onnx, parity.npz and model.yaml."""
-    started = time.monotonic()
+    run = lineage.Run.start(HERE)
     require_train_extra()
-    # Taken before anything is written, so our own outputs do not mark the tree dirty.
-    revision = code_revision(HERE)
-    built_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     data = load_data()
 
-    version_dir.mkdir(parents=True, exist_ok=True)
-    # Build every file in a scratch dir and swap them in only once every check has
-    # passed, so a failed build never leaves a new model.onnx beside a stale model.yaml.
-    with tempfile.TemporaryDirectory(dir=version_dir, prefix=".build-") as scratch_dir:
-        scratch = pathlib.Path(scratch_dir)
+    with lineage.staged(version_dir) as scratch:
+        # Spark's local and warehouse dirs live in the scratch dir too.
         session = start_spark(scratch)
         try:
             model = make_pipeline().fit(to_frame(session, data["X_train"], data["y_train"]))
             spark = spark_predictions(model, to_frame(session, data["X_test"], data["y_test"]))
             spark["versions"] = spark_versions(session)
             spark["correct"] = int((spark["labels"] == data["y_test"]).sum())
-            onnx_path = scratch / ONNX_FILE
-            exporter = export_onnx(model, session, onnx_path)
+            exporter = export_onnx(model, session, scratch / lineage.ONNX_FILE)
         finally:
             session.stop()
-        contract = {**read_contract(onnx_path), "exporter": exporter}
-        if contract["signature"] != expected_signature():
-            raise RuntimeError(f"exported {contract['signature']} != {expected_signature()}")
-        evaluation = verify(onnx_path, data["X_test"], data["y_test"], spark)
-
-        parity_path = scratch / PARITY_FILE
-        parity_payload = write_npz(
-            parity_path,
-            {
-                INPUT_NAME: data["X_test"],
-                PROBABILITIES_NAME: spark["probabilities"],
-                LABEL_NAME: spark["labels"],
-            },
-        )
-        provenance = {
-            "code_revision": revision,
-            "built_at": built_at,
-            "duration_seconds": round(time.monotonic() - started, 2),
-        }
-        metadata = describe(
+        metadata = lineage.finish(
+            SPEC,
+            scratch,
+            run,
             data,
-            contract,
             spark,
-            evaluation,
-            onnx_path.read_bytes(),
-            parity_payload,
-            provenance,
+            exporter,
+            lambda contract: describe(data, contract, spark),
+            # Spark's own log loss; one intra-op thread, like Spark's one core.
+            loss=log_loss,
+            threads=1,
         )
-        yaml_path = scratch / YAML_FILE
-        yaml_path.write_text(yaml.safe_dump(metadata, sort_keys=False))
-        os.replace(onnx_path, version_dir / ONNX_FILE)
-        os.replace(parity_path, version_dir / PARITY_FILE)
-        os.replace(yaml_path, version_dir / YAML_FILE)
     return metadata
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", type=pathlib.Path, default=DEFAULT_OUT, help="version directory to write"
-    )
-    args = parser.parse_args(argv)
-    try:
-        metadata = build(args.out)
-    except ImportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def report(metadata: dict[str, Any], out: pathlib.Path) -> str:
     evaluation, parity = metadata["evaluation"], metadata["parity"]
-    print(
+    return (
         f"{NAME} v{VERSION}: accuracy {metadata['framework_evaluation']['accuracy']:.4f} "
         f"(Spark), {evaluation['accuracy']:.4f} (onnxruntime) on {evaluation['n_test']} "
         f"held-out samples; parity max |diff| {parity['max_abs_diff']:.3g}, "
         f"label agreement {parity['label_agreement']:.4f}; "
         f"{metadata['artifact']['size_bytes']} bytes, "
-        f"{metadata['build']['duration_seconds']} s -> {args.out}"
+        f"{metadata['build']['duration_seconds']} s -> {out}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return lineage.main(argv, doc=__doc__, default_out=DEFAULT_OUT, build=build, report=report)
 
 
 if __name__ == "__main__":
