@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tests.conftest import DIGITS_MODEL
+from tests.conftest import digits_config
 
 DIGITS_SIGNATURE = {
     "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
@@ -26,14 +26,9 @@ def triton_backend(url: str, model: str = "digits", **extra: Any) -> dict[str, A
 
 
 def local_digits() -> dict[str, Any]:
-    return {
-        "type": "onnx",
-        "path": str(DIGITS_MODEL),
-        "providers": ["cpu"],
-        "max_concurrency": 2,
-        "intra_op_threads": 1,
-        "timeout_ms": 5000,
-    }
+    """The suite's local digits backend (tests/conftest.py), as a fallback."""
+    backend: dict[str, Any] = digits_config()["backends"]["digits-cpu"]
+    return backend
 
 
 def gateway_config(

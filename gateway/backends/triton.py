@@ -78,7 +78,9 @@ class TritonBackend:
     # Admission passes the caller's deadline on: it becomes Triton's (see above).
     takes_deadline = True
 
-    def __init__(self, name: str, config: TritonBackendConfig, remote: RemoteModel) -> None:
+    def __init__(
+        self, name: str, config: TritonBackendConfig, remote: RemoteModel, ready: bool = True
+    ) -> None:
         self.name = name
         self.config = config
         self.remote = remote
@@ -87,7 +89,7 @@ class TritonBackend:
         self._client: TritonClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._calls = 0
-        self._ready = True
+        self._ready = ready  # as the load found it
         self._checked_at = time.monotonic()
         self._probe: asyncio.Task[None] | None = None
         self._where = f"backend '{name}' (Triton at {config.url}, model '{config.model}')"
@@ -238,8 +240,7 @@ def _build(
 ) -> TritonBackend:
     remote, ready = _run_to_end(lambda: _inspect(name, config))
     _check_batching(name, config, remote)
-    backend = TritonBackend(name, config, remote)
-    backend._ready = ready
+    backend = TritonBackend(name, config, remote, ready)
     log.info(
         "backend %s: model %s%s on Triton at %s (%s), max_batch_size %d, dynamic batching %s%s",
         name,

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import tritonclient.grpc.aio as grpc_aio
-from tritonclient.utils import InferenceServerException
 
 from gateway.core.datatypes import datatype_of
 from gateway.core.errors import BackendFailed, DeadlineExceeded, GatewayError, InvalidInput
@@ -71,6 +69,10 @@ class TritonClient:
         self.where = f"backend '{backend}' (Triton at {url}, model '{model}')"
         self.module: Any
         if protocol == "grpc":
+            # Imported here, not with the module: the registry loads every backend
+            # type at start-up, and tritonclient's gRPC stubs cost ~50 ms to import.
+            import tritonclient.grpc.aio as grpc_aio
+
             self.module = grpc_aio
             self.client: Any = grpc_aio.InferenceServerClient(url)
         else:
@@ -84,6 +86,9 @@ class TritonClient:
                 ) from None
             self.module = http_aio
             self.client = http_aio.InferenceServerClient(url)
+        from tritonclient.utils import InferenceServerException
+
+        self._server_error: type[Exception] = InferenceServerException
 
     async def describe(self, timeout_s: float) -> RemoteModel:
         metadata, config = await self._within(
@@ -142,12 +147,12 @@ class TritonClient:
             return await asyncio.wait_for(call, max(timeout_s, 0.0))
         except TimeoutError:
             raise DeadlineExceeded(f"{self.where} did not answer within the deadline") from None
-        except InferenceServerException as exc:
+        except self._server_error as exc:
             raise self.error(exc) from None
         except OSError as exc:  # the HTTP client's connection failures (aiohttp)
             raise BackendFailed(f"{self.where}: {exc}", reason="connection") from None
 
-    def error(self, exc: InferenceServerException) -> GatewayError:
+    def error(self, exc: Any) -> GatewayError:
         """Triton's answer to a failed call, in the gateway's taxonomy."""
         status = str(exc.status() or "")
         message = f"{self.where}: {exc.message()}"
